@@ -1,0 +1,1 @@
+"""Palette: AI image generation for Discord."""

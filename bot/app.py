@@ -1,0 +1,72 @@
+"""Start-up and shutdown of the bot process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from bot.config import Settings
+from bot.generation import Generator
+from bot.presentation.client import PaletteBot, point_discord_at
+from bot.providers import build_downloader, build_providers
+from bot.storage import open_database
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+
+
+async def create_bot(settings: Settings, *, sync_only: bool = False) -> PaletteBot:
+    """Everything the bot needs, wired together (used by `python -m bot` and by the tests)."""
+    point_discord_at(settings)
+    db = await open_database(settings.database_path)
+    downloader = build_downloader(settings)
+    generator = Generator(settings, build_providers(settings, downloader))
+    return PaletteBot(settings, db, generator, downloader, sync_only=sync_only)
+
+
+async def shutdown(bot: PaletteBot) -> None:
+    """Close the bot, then the provider clients and the database."""
+    if not bot.is_closed():
+        await bot.close()
+    await bot.generator.aclose()
+    await bot.downloader.aclose()
+    await bot.db.close()
+
+
+async def _run(settings: Settings, sync_only: bool) -> int:
+    bot = await create_bot(settings, sync_only=sync_only)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    assert settings.discord_token is not None
+    runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+    stopper = asyncio.create_task(stopping.wait())
+    try:
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            log.info("shutting down: no new jobs; unfinished ones are kept for the next start")
+        elif runner.exception() is not None:
+            raise runner.exception()  # type: ignore[misc]
+    finally:
+        stopper.cancel()
+        await shutdown(bot)
+        if not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+    return EXIT_OK
+
+
+def run_bot(settings: Settings, *, sync_only: bool = False) -> int:
+    import discord
+
+    try:
+        return asyncio.run(_run(settings, sync_only))
+    except discord.LoginFailure:
+        log.error("Discord rejected the token. Check DISCORD_TOKEN in .env (Developer Portal -> Bot -> Reset Token).")
+        return 2

@@ -1,0 +1,147 @@
+"""Settings, read from the environment and `.env` (pydantic-settings).
+
+Every variable is documented in `.env.example`. Secrets are :class:`SecretStr`: they never show in a
+repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderName = Literal["listenhub", "nanobanana_pro", "apimart", "mountsea"]
+PROVIDER_NAMES: tuple[ProviderName, ...] = ("listenhub", "nanobanana_pro", "apimart", "mountsea")
+
+DISCORD_GATEWAY_DEFAULT = "wss://gateway.discord.gg/"
+
+
+class ProviderSettings:
+    """One provider's view of the settings (key, base URL, concurrency cap)."""
+
+    def __init__(self, name: ProviderName, api_key: SecretStr | None, base_url: str, concurrency: int) -> None:
+        self.name = name
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.concurrency = concurrency
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_key is not None and bool(self.api_key.get_secret_value().strip())
+
+    def __repr__(self) -> str:
+        return f"ProviderSettings({self.name!r}, enabled={self.enabled}, base_url={self.base_url!r})"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- Discord ---
+    discord_token: SecretStr | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = DISCORD_GATEWAY_DEFAULT
+    discord_dev_guild_id: int | None = None
+
+    # --- storage ---
+    database_url: str = "sqlite:///data/palette.db"
+
+    # --- providers (enabled when the key is set) ---
+    listenhub_api_key: SecretStr | None = None
+    listenhub_base_url: str = "https://api.marswave.ai/openapi"
+    listenhub_concurrency: int = Field(4, ge=1, le=256)
+    nanobanana_pro_api_key: SecretStr | None = None
+    nanobanana_pro_base_url: str = "https://nano-banana-pro.net"
+    # nano-banana-pro.net's Standard plan allows 5 concurrent generations.
+    nanobanana_pro_concurrency: int = Field(5, ge=1, le=256)
+    apimart_api_key: SecretStr | None = None
+    apimart_base_url: str = "https://api.apimart.ai"
+    apimart_concurrency: int = Field(8, ge=1, le=256)
+    mountsea_api_key: SecretStr | None = None
+    mountsea_base_url: str = "https://api.mountsea.ai"
+    mountsea_concurrency: int = Field(8, ge=1, le=256)
+
+    # Which provider to try first when a model has several routes (comma-separated provider keys).
+    provider_order: str = "listenhub,nanobanana_pro,apimart,mountsea"
+
+    # --- HTTP behaviour ---
+    http_connect_timeout: float = Field(10.0, gt=0)
+    # Synchronous generation calls can take a minute or more at 4K.
+    http_read_timeout: float = Field(180.0, gt=0)
+    http_max_retries: int = Field(3, ge=0, le=10)
+    retry_backoff_base: float = Field(1.0, ge=0)
+    retry_backoff_max: float = Field(30.0, ge=0)
+    retry_after_cap: float = Field(60.0, ge=0)
+    # Asynchronous providers: how often to poll and how long a task may take overall.
+    poll_interval: float = Field(2.0, gt=0)
+    task_deadline: float = Field(600.0, gt=0)
+    download_timeout: float = Field(60.0, gt=0)
+    download_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    allow_private_urls: bool = False
+
+    # --- input caps ---
+    max_prompt_length: int = Field(4000, ge=1)
+    max_reference_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    max_reference_pixels: int = Field(40_000_000, gt=0)
+
+    # --- per-user limits (images per day / per hour, jobs in flight); 0 means unlimited ---
+    user_daily_limit: int = Field(25, ge=0)
+    user_hourly_limit: int = Field(10, ge=0)
+    user_max_concurrent: int = Field(2, ge=0)
+
+    log_level: str = "INFO"
+
+    @field_validator(
+        "discord_token", "listenhub_api_key", "nanobanana_pro_api_key", "apimart_api_key", "mountsea_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("discord_dev_guild_id", mode="before")
+    @classmethod
+    def _blank_guild_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    # --- derived views ---
+
+    def provider(self, name: ProviderName) -> ProviderSettings:
+        return ProviderSettings(
+            name,
+            getattr(self, f"{name}_api_key"),
+            getattr(self, f"{name}_base_url"),
+            getattr(self, f"{name}_concurrency"),
+        )
+
+    def providers(self) -> list[ProviderSettings]:
+        return [self.provider(name) for name in PROVIDER_NAMES]
+
+    def enabled_providers(self) -> set[str]:
+        return {p.name for p in self.providers() if p.enabled}
+
+    def provider_rank(self) -> dict[str, int]:
+        """Position of each provider in PROVIDER_ORDER; unlisted providers go last, in catalog order."""
+        order = [p.strip() for p in self.provider_order.split(",") if p.strip()]
+        return {name: i for i, name in enumerate(order)}
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file from DATABASE_URL (`sqlite:///relative.db` or `sqlite:////absolute.db`)."""
+        url = self.database_url
+        for prefix in ("sqlite:///", "sqlite://"):
+            if url.startswith(prefix):
+                return Path(url[len(prefix):])
+        raise ValueError("DATABASE_URL must start with sqlite:/// (only SQLite is supported for now)")
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value; used to scrub logs."""
+        values = [self.discord_token] + [p.api_key for p in self.providers()]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]

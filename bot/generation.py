@@ -1,0 +1,328 @@
+"""One generation, from a user's request to images: validation, routing, concurrency caps, failover.
+
+The same pipeline serves the Discord bot and the command line. Everything that can be checked without
+the network is checked in :meth:`Generator.plan` (cheap, synchronous) and :func:`load_references`
+(image decoding, in a thread) before any provider is called, so bad input costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from bot.catalog import ModelSpec, Route, available_models, get_model
+from bot.config import Settings
+from bot.errors import (
+    InvalidPrompt,
+    NoRouteAvailable,
+    ProviderError,
+    UnknownModel,
+    UnsupportedOption,
+)
+from bot.images import inspect_image_async, normalize_reference_async
+from bot.providers.base import GeneratedImage, ImageProvider, ProviderRequest, Reference, TaskProvider
+
+log = logging.getLogger(__name__)
+
+SEED_MAX = 2**31 - 1
+
+#: Called when an asynchronous provider accepted a task, so the job can be resumed from its id.
+TaskHook = Callable[[str, str, str], Awaitable[None]]  # (provider, provider_model, task_id)
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What a user asked for, as typed (unvalidated)."""
+
+    model: str
+    prompt: str
+    aspect_ratio: str | None = None
+    resolution: str | None = None
+    count: int = 1
+    seed: int | None = None
+    references: tuple[Reference, ...] = ()
+    strict_safety: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request and the routes that can serve it, best first."""
+
+    model: ModelSpec
+    prompt: str
+    aspect_ratio: str
+    resolution: str
+    count: int
+    seed: int | None
+    references: tuple[Reference, ...]
+    routes: tuple[Route, ...]
+    strict_safety: bool = False
+
+
+@dataclass
+class GenerationOutcome:
+    images: list[GeneratedImage]
+    provider: str
+    provider_model: str
+    route: Route
+    latency_s: float
+    task_ids: list[str] = field(default_factory=list)
+    cost: float | None = None
+    cost_unit: str | None = None
+    # Calls that failed while others succeeded (partial delivery); their images are refunded.
+    failed: int = 0
+    # Routes tried before this one, with the error that made us move on.
+    failovers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def clean_prompt(prompt: str, max_length: int) -> str:
+    """Normalise a prompt: NFC, control characters dropped (newlines kept), whitespace trimmed."""
+    text = unicodedata.normalize("NFC", prompt)
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc").strip()
+    if not text:
+        raise InvalidPrompt("The prompt is empty. Describe the image you want.")
+    if len(text) > max_length:
+        raise InvalidPrompt(f"The prompt is {len(text)} characters long; the limit is {max_length}.")
+    return text
+
+
+def _choices(values: Sequence[str]) -> str:
+    return ", ".join(values)
+
+
+class Generator:
+    """Runs generations through the enabled providers, respecting each provider's concurrency cap."""
+
+    def __init__(self, settings: Settings, providers: dict[str, ImageProvider]) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.rank = settings.provider_rank()
+        self.semaphores = {
+            name: asyncio.Semaphore(settings.provider(name).concurrency)  # type: ignore[arg-type]
+            for name in providers
+        }
+
+    @property
+    def enabled(self) -> set[str]:
+        return set(self.providers)
+
+    def models(self) -> list[ModelSpec]:
+        return available_models(self.enabled)
+
+    # ------------------------------------------------------------------ validation
+
+    def plan(self, spec: GenerationSpec) -> Plan:
+        """Validate a request against the catalog and the enabled providers. No network, no decoding."""
+        model = get_model(spec.model)
+        if model is None:
+            raise UnknownModel(
+                f"Unknown model `{spec.model}`. Available: {_choices([m.key for m in self.models()]) or 'none'}."
+            )
+        routes = model.routes_for(self.enabled, self.rank)
+        if not routes:
+            raise NoRouteAvailable(f"{model.label} is not available on this bot right now.")
+        prompt = clean_prompt(spec.prompt, self.settings.max_prompt_length)
+        ratio = spec.aspect_ratio or model.default_aspect_ratio
+        if ratio not in model.aspect_ratios:
+            raise UnsupportedOption(
+                f"{model.label} does not support aspect ratio {ratio}. Choose one of: {_choices(model.aspect_ratios)}."
+            )
+        resolution = (spec.resolution or model.default_resolution).upper()
+        if resolution not in model.resolutions:
+            raise UnsupportedOption(
+                f"{model.label} does not support {resolution}. Choose one of: {_choices(model.resolutions)}."
+            )
+        if not model.min_count <= spec.count <= model.max_count:
+            raise UnsupportedOption(
+                f"{model.label} makes {model.min_count} to {model.max_count} images per request."
+            )
+        if spec.seed is not None:
+            if not model.supports_seed:
+                raise UnsupportedOption(f"{model.label} does not support seeds.")
+            if not 0 <= spec.seed <= SEED_MAX:
+                raise UnsupportedOption(f"The seed must be between 0 and {SEED_MAX}.")
+        n_refs = len(spec.references)
+        if n_refs and not model.supports_edit:
+            raise UnsupportedOption(f"{model.label} cannot edit images.")
+        if n_refs > model.max_references:
+            raise UnsupportedOption(f"{model.label} takes at most {model.max_references} reference images.")
+
+        def fits(route: Route) -> bool:
+            return (
+                ratio in route.aspect_ratios
+                and resolution in route.resolutions
+                and n_refs <= route.max_references
+                and (spec.seed is None or route.supports_seed)
+            )
+
+        usable = tuple(r for r in routes if fits(r))
+        if not usable:
+            raise NoRouteAvailable(
+                f"{model.label} with these options ({ratio}, {resolution}"
+                f"{', seed' if spec.seed is not None else ''}, {n_refs} reference(s)) is not available "
+                "with the providers configured on this bot. Try other options."
+            )
+        return Plan(
+            model, prompt, ratio, resolution, spec.count, spec.seed, spec.references, usable, spec.strict_safety
+        )
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, plan: Plan, *, on_task: TaskHook | None = None) -> GenerationOutcome:
+        """Generate, trying the next route when one fails with a retryable error."""
+        failovers: list[tuple[str, str]] = []
+        for index, route in enumerate(plan.routes):
+            try:
+                outcome = await self.run_route(plan, route, on_task=on_task)
+            except ProviderError as exc:
+                last = index == len(plan.routes) - 1
+                if not exc.retryable or last:
+                    raise
+                log.warning("route %s failed (%s); trying the next route", route.provider, type(exc).__name__)
+                failovers.append((route.provider, type(exc).__name__))
+                continue
+            outcome.failovers = failovers
+            return outcome
+        raise AssertionError("plan without routes")  # plan() guarantees at least one route
+
+    async def run_route(
+        self, plan: Plan, route: Route, *, on_task: TaskHook | None = None
+    ) -> GenerationOutcome:
+        provider = self.providers[route.provider]
+        references = await prepare_references(route, plan.references)
+        base = ProviderRequest(
+            model_id=route.model_for(bool(references)),
+            prompt=plan.prompt,
+            resolution=plan.resolution,
+            aspect_ratio=plan.aspect_ratio,
+            count=plan.count,
+            seed=plan.seed,
+            references=references,
+            strict_safety=plan.strict_safety,
+            params=dict(route.params),
+        )
+        batches = split_count(plan.count, route.max_per_call)
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(self._call(provider, replace(base, count=n), on_task) for n in batches), return_exceptions=True
+        )
+        images: list[GeneratedImage] = []
+        errors: list[BaseException] = []
+        task_ids: list[str] = []
+        cost = 0.0
+        cost_unit = None
+        provider_model = base.model_id
+        for result in results:
+            if isinstance(result, BaseException):
+                errors.append(result)
+                continue
+            images.extend(result.images)
+            provider_model = result.provider_model
+            if result.task_id:
+                task_ids.append(result.task_id)
+            if result.cost is not None:
+                cost += result.cost
+                cost_unit = result.cost_unit
+        if not images:
+            raise errors[0] if errors else ProviderError(provider=route.provider)
+        for err in errors:
+            # Some calls succeeded: deliver those, refund the rest, and keep the cause in the log.
+            log.warning("%s: %d of %d calls failed: %r", route.provider, len(errors), len(batches), err)
+        return GenerationOutcome(
+            images=images[: plan.count],
+            provider=route.provider,
+            provider_model=provider_model,
+            route=route,
+            latency_s=time.monotonic() - started,
+            task_ids=task_ids,
+            cost=cost if cost_unit else None,
+            cost_unit=cost_unit,
+            failed=max(0, plan.count - len(images)),
+        )
+
+    async def _call(self, provider: ImageProvider, request: ProviderRequest, on_task: TaskHook | None):
+        async with self.semaphores[provider.name]:
+            if isinstance(provider, TaskProvider):
+                started = time.monotonic()
+                task_id = await provider.submit(request)
+                if on_task is not None:
+                    await on_task(provider.name, request.model_id, task_id)
+                return await provider.wait(task_id, request, started=started)
+            return await provider.generate(request)
+
+    async def resume(self, provider_name: str, task_id: str, plan: Plan, route: Route) -> GenerationOutcome:
+        """Finish a task submitted before a restart: poll it, never submit again."""
+        provider = self.providers[provider_name]
+        if not isinstance(provider, TaskProvider):
+            raise ValueError(f"{provider_name} has no tasks to resume")
+        request = ProviderRequest(
+            model_id=route.model_for(bool(plan.references)), prompt=plan.prompt, resolution=plan.resolution,
+            aspect_ratio=plan.aspect_ratio, count=plan.count, seed=plan.seed,
+        )
+        async with self.semaphores[provider_name]:
+            result = await provider.wait(task_id, request)
+        return GenerationOutcome(
+            images=result.images[: plan.count], provider=provider_name, provider_model=result.provider_model,
+            route=route, latency_s=result.latency_s, task_ids=[task_id], cost=result.cost,
+            cost_unit=result.cost_unit, failed=max(0, plan.count - len(result.images)),
+        )
+
+    async def aclose(self) -> None:
+        seen = set()
+        for provider in self.providers.values():
+            await provider.aclose()
+            seen.add(id(provider.transport.downloader))
+        for provider in self.providers.values():
+            downloader = provider.transport.downloader
+            if id(downloader) in seen:
+                seen.discard(id(downloader))
+                await downloader.aclose()
+
+
+def split_count(count: int, per_call: int) -> list[int]:
+    """[4] -> calls of at most ``per_call`` images: split_count(4, 1) == [1, 1, 1, 1]."""
+    per_call = max(1, per_call)
+    full, rest = divmod(count, per_call)
+    return [per_call] * full + ([rest] if rest else [])
+
+
+async def load_references(
+    blobs: Sequence[tuple[bytes, str | None]], *, max_bytes: int, max_pixels: int
+) -> tuple[Reference, ...]:
+    """Validate user-supplied images (real type, full decode, size and pixel caps) in a thread.
+
+    ``blobs`` holds (bytes, public URL of exactly these bytes or None).
+    """
+    infos = await asyncio.gather(
+        *(inspect_image_async(data, max_bytes=max_bytes, max_pixels=max_pixels) for data, _ in blobs)
+    )
+    return tuple(
+        Reference(mime_type=info.mime_type, data=data, url=url)
+        for (data, url), info in zip(blobs, infos, strict=True)
+    )
+
+
+async def prepare_references(route: Route, references: Sequence[Reference]) -> tuple[Reference, ...]:
+    """Fit references to a route's limits (type, bytes): converted or downscaled off the event loop.
+
+    A reference whose bytes change loses its URL (the URL no longer describes these bytes).
+    """
+
+    async def fit(ref: Reference) -> Reference:
+        if ref.data is None:
+            return ref
+        limit = route.max_reference_bytes or len(ref.data)
+        if ref.mime_type in route.reference_mime and len(ref.data) <= limit:
+            return ref
+        encoded = await normalize_reference_async(
+            ref.data, max_bytes=limit, allowed_mime=route.reference_mime
+        )
+        if encoded.data == ref.data:
+            return ref
+        return Reference(mime_type=encoded.mime_type, data=encoded.data, url=None)
+
+    return tuple(await asyncio.gather(*(fit(r) for r in references)))

@@ -1,0 +1,167 @@
+"""The discord.py client: wiring, command sync, and the one error handler on the command tree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.catalog import DEFAULT_MODEL, get_model
+from bot.config import Settings
+from bot.errors import PaletteError
+from bot.generation import Generator
+from bot.jobs.service import JobService
+from bot.limits import LimitPolicy
+from bot.presentation.flows import Flows
+from bot.presentation.presenter import DiscordPresenter
+from bot.presentation.views import ResultButton
+from bot.providers.transport import Downloader
+from bot.storage import Database
+
+log = logging.getLogger(__name__)
+
+COGS = ("cogs.imagine", "cogs.quota", "cogs.history")
+# View channel, send messages, embed links, attach files, read message history.
+BOT_PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, embed_links=True,
+                                      attach_files=True, read_message_history=True)
+GENERIC_ERROR = "Something went wrong on our side. Nothing was charged; please try again."
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Aim discord.py at DISCORD_API_BASE / DISCORD_GATEWAY_URL (Discord's own by default).
+
+    ``Route.BASE`` is changed in place: the webhook module imported ``Route`` at import time, so
+    replacing the class would miss interaction callbacks.
+    """
+    discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class PaletteTree(app_commands.CommandTree["PaletteBot"]):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await self.client.report_error(interaction, error)
+
+
+class PaletteBot(commands.Bot):
+    def __init__(
+        self, settings: Settings, db: Database, generator: Generator, downloader: Downloader,
+        *, sync_only: bool = False,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, tree_cls=PaletteTree,
+                         help_command=None)
+        self.settings = settings
+        self.db = db
+        self.generator = generator
+        self.downloader = downloader
+        self.policy = LimitPolicy(settings)
+        self.presenter = DiscordPresenter(self)
+        self.jobs = JobService(db, generator, self.policy, self.presenter)
+        self.flows = Flows(self)
+        self.sync_only = sync_only
+        self.synced: bool | None = None
+
+    # ------------------------------------------------------------------ start-up
+
+    async def setup_hook(self) -> None:
+        for cog in COGS:
+            await self.load_extension(cog)
+        self.add_dynamic_items(ResultButton)
+        self.synced = await self.sync_commands(force=self.sync_only)
+        if self.sync_only:
+            return
+        recovered = await self.jobs.start()
+        if recovered:
+            log.info("recovered %d unfinished job(s)", recovered)
+
+    async def on_ready(self) -> None:
+        if self.sync_only:
+            await self.close()
+            return
+        assert self.user is not None
+        url = discord.utils.oauth_url(
+            self.application_id or self.user.id, permissions=BOT_PERMISSIONS,
+            scopes=("bot", "applications.commands"),
+        )
+        log.info("logged in as %s (%s); invite: %s", self.user, self.user.id, url)
+
+    def command_payload(self, guild: discord.abc.Snowflake | None) -> list[dict[str, Any]]:
+        return [cmd.to_dict(self.tree) for cmd in self.tree.get_commands(guild=guild)]
+
+    async def sync_commands(self, *, force: bool = False) -> bool:
+        """Sync only when the command tree changed since the last sync (Discord caps daily creates)."""
+        guild = discord.Object(self.settings.discord_dev_guild_id) if self.settings.discord_dev_guild_id else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        payload = self.command_payload(guild)
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        key = f"command_hash:{guild.id if guild else 'global'}"
+        if not force and await self.db.kv_get(key) == digest:
+            log.info("slash commands unchanged; not syncing")
+            return False
+        await self.tree.sync(guild=guild)
+        await self.db.kv_set(key, digest)
+        log.info("synced %d slash commands %s", len(payload), f"to guild {guild.id}" if guild else "globally")
+        return True
+
+    def default_model(self) -> str:
+        models = self.generator.models()
+        keys = [m.key for m in models]
+        return DEFAULT_MODEL if DEFAULT_MODEL in keys else (keys[0] if keys else DEFAULT_MODEL)
+
+    def default_edit_model(self, n_refs: int) -> str:
+        for key in [self.default_model()] + [m.key for m in self.generator.models()]:
+            model = get_model(key)
+            if model and model.supports_edit and model.max_references >= n_refs:
+                return key
+        return self.default_model()
+
+    # ------------------------------------------------------------------ errors
+
+    async def report_error(self, interaction: discord.Interaction, error: BaseException) -> None:
+        """Map an error to an ephemeral message; use a followup when the interaction was answered."""
+        original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(original, PaletteError):
+            text = original.message
+        elif isinstance(original, app_commands.MissingPermissions):
+            text = "You need the " + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions) + " permission for that."
+        elif isinstance(original, app_commands.BotMissingPermissions):
+            text = "I'm missing the " + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions) + " permission here."
+        elif isinstance(original, app_commands.NoPrivateMessage):
+            text = "That command only works in a server."
+        elif isinstance(original, app_commands.CheckFailure):
+            text = "You can't use that here."
+        elif isinstance(original, app_commands.TransformerError):
+            text = f"`{original.value}` is not a valid value for that option."
+        else:
+            log.error("unhandled error in an interaction", exc_info=original)
+            text = GENERIC_ERROR
+        try:
+            await send_ephemeral(interaction, text)
+        except discord.HTTPException as exc:
+            log.warning("could not report an error to the user (%s)", exc)
+
+    async def close(self) -> None:
+        await self.jobs.stop(grace=0)
+        await super().close()
+
+
+async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
+    if not interaction.response.is_done():
+        await interaction.response.send_message(text, ephemeral=True)
+        return
+    if interaction.extras.get("public_defer"):
+        # A public "thinking…" message is showing: remove it so the error stays private.
+        interaction.extras["public_defer"] = False
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException:
+            pass
+    await interaction.followup.send(text, ephemeral=True)

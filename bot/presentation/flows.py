@@ -1,0 +1,271 @@
+"""Interaction flows shared by the cogs and the result buttons.
+
+Order matters for Discord's 3-second deadline: cheap validation first (answered ephemerally, costs
+nothing), then the interaction is deferred before any I/O (downloads, database), then references are
+checked, quota is reserved and the job is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.catalog import get_model
+from bot.errors import InvalidImage, PaletteError, UnsupportedOption, ValidationError
+from bot.generation import GenerationSpec, load_references
+from bot.jobs.service import JobOrigin
+from bot.presentation import embeds
+from bot.presentation.views import PromptModal
+from bot.providers.base import Reference
+from bot.storage import JobRecord
+
+if TYPE_CHECKING:
+    from bot.presentation.client import PaletteBot
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".heic", ".heif")
+
+
+class Restarting(PaletteError):
+    def __init__(self) -> None:
+        super().__init__("Palette is restarting; please try again in a minute.")
+
+
+class Flows:
+    def __init__(self, bot: PaletteBot) -> None:
+        self.bot = bot
+
+    # ------------------------------------------------------------------ helpers
+
+    def origin(self, interaction: discord.Interaction) -> JobOrigin:
+        user = interaction.user
+        roles = tuple(r.id for r in user.roles) if isinstance(user, discord.Member) else ()
+        channel = interaction.channel
+        nsfw = bool(getattr(channel, "nsfw", False))
+        return JobOrigin(
+            user_id=user.id,
+            channel_id=interaction.channel_id,
+            guild_id=interaction.guild_id,
+            interaction_token=interaction.token,
+            interaction_created_at=interaction.created_at.timestamp(),
+            upload_limit=upload_limit(interaction),
+            role_ids=roles,
+            nsfw_channel=nsfw,
+        )
+
+    def check_attachments(self, attachments: Sequence[discord.Attachment]) -> None:
+        """Cheap checks from Discord's metadata, before deferring (the real type is sniffed later)."""
+        cap = self.bot.settings.max_reference_bytes
+        for att in attachments:
+            if att.size > cap:
+                raise InvalidImage(
+                    f"`{att.filename}` is {att.size / 1_048_576:.1f} MB; images up to {cap / 1_048_576:.0f} MB are accepted."
+                )
+
+    async def download(self, attachments: Sequence[discord.Attachment], urls: Sequence[str] = ()) -> list[tuple[bytes, str | None]]:
+        """Fetch reference bytes (Discord attachments through discord.py, other URLs with the SSRF guard)."""
+
+        async def one_attachment(att: discord.Attachment) -> tuple[bytes, str | None]:
+            try:
+                return await att.read(), att.url
+            except discord.HTTPException as exc:
+                raise InvalidImage(f"`{att.filename}` could not be downloaded from Discord.") from exc
+
+        async def one_url(url: str) -> tuple[bytes, str | None]:
+            try:
+                data, _ = await self.bot.downloader.fetch(url)
+            except PaletteError as exc:
+                raise InvalidImage("An image in that message could not be downloaded.") from exc
+            return data, url
+
+        return list(await asyncio.gather(*(one_attachment(a) for a in attachments), *(one_url(u) for u in urls)))
+
+    async def defer(self, interaction: discord.Interaction) -> None:
+        if not interaction.response.is_done():
+            await interaction.response.defer(thinking=True)
+            # The error handler replaces a public "thinking" message with an ephemeral error.
+            interaction.extras["public_defer"] = True
+
+    # ------------------------------------------------------------------ starting a job
+
+    async def start_job(
+        self,
+        interaction: discord.Interaction,
+        spec: GenerationSpec,
+        *,
+        kind: str = "imagine",
+        attachments: Sequence[discord.Attachment] = (),
+        urls: Sequence[str] = (),
+        blobs: Sequence[tuple[bytes, str | None]] = (),
+        parent_job_id: int | None = None,
+    ) -> JobRecord | None:
+        jobs = self.bot.jobs
+        if not jobs.accepting:
+            raise Restarting()
+        n_refs = len(attachments) + len(urls) + len(blobs)
+        # Validate options with placeholder references, so a wrong ratio is answered before we defer.
+        placeholder = tuple(Reference(mime_type="image/png", url="about:blank") for _ in range(n_refs))
+        jobs.plan(replace(spec, references=placeholder))
+        self.check_attachments(attachments)
+        await self.defer(interaction)
+        settings = self.bot.settings
+        if n_refs:
+            fetched = list(blobs) + await self.download(attachments, urls)
+            references = await load_references(
+                fetched, max_bytes=settings.max_reference_bytes, max_pixels=settings.max_reference_pixels
+            )
+            spec = replace(spec, references=references)
+        job = await jobs.submit(spec, self.origin(interaction), kind=kind, parent_job_id=parent_job_id)
+        position = jobs.position(job.id)
+        try:
+            message = await interaction.edit_original_response(content=embeds.queued_text(job, position))
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not show the queued status (%s)", job.id, exc)
+            return job
+        await self.bot.db.set_status_message(job.id, message.id)
+        return job
+
+    # ------------------------------------------------------------------ result buttons
+
+    async def result_action(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        try:
+            job = await self.bot.db.get_job(job_id)
+            if job is None:
+                raise ValidationError("That generation is no longer in Palette's records.")
+            if action == "delete":
+                await self.delete_result(interaction, job)
+            elif action == "reroll":
+                await self.reroll(interaction, job)
+            elif action == "edit":
+                await self.open_edit_modal(interaction, job)
+            elif action == "upscale":
+                await self.upscale(interaction, job)
+        except Exception as exc:
+            await self.bot.report_error(interaction, exc)
+
+    def spec_from_job(self, job: JobRecord, **changes: object) -> GenerationSpec:
+        params = embeds.job_params(job)
+        spec = GenerationSpec(
+            model=job.model, prompt=job.prompt, aspect_ratio=params.get("aspect_ratio"),  # type: ignore[arg-type]
+            resolution=params.get("resolution"), count=job.count, seed=None,  # type: ignore[arg-type]
+        )
+        return replace(spec, **changes)  # type: ignore[arg-type]
+
+    async def reroll(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        """Same prompt and options, a fresh roll; charged to whoever clicked."""
+        await self.start_job(interaction, self.spec_from_job(job), kind="reroll", parent_job_id=job.id)
+
+    async def open_edit_modal(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        message = interaction.message
+        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        if not images:
+            raise ValidationError("This message has no image left to edit.")
+        model = get_model(job.model)
+        if model is None or not model.supports_edit:
+            raise UnsupportedOption("This model cannot edit images.")
+
+        async def submitted(modal_interaction: discord.Interaction, prompt: str, index: int) -> None:
+            if not 1 <= index <= len(images):
+                raise ValidationError(f"Pick an image number from 1 to {len(images)}.")
+            spec = self.spec_from_job(job, prompt=prompt, count=1)
+            await self.start_job(
+                modal_interaction, spec, kind="edit", attachments=[images[index - 1]], parent_job_id=job.id
+            )
+
+        await interaction.response.send_modal(
+            PromptModal(
+                title="Edit this image", on_submit_prompt=submitted,
+                max_length=self.bot.settings.max_prompt_length, image_count=len(images),
+            )
+        )
+
+    async def upscale(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        """Re-render the first image at 4K with itself as the reference, where the model allows it."""
+        model = get_model(job.model)
+        if model is None or "4K" not in model.resolutions or not model.supports_edit:
+            raise UnsupportedOption(f"{embeds.model_label(job.model)} cannot upscale to 4K.")
+        message = interaction.message
+        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        if not images:
+            raise ValidationError("This message has no image left to upscale.")
+        prompt = f"Upscale this image to 4K. Keep every detail, composition and colour exactly. ({job.prompt})"
+        spec = self.spec_from_job(job, prompt=prompt[: self.bot.settings.max_prompt_length], resolution="4K", count=1)
+        await self.start_job(interaction, spec, kind="upscale", attachments=[images[0]], parent_job_id=job.id)
+
+    async def delete_result(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        user = interaction.user
+        allowed = user.id == job.user_id or (
+            isinstance(user, discord.Member) and user.resolved_permissions is not None
+            and user.resolved_permissions.manage_messages
+        )
+        if not allowed:
+            raise ValidationError("Only the person who asked for this image (or a moderator) can delete it.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.message is not None:
+            await interaction.message.delete()
+        await interaction.followup.send("Deleted.", ephemeral=True)
+
+    # ------------------------------------------------------------------ quota
+
+    async def provider_balances(self) -> list[str]:
+        """One line per provider that publishes a balance (shown to server managers)."""
+        lines = []
+        for name, provider in self.bot.generator.providers.items():
+            try:
+                balance = await provider.balance()
+            except PaletteError as exc:
+                lines.append(f"{name}: unavailable ({exc.message})")
+                continue
+            if balance is None:
+                continue
+            free = ", ".join(f"{k} {v}" for k, v in balance.free_usages.items())
+            credits = "?" if balance.credits is None else f"{balance.credits:g}"
+            lines.append(f"{name}: {credits} credits" + (f"; free uses: {free}" if free else ""))
+        return lines
+
+    # ------------------------------------------------------------------ context menu
+
+    async def edit_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        attachments = [a for a in message.attachments if is_image_attachment(a)]
+        urls = [
+            url for e in message.embeds
+            for url in ((e.image.url if e.image else None), (e.thumbnail.url if e.thumbnail else None))
+            if url
+        ]
+        if not attachments and not urls:
+            raise ValidationError("That message has no images to edit.")
+        model_key = self.bot.default_edit_model(len(attachments) + len(urls))
+        model = get_model(model_key)
+        max_refs = model.max_references if model else 1
+        attachments, urls = attachments[:max_refs], urls[: max(0, max_refs - len(attachments))]
+        self.check_attachments(attachments)
+
+        async def submitted(modal_interaction: discord.Interaction, prompt: str, _index: int) -> None:
+            spec = GenerationSpec(model=model_key, prompt=prompt)
+            await self.start_job(modal_interaction, spec, kind="edit", attachments=attachments, urls=urls)
+
+        await interaction.response.send_modal(
+            PromptModal(title="Edit with Palette", on_submit_prompt=submitted, max_length=self.bot.settings.max_prompt_length)
+        )
+
+
+def is_image_attachment(att: discord.Attachment) -> bool:
+    if att.content_type:
+        return att.content_type.startswith("image/")
+    return att.filename.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def upload_limit(interaction: discord.Interaction) -> int:
+    """The interaction's attachment_size_limit, else the guild's filesize_limit, else 10 MiB."""
+    limit = getattr(interaction, "filesize_limit", None)
+    if isinstance(limit, int) and limit > 0:
+        return limit
+    if interaction.guild is not None:
+        return interaction.guild.filesize_limit
+    return 10 * 1024 * 1024

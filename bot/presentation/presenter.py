@@ -1,0 +1,166 @@
+"""Shows a job's life in Discord: one status message edited in place, then the result on it.
+
+The status message is the interaction's original response, edited through the interaction webhook
+(stored token), so it works for any job the bot knows about, including ones recovered after a restart
+while the token is valid. When the token has expired or the message is gone, the result is posted in the
+channel with a mention instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.errors import PaletteError
+from bot.generation import GenerationOutcome
+from bot.images import fit_for_upload_async, sha256_hex_async
+from bot.jobs.service import DeliveredImage, Delivery
+from bot.presentation import embeds
+from bot.presentation.views import result_view
+from bot.storage import JobRecord
+
+if TYPE_CHECKING:
+    from bot.presentation.client import PaletteBot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+TOKEN_LIFETIME = 15 * 60
+MAX_FILES_PER_MESSAGE = 10
+
+
+class DiscordPresenter:
+    def __init__(self, bot: PaletteBot) -> None:
+        self.bot = bot
+        # Which stage each job's status message shows, so a late "queued" edit never overwrites
+        # "generating" or the result (edits run concurrently).
+        self._stage: dict[int, int] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def _lock(self, job_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    def _webhook(self, job: JobRecord) -> discord.Webhook | None:
+        if not job.interaction_token or self.bot.application_id is None:
+            return None
+        created = job.interaction_created_at or 0
+        if time.time() - created > TOKEN_LIFETIME - 30:
+            return None
+        return discord.Webhook.partial(self.bot.application_id, job.interaction_token, client=self.bot)
+
+    async def _edit_status(self, job: JobRecord, stage: int, content: str) -> None:
+        async with self._lock(job.id):
+            if self._stage.get(job.id, -1) >= stage:
+                return
+            self._stage[job.id] = stage
+            webhook = self._webhook(job)
+            message_id = await self._status_message_id(job)
+            if webhook is None or message_id is None:
+                return
+            await webhook.edit_message(message_id, content=content)
+
+    async def _status_message_id(self, job: JobRecord) -> int | None:
+        if job.status_message_id:
+            return job.status_message_id
+        fresh = await self.bot.db.get_job(job.id)
+        return fresh.status_message_id if fresh else None
+
+    # ------------------------------------------------------------------ JobPresenter
+
+    async def queued(self, job: JobRecord, position: int | None) -> None:
+        await self._edit_status(job, 0, embeds.queued_text(job, position))
+
+    async def started(self, job: JobRecord) -> None:
+        await self._edit_status(job, 1, embeds.started_text(job, time.time()))
+
+    async def failed(self, job: JobRecord, error: PaletteError) -> None:
+        text = embeds.failure_text(error)
+        async with self._lock(job.id):
+            self._stage[job.id] = 3
+            webhook = self._webhook(job)
+            message_id = await self._status_message_id(job)
+            try:
+                if webhook is not None and message_id is not None:
+                    await webhook.edit_message(message_id, content=text, embed=None, view=None)
+                    return
+            except discord.HTTPException as exc:
+                log.info("job %s: status edit failed (%s); posting in channel", job.id, exc.status)
+            await self._channel_send(job, content=f"<@{job.user_id}> {text}")
+        self._forget(job.id)
+
+    async def deliver(self, job: JobRecord, outcome: GenerationOutcome) -> Delivery:
+        limit = embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT
+        fitted = await asyncio.gather(
+            *(fit_for_upload_async(image.data, limit_bytes=int(limit)) for image in outcome.images)  # type: ignore[arg-type]
+        )
+        hashes = await asyncio.gather(*(sha256_hex_async(f.data) for f in fitted))
+        names = [f"palette-{job.id}-{i}.{f.extension}" for i, f in enumerate(fitted, 1)]
+        embed = embeds.result_embed(
+            job, provider_model=outcome.provider_model, sizes=[(f.width, f.height) for f in fitted],
+            seconds=outcome.latency_s, failed=outcome.failed,
+        )
+        view = result_view(job.id)
+
+        def files() -> list[discord.File]:
+            import io
+
+            return [discord.File(io.BytesIO(f.data), filename=name) for f, name in zip(fitted, names, strict=True)]
+
+        message: discord.Message | None = None
+        async with self._lock(job.id):
+            self._stage[job.id] = 2
+            webhook = self._webhook(job)
+            message_id = await self._status_message_id(job)
+            if webhook is not None and message_id is not None:
+                try:
+                    message = await webhook.edit_message(
+                        message_id, content=None, embed=embed, attachments=files()[:MAX_FILES_PER_MESSAGE],
+                        view=view,
+                    )
+                except discord.HTTPException as exc:
+                    log.info("job %s: could not edit the status message (%s); posting in channel", job.id, exc)
+            if message is None:
+                message = await self._channel_send(
+                    job, content=f"<@{job.user_id}>", embed=embed, files=files()[:MAX_FILES_PER_MESSAGE], view=view
+                )
+        self._forget(job.id)
+        if message is None:
+            raise PaletteError("The images were made but could not be posted in this channel.")
+        by_name = {a.filename: a for a in message.attachments}
+        delivered = []
+        for f, name, digest in zip(fitted, names, hashes, strict=True):
+            attachment = by_name.get(name)
+            delivered.append(
+                DeliveredImage(
+                    attachment_id=attachment.id if attachment else None, filename=name, sha256=digest,
+                    width=f.width, height=f.height, mime_type=f.mime_type, size_bytes=len(f.data),
+                )
+            )
+        return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _channel_send(self, job: JobRecord, **kwargs: object) -> discord.Message | None:
+        if job.channel_id is None:
+            return None
+        channel = self.bot.get_channel(job.channel_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(job.channel_id)
+            except discord.HTTPException:
+                channel = None
+        if channel is None or not isinstance(channel, discord.abc.Messageable):
+            user = await self.bot.fetch_user(job.user_id)
+            channel = await user.create_dm()
+        return await channel.send(
+            allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)], everyone=False, roles=False),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def _forget(self, job_id: int) -> None:
+        self._stage.pop(job_id, None)
+        self._locks.pop(job_id, None)

@@ -1,0 +1,132 @@
+"""Buttons and modals.
+
+Result buttons are persistent: their custom ids carry the job id (``palette:<action>:<job>``) and the
+class is registered at start-up as a :class:`discord.ui.DynamicItem`, so buttons on messages from before
+a restart keep working. Their callbacks only forward to :mod:`bot.presentation.flows`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+if TYPE_CHECKING:
+    from bot.presentation.client import PaletteBot
+
+RESULT_ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
+    # action: (label, emoji, style)
+    "reroll": ("Re-roll", "🎲", discord.ButtonStyle.secondary),
+    "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),
+    "upscale": ("Upscale", "🔍", discord.ButtonStyle.secondary),
+    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+}
+
+
+class ResultButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"palette:(?P<action>reroll|edit|upscale|delete):(?P<job_id>[0-9]{1,19})",
+):
+    def __init__(self, action: str, job_id: int) -> None:
+        label, emoji, style = RESULT_ACTIONS[action]
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"palette:{action}:{job_id}")
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> ResultButton:
+        return cls(match["action"], int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: PaletteBot = interaction.client  # type: ignore[assignment]
+        await bot.flows.result_action(interaction, self.action, self.job_id)
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in RESULT_ACTIONS:
+        view.add_item(ResultButton(action, job_id))
+    return view
+
+
+class PromptModal(discord.ui.Modal):
+    """Asks for a prompt (and optionally which image), then hands it to ``on_submit_prompt``."""
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        on_submit_prompt: Callable[[discord.Interaction, str, int], Awaitable[None]],
+        max_length: int,
+        image_count: int = 1,
+        default: str | None = None,
+    ) -> None:
+        super().__init__(title=title, timeout=600)
+        self._on_submit_prompt = on_submit_prompt
+        self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
+            label="What should change?",
+            style=discord.TextStyle.paragraph,
+            placeholder="e.g. make it a watercolor painting at sunset",
+            max_length=min(max_length, 4000),
+            default=default,
+        )
+        self.add_item(self.prompt)
+        self.which: discord.ui.TextInput[PromptModal] | None = None
+        if image_count > 1:
+            self.which = discord.ui.TextInput(
+                label=f"Which image (1-{image_count})?", default="1", max_length=2, required=False
+            )
+            self.add_item(self.which)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        index = 1
+        if self.which is not None and self.which.value.strip():
+            raw = self.which.value.strip()
+            index = int(raw) if raw.isdigit() else 0
+        await self._on_submit_prompt(interaction, self.prompt.value, index)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        bot: PaletteBot = interaction.client  # type: ignore[assignment]
+        await bot.report_error(interaction, error)
+
+
+class HistoryView(discord.ui.View):
+    """Previous / next buttons over the requester's history (ephemeral, so not persistent)."""
+
+    def __init__(
+        self, *, owner_id: int, page: int, pages: int,
+        render: Callable[[int], Awaitable[tuple[discord.Embed, int]]],
+    ) -> None:
+        super().__init__(timeout=600)
+        self.owner_id = owner_id
+        self.page = page
+        self.pages = pages
+        self._render = render
+        self._sync()
+
+    def _sync(self) -> None:
+        self.previous.disabled = self.page <= 0
+        self.next.disabled = self.page >= self.pages - 1
+
+    async def _show(self, interaction: discord.Interaction, page: int) -> None:
+        embed, self.pages = await self._render(page)
+        self.page = max(0, min(page, self.pages - 1))
+        self._sync()
+        await interaction.response.edit_message(embed=embed, view=self)
+
+    @discord.ui.button(label="Previous", emoji="◀️", style=discord.ButtonStyle.secondary)
+    async def previous(self, interaction: discord.Interaction, button: discord.ui.Button[HistoryView]) -> None:
+        await self._show(interaction, self.page - 1)
+
+    @discord.ui.button(label="Next", emoji="▶️", style=discord.ButtonStyle.secondary)
+    async def next(self, interaction: discord.Interaction, button: discord.ui.Button[HistoryView]) -> None:
+        await self._show(interaction, self.page + 1)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.owner_id

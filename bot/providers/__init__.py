@@ -1,0 +1,63 @@
+"""Provider adapters: one module per API, all on the shared :mod:`bot.providers.transport`."""
+
+from __future__ import annotations
+
+from bot.config import Settings
+from bot.providers.apimart import ApiMartProvider
+from bot.providers.base import ImageProvider, TaskProvider
+from bot.providers.listenhub import ListenHubProvider
+from bot.providers.mountsea import MountseaProvider
+from bot.providers.nanobanana_pro import NanoBananaProProvider
+from bot.providers.transport import Downloader, RetryPolicy, Transport
+
+PROVIDER_CLASSES: dict[str, type[ImageProvider]] = {
+    "listenhub": ListenHubProvider,
+    "nanobanana_pro": NanoBananaProProvider,
+    "apimart": ApiMartProvider,
+    "mountsea": MountseaProvider,
+}
+
+
+def build_providers(settings: Settings, downloader: Downloader | None = None) -> dict[str, ImageProvider]:
+    """One adapter (with one pooled HTTP client) per enabled provider."""
+    downloader = downloader or build_downloader(settings)
+    retry = RetryPolicy(
+        max_retries=settings.http_max_retries,
+        backoff_base=settings.retry_backoff_base,
+        backoff_max=settings.retry_backoff_max,
+        retry_after_cap=settings.retry_after_cap,
+    )
+    providers: dict[str, ImageProvider] = {}
+    for ps in settings.providers():
+        if not ps.enabled:
+            continue
+        cls = PROVIDER_CLASSES[ps.name]
+        transport = Transport(
+            ps.name,
+            ps.base_url,
+            ps.api_key,
+            downloader=downloader,
+            retry=retry,
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
+            max_connections=max(ps.concurrency * 2, 16),
+            error_hook=cls.error_hook,
+        )
+        if issubclass(cls, TaskProvider):
+            providers[ps.name] = cls(
+                transport, poll_interval=settings.poll_interval, deadline=settings.task_deadline
+            )
+        else:
+            providers[ps.name] = cls(transport)
+    return providers
+
+
+def build_downloader(settings: Settings) -> Downloader:
+    return Downloader(
+        max_bytes=settings.download_max_bytes,
+        timeout=settings.download_timeout,
+        allow_private=settings.allow_private_urls,
+    )
+
+
+__all__ = ["PROVIDER_CLASSES", "ImageProvider", "TaskProvider", "build_downloader", "build_providers"]

@@ -1,0 +1,203 @@
+"""What every provider adapter takes and returns.
+
+An adapter turns a :class:`ProviderRequest` (already validated against the catalog and fitted to the
+route's limits) into a :class:`ProviderResult`, raising typed :mod:`bot.errors` on failure. Synchronous
+APIs implement :meth:`ImageProvider.generate`; asynchronous (task + polling) APIs implement
+:class:`TaskProvider`'s ``submit``/``poll`` so a job can resume from a stored task id without paying twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import httpx
+
+from bot.errors import ProviderError, ProviderTimeout, ResultDownloadError, TaskFailed
+from bot.images import sniff_mime
+from bot.providers.transport import Transport
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference image: bytes we validated, or a public URL, or both (the URL of these exact bytes)."""
+
+    mime_type: str
+    data: bytes | None = None
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.data is None and self.url is None:
+            raise ValueError("a reference needs data or a url")
+
+    def __repr__(self) -> str:  # never dump megabytes into a log line
+        size = len(self.data) if self.data is not None else None
+        return f"Reference(mime_type={self.mime_type!r}, bytes={size}, url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    model_id: str
+    prompt: str
+    resolution: str = "1K"
+    aspect_ratio: str | None = None
+    count: int = 1
+    seed: int | None = None
+    references: tuple[Reference, ...] = ()
+    # Ask for the provider's strictest safety setting where it has one.
+    strict_safety: bool = False
+    # Route constants from the catalog (e.g. ListenHub's "provider": "google").
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+    def __repr__(self) -> str:
+        return f"GeneratedImage({self.mime_type}, {self.width}x{self.height}, {len(self.data)} bytes)"
+
+
+@dataclass
+class ProviderResult:
+    images: list[GeneratedImage]
+    provider: str
+    provider_model: str
+    latency_s: float
+    task_id: str | None = None
+    # The provider's price for this result where its docs give one, with its unit ("credits", "usd").
+    cost: float | None = None
+    cost_unit: str | None = None
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What a provider account has left, as the provider publishes it."""
+
+    provider: str
+    credits: float | None
+    free_usages: dict[str, int] = field(default_factory=dict)
+    plan: str | None = None
+    resets_at: str | None = None
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+
+
+@dataclass
+class TaskStatus:
+    state: TaskState
+    # Result image URLs or data URIs, when done.
+    outputs: list[str] = field(default_factory=list)
+    progress: float | None = None
+    raw_status: str | None = None
+
+
+class ImageProvider(ABC):
+    """A provider adapter bound to one :class:`Transport`."""
+
+    name: ClassVar[str]
+    #: Whether the API is task-based (submit, then poll).
+    asynchronous: ClassVar[bool] = False
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    @staticmethod
+    def error_hook(response: httpx.Response, body: Any) -> ProviderError | None:
+        """Turn a provider-specific error response into a typed error (None: use the status mapping)."""
+        return None
+
+    @abstractmethod
+    async def generate(self, request: ProviderRequest) -> ProviderResult: ...
+
+    async def balance(self) -> Balance | None:
+        """The account balance, or None when the provider publishes no balance endpoint."""
+        return None
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def _image_from_bytes(self, data: bytes, declared_mime: str | None = None) -> GeneratedImage:
+        """Check that bytes returned by a provider are an image and read its size (off the event loop)."""
+        from bot.images import image_size  # local import: images pulls in Pillow
+
+        mime = sniff_mime(data)
+        if mime is None:
+            raise ResultDownloadError(
+                "The provider returned something that is not an image.", provider=self.name,
+                detail=f"declared {declared_mime!r}, {len(data)} bytes",
+            )
+        try:
+            width, height = await asyncio.to_thread(image_size, data)
+        except Exception as exc:
+            raise ResultDownloadError(
+                "The provider returned an image that cannot be read.", provider=self.name, detail=str(exc)
+            ) from exc
+        return GeneratedImage(data, mime, width, height)
+
+    async def _fetch_outputs(self, outputs: list[str]) -> list[GeneratedImage]:
+        """Download result URLs (or decode data URIs) concurrently."""
+
+        async def one(ref: str) -> GeneratedImage:
+            data, declared = await self.transport.fetch_output(ref)
+            return await self._image_from_bytes(data, declared)
+
+        return list(await asyncio.gather(*(one(o) for o in outputs)))
+
+
+class TaskProvider(ImageProvider):
+    """Task-based API: ``submit`` returns a task id; ``poll`` reports its state."""
+
+    asynchronous = True
+
+    def __init__(self, transport: Transport, *, poll_interval: float, deadline: float) -> None:
+        super().__init__(transport)
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+
+    @abstractmethod
+    async def submit(self, request: ProviderRequest) -> str: ...
+
+    @abstractmethod
+    async def poll(self, task_id: str) -> TaskStatus:
+        """One status check. Raises TaskFailed when the task failed or was cancelled."""
+
+    async def wait(
+        self, task_id: str, request: ProviderRequest, *, started: float | None = None,
+        deadline: float | None = None,
+    ) -> ProviderResult:
+        """Poll until the task is done, then download its images. Safe to call again after a restart."""
+        started = time.monotonic() if started is None else started
+        limit = started + (deadline if deadline is not None else self.deadline)
+        while True:
+            status = await self.poll(task_id)
+            if status.state is TaskState.DONE:
+                if not status.outputs:
+                    raise TaskFailed(
+                        "The provider finished without an image.", provider=self.name, detail=task_id
+                    )
+                images = await self._fetch_outputs(status.outputs)
+                return ProviderResult(
+                    images=images, provider=self.name, provider_model=request.model_id,
+                    latency_s=time.monotonic() - started, task_id=task_id,
+                )
+            if time.monotonic() + self.poll_interval > limit:
+                raise ProviderTimeout(
+                    "The provider did not finish the image in time.", provider=self.name, detail=task_id
+                )
+            await asyncio.sleep(self.poll_interval)
+
+    async def generate(self, request: ProviderRequest) -> ProviderResult:
+        started = time.monotonic()
+        task_id = await self.submit(request)
+        return await self.wait(task_id, request, started=started)

@@ -1,0 +1,355 @@
+"""The one HTTP transport every provider adapter uses.
+
+- One :class:`httpx.AsyncClient` per provider (base URL, bearer key, timeouts, connection pool), reused by
+  every job: never a client per request.
+- Retries with jittered exponential backoff (tenacity) that honour ``Retry-After`` (capped), only for
+  408/409/429/5xx, transport errors, and what an adapter's error hook marks retryable (busy signals).
+  Never for 400/401/402/403. A response is read and closed before sleeping.
+- Errors become typed :mod:`bot.errors`; messages carry the provider's words (trimmed), never our key.
+- :class:`Downloader` fetches result URLs with its own client (the API key is never sent to a result
+  host), a size cap, a timeout, and an SSRF guard on every redirect hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import json
+import logging
+import random
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from bot.errors import (
+    AuthError,
+    InvalidRequest,
+    OutOfCredits,
+    ProviderBusy,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    ResultDownloadError,
+)
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "Palette/0.1 (+discord image bot)"
+DETAIL_LIMIT = 300
+LARGE_BODY = 256 * 1024
+
+#: An adapter hook that may turn an error response into a more specific error (or None for the default).
+ErrorHook = Callable[[httpx.Response, Any], ProviderError | None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    retry_after_cap: float = 60.0
+
+    def delay(self, attempt: int, error: BaseException | None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after >= 0:
+            return min(float(retry_after), self.retry_after_cap)
+        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        return random.uniform(ceiling / 2, ceiling)  # "equal jitter"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    from datetime import UTC, datetime
+
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def error_text(body: Any) -> str | None:
+    """The human part of an error body, whatever the provider called it."""
+    if isinstance(body, Mapping):
+        for key in ("userMessage", "error", "message", "msg", "detail", "error_message"):
+            value = body.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()[:DETAIL_LIMIT]
+            if isinstance(value, Mapping):
+                nested = error_text(value)
+                if nested:
+                    return nested
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:DETAIL_LIMIT]
+    return None
+
+
+def classify_status(provider: str, response: httpx.Response, body: Any) -> ProviderError:
+    """Default mapping from an HTTP error status to a typed error."""
+    status = response.status_code
+    detail = error_text(body)
+    kw: dict[str, Any] = {"provider": provider, "status": status, "detail": detail}
+    if status == 402:
+        return OutOfCredits(**kw)
+    if status in (401, 403):
+        return AuthError(**kw)
+    if status == 429:
+        return RateLimited(retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw)
+    if status == 409:
+        return ProviderBusy(retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw)
+    if status == 408:
+        return ProviderTimeout(**kw)
+    if status >= 500:
+        return ProviderUnavailable(retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw)
+    message = f"The provider rejected the request: {detail}" if detail else None
+    return InvalidRequest(message, **kw)
+
+
+def _body_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        return response.text[:DETAIL_LIMIT] if response.content else None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retryable
+
+
+class Transport:
+    """Authenticated JSON/multipart calls to one provider's API, with retries and typed errors."""
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        api_key: SecretStr | None,
+        *,
+        downloader: Downloader,
+        retry: RetryPolicy | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 180.0,
+        max_connections: int = 100,
+        error_hook: ErrorHook | None = None,
+        auth_header: Callable[[str], dict[str, str]] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.retry = retry or RetryPolicy()
+        self.downloader = downloader
+        self.error_hook = error_hook
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if api_key is not None:
+            secret = api_key.get_secret_value()
+            headers.update(auth_header(secret) if auth_header else {"Authorization": f"Bearer {secret}"})
+        self.client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=None),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: Mapping[str, Any] | None = None,
+        files: Any = None,
+        params: Mapping[str, Any] | None = None,
+        retry: bool = True,
+    ) -> Any:
+        """Send a request and return its decoded JSON body; raise a typed error on failure.
+
+        Bodies that are not JSON on a 2xx raise :class:`ProviderUnavailable` (not retried here: a
+        generation may already have been charged, so the job layer decides).
+        """
+        attempts = (self.retry.max_retries + 1) if retry else 1
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=lambda state: self.retry.delay(
+                state.attempt_number, state.outcome.exception() if state.outcome else None
+            ),
+            retry=retry_if_exception(_is_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                response = await self._send_once(method, path, json_body, data, files, params)
+        return await self._decode(response)
+
+    async def _send_once(
+        self, method: str, path: str, json_body: Any, data: Any, files: Any, params: Any
+    ) -> httpx.Response:
+        url = path.lstrip("/")
+        try:
+            response = await self.client.request(
+                method, url, json=json_body, data=data, files=files, params=params
+            )
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(provider=self.provider, detail=type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(provider=self.provider, detail=type(exc).__name__) from exc
+        # httpx has read and closed the body already (no streaming), so sleeping afterwards holds nothing.
+        body = _body_of(response) if response.is_error else None
+        if response.is_error:
+            error = (self.error_hook(response, body) if self.error_hook else None) or classify_status(
+                self.provider, response, body
+            )
+            log.debug("%s %s %s -> %s (%s)", self.provider, method, path, response.status_code, error.detail)
+            raise error
+        return response
+
+    async def _decode(self, response: httpx.Response) -> Any:
+        content = response.content
+        try:
+            if len(content) > LARGE_BODY:
+                # A 4K image inlined as base64 is tens of MB of JSON: parse it off the event loop.
+                return await asyncio.to_thread(json.loads, content)
+            return json.loads(content) if content else None
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            raise ProviderUnavailable(
+                "The provider sent a malformed response.", provider=self.provider,
+                status=response.status_code, detail=response.text[:DETAIL_LIMIT],
+            ) from exc
+
+    async def fetch_output(self, ref: str) -> tuple[bytes, str | None]:
+        """A result given as URL or ``data:`` URI -> (bytes, declared mime)."""
+        if ref.startswith("data:"):
+            return await decode_data_uri(ref, provider=self.provider)
+        try:
+            return await self.downloader.fetch(ref)
+        except ResultDownloadError as exc:
+            exc.provider = self.provider
+            raise
+
+
+async def decode_data_uri(uri: str, *, provider: str = "") -> tuple[bytes, str | None]:
+    header, _, payload = uri.partition(",")
+    if not header.startswith("data:") or ";base64" not in header:
+        raise ResultDownloadError("The provider returned an unreadable image.", provider=provider)
+    mime = header[5:].split(";", 1)[0] or None
+    return await b64decode_async(payload, provider=provider), mime
+
+
+async def b64decode_async(payload: str, *, provider: str = "") -> bytes:
+    """Strict base64 decoding off the event loop; truncated or corrupt data is a provider fault."""
+    try:
+        return await asyncio.to_thread(base64.b64decode, payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProviderUnavailable(
+            "The provider sent a truncated or corrupt image.", provider=provider, detail=str(exc)
+        ) from exc
+
+
+async def b64encode_async(data: bytes) -> str:
+    return await asyncio.to_thread(lambda: base64.b64encode(data).decode("ascii"))
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+        or ip.is_reserved or ip.is_unspecified
+    )
+
+
+class Downloader:
+    """Fetches images from URLs a provider (or a user) handed us."""
+
+    MAX_REDIRECTS = 5
+
+    def __init__(
+        self, *, max_bytes: int, timeout: float = 60.0, allow_private: bool = False, max_connections: int = 100
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.allow_private = allow_private
+        self.client = httpx.AsyncClient(
+            headers={"User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(timeout, pool=None),
+            limits=httpx.Limits(max_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def check_url(self, url: str) -> None:
+        """Refuse non-HTTP URLs and, unless allowed, hosts that resolve to private addresses."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ResultDownloadError("Only http(s) image URLs can be fetched.", detail=parts.scheme)
+        if self.allow_private:
+            return
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ResultDownloadError("The image host could not be resolved.", detail=parts.hostname) from exc
+        # Note: a hostile DNS server could answer differently on the connect; result hosts are the
+        # providers' storage, so this check targets mistakes and redirects rather than rebinding.
+        for info in infos:
+            if not _is_public(str(info[4][0])):
+                raise ResultDownloadError(
+                    "That image URL points to a private network address.", detail=parts.hostname
+                )
+
+    async def fetch(self, url: str) -> tuple[bytes, str | None]:
+        """GET ``url`` following up to 5 redirects (each hop checked); at most ``max_bytes``."""
+        for _ in range(self.MAX_REDIRECTS + 1):
+            await self.check_url(url)
+            try:
+                async with self.client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise ResultDownloadError(detail="redirect without Location")
+                        url = urljoin(url, location)
+                        continue
+                    if response.status_code != 200:
+                        raise ResultDownloadError(
+                            status=response.status_code, detail=f"GET result -> {response.status_code}"
+                        )
+                    declared = response.headers.get("Content-Length")
+                    if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                        raise ResultDownloadError("The image is too large to download.", detail=declared)
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise ResultDownloadError("The image is too large to download.", detail=str(size))
+                        chunks.append(chunk)
+                    content_type = response.headers.get("Content-Type", "").split(";", 1)[0] or None
+                    return b"".join(chunks), content_type
+            except httpx.TimeoutException as exc:
+                raise ResultDownloadError("Downloading the image timed out.", detail="timeout") from exc
+            except httpx.TransportError as exc:
+                raise ResultDownloadError(detail=type(exc).__name__) from exc
+        raise ResultDownloadError("Too many redirects while downloading the image.")

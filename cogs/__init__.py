@@ -1,0 +1,1 @@
+"""Discord cogs: thin presentation that hands work to `bot/`."""

@@ -1,0 +1,38 @@
+"""/history: the user's recent generations, paginated."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.presentation import embeds
+from bot.presentation.views import HistoryView
+
+if TYPE_CHECKING:
+    from bot.presentation.client import PaletteBot
+
+PAGE_SIZE = 5
+
+
+class HistoryCog(commands.Cog):
+    def __init__(self, bot: PaletteBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="history", description="Your recent generations, with links to them")
+    async def history(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        user_id = interaction.user.id
+
+        async def render(page: int) -> tuple[discord.Embed, int]:
+            total = await self.bot.db.count_history(user_id)
+            pages = max(1, -(-total // PAGE_SIZE))
+            page = max(0, min(page, pages - 1))
+            entries = await self.bot.db.history(user_id, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+            return embeds.history_embed(entries, page, pages, total), pages
+
+        embed, pages = await render(0)
+        view = HistoryView(owner_id=user_id, page=0, pages=pages, render=render)
+        await interaction.followup.send(embed=embed, view=view, ephemeral=True)

@@ -1,0 +1,118 @@
+"""/imagine, /edit and the "Edit with Palette" message command."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.catalog import MODELS, get_model
+from bot.generation import SEED_MAX, GenerationSpec
+
+if TYPE_CHECKING:
+    from bot.presentation.client import PaletteBot
+
+RESOLUTION_CHOICES = [
+    app_commands.Choice(name="1K (fastest)", value="1K"),
+    app_commands.Choice(name="2K", value="2K"),
+    app_commands.Choice(name="4K (slowest, largest)", value="4K"),
+]
+MAX_PROMPT = 4000
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: PaletteBot) -> None:
+        self.bot = bot
+        self.edit_menu = app_commands.ContextMenu(name="Edit with Palette", callback=self.edit_message)
+        self.edit_menu.error(self._menu_error)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.edit_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.edit_menu.name, type=self.edit_menu.type)
+
+    async def _menu_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await self.bot.report_error(interaction, error)
+
+    # ------------------------------------------------------------------ autocomplete
+
+    async def model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        current = current.lower()
+        return [
+            app_commands.Choice(name=f"{m.label}: {m.description}"[:100], value=m.key)
+            for m in self.bot.generator.models()
+            if current in m.key or current in m.label.lower()
+        ][:25]
+
+    async def ratio_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        chosen = getattr(interaction.namespace, "model", None) or self.bot.default_model()
+        model = get_model(chosen) or get_model(self.bot.default_model())
+        ratios = model.aspect_ratios if model else MODELS[0].aspect_ratios
+        return [app_commands.Choice(name=r, value=r) for r in ratios if current in r][:25]
+
+    # ------------------------------------------------------------------ commands
+
+    @app_commands.command(name="imagine", description="Generate images from a text prompt")
+    @app_commands.describe(
+        prompt="Describe the image you want",
+        model="Which model draws it (default: Nano Banana Pro)",
+        aspect_ratio="Shape of the image, e.g. 1:1, 16:9, 9:16",
+        resolution="Output size; larger takes longer",
+        count="How many images (1-4); each counts against your quota",
+        seed="Same seed + same prompt gives similar results (some models only)",
+    )
+    @app_commands.autocomplete(model=model_autocomplete, aspect_ratio=ratio_autocomplete)
+    @app_commands.choices(resolution=RESOLUTION_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT],
+        model: str | None = None,
+        aspect_ratio: str | None = None,
+        resolution: app_commands.Choice[str] | None = None,
+        count: app_commands.Range[int, 1, 4] = 1,
+        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+    ) -> None:
+        spec = GenerationSpec(
+            model=model or self.bot.default_model(), prompt=prompt, aspect_ratio=aspect_ratio,
+            resolution=resolution.value if resolution else None, count=count, seed=seed,
+        )
+        await self.bot.flows.start_job(interaction, spec, kind="imagine")
+
+    @app_commands.command(name="edit", description="Edit or combine images with a prompt")
+    @app_commands.describe(
+        prompt="What to change, or how to combine the images",
+        image="The image to edit",
+        image2="Another reference image (optional)",
+        image3="Another reference image (optional)",
+        image4="Another reference image (optional)",
+        model="Which model edits it (default: Nano Banana Pro)",
+        aspect_ratio="Shape of the result, e.g. 1:1, 16:9",
+        resolution="Output size; larger takes longer",
+    )
+    @app_commands.autocomplete(model=model_autocomplete, aspect_ratio=ratio_autocomplete)
+    @app_commands.choices(resolution=RESOLUTION_CHOICES)
+    async def edit(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT],
+        image: discord.Attachment,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+        model: str | None = None,
+        aspect_ratio: str | None = None,
+        resolution: app_commands.Choice[str] | None = None,
+    ) -> None:
+        attachments = [a for a in (image, image2, image3, image4) if a is not None]
+        spec = GenerationSpec(
+            model=model or self.bot.default_edit_model(len(attachments)), prompt=prompt,
+            aspect_ratio=aspect_ratio, resolution=resolution.value if resolution else None,
+        )
+        await self.bot.flows.start_job(interaction, spec, kind="edit", attachments=attachments)
+
+    async def edit_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        await self.bot.flows.edit_from_message(interaction, message)

@@ -1,0 +1,32 @@
+"""/quota: what the user has left, and provider balances for server managers."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.presentation import embeds
+
+if TYPE_CHECKING:
+    from bot.presentation.client import PaletteBot
+
+
+class QuotaCog(commands.Cog):
+    def __init__(self, bot: PaletteBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="quota", description="Show how many images you can still generate")
+    async def quota(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        origin = self.bot.flows.origin(interaction)
+        limits = await self.bot.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
+        usage = await self.bot.db.usage(origin.user_id, time.time(), guild_id=origin.guild_id)
+        balances: list[str] = []
+        perms = interaction.permissions
+        if interaction.guild_id is not None and perms.manage_guild:
+            balances = await self.bot.flows.provider_balances()
+        await interaction.followup.send(embed=embeds.quota_embed(usage, limits, balances=balances), ephemeral=True)
