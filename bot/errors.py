@@ -20,7 +20,7 @@ class PaletteError(Exception):
         self.message = message
 
 
-# --- bad input: raised before any network call, never charged ------------------------------------------------
+# --- bad input: raised before any network call, never charged ---
 
 
 class ValidationError(PaletteError):
@@ -51,7 +51,7 @@ class ConfigError(PaletteError):
     """The bot is misconfigured (missing token or key); the operator must act."""
 
 
-# --- provider faults -------------------------------------------------------------------------------------------
+# --- provider faults ---
 
 
 class ProviderError(PaletteError):
@@ -73,12 +73,18 @@ class ProviderError(PaletteError):
         self.status = status
         # Seconds the provider asked us to wait (Retry-After), if it said.
         self.retry_after = retry_after
+        # The request may have reached the provider (e.g. a POST that timed out while it was generating),
+        # so resending it could be billed twice: the transport does not retry such errors itself.
+        self.maybe_charged = False
         # Provider's own wording (trimmed); for logs and for InvalidRequest messages. Never holds secrets:
         # transports only copy response bodies, never request headers.
         self.detail = detail
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(provider={self.provider!r}, status={self.status!r}, message={self.message!r})"
+        return (
+            f"{type(self).__name__}(provider={self.provider!r}, status={self.status!r}, "
+            f"message={self.message!r})"
+        )
 
 
 class InvalidRequest(ProviderError):

@@ -9,6 +9,7 @@ APIs implement :meth:`ImageProvider.generate`; asynchronous (task + polling) API
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -17,9 +18,22 @@ from typing import Any, ClassVar
 
 import httpx
 
-from bot.errors import ProviderError, ProviderTimeout, ResultDownloadError, TaskFailed
-from bot.images import sniff_mime
+from bot.errors import (
+    ProviderBusy,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    ResultDownloadError,
+    TaskFailed,
+)
+from bot.images import inspect_image_async, sniff_mime
 from bot.providers.transport import Transport
+
+log = logging.getLogger(__name__)
+
+# Generated images are at most 4K (about 16.8 MP at 4096x4096); leave room for odd ratios.
+RESULT_MAX_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -129,30 +143,46 @@ class ImageProvider(ABC):
 
     async def _image_from_bytes(self, data: bytes, declared_mime: str | None = None) -> GeneratedImage:
         """Check that bytes returned by a provider are an image and read its size (off the event loop)."""
-        from bot.images import image_size  # local import: images pulls in Pillow
-
         mime = sniff_mime(data)
         if mime is None:
             raise ResultDownloadError(
-                "The provider returned something that is not an image.", provider=self.name,
+                "The provider returned something that is not an image.",
+                provider=self.name,
                 detail=f"declared {declared_mime!r}, {len(data)} bytes",
             )
         try:
-            width, height = await asyncio.to_thread(image_size, data)
+            # A full decode, not just the header: a truncated image is a provider fault, not a result.
+            info = await inspect_image_async(data, max_bytes=len(data), max_pixels=RESULT_MAX_PIXELS)
         except Exception as exc:
             raise ResultDownloadError(
                 "The provider returned an image that cannot be read.", provider=self.name, detail=str(exc)
             ) from exc
-        return GeneratedImage(data, mime, width, height)
+        return GeneratedImage(data, info.mime_type, info.width, info.height)
 
     async def _fetch_outputs(self, outputs: list[str]) -> list[GeneratedImage]:
-        """Download result URLs (or decode data URIs) concurrently."""
+        """Download result URLs (or decode data URIs) concurrently.
+
+        Images that arrived are kept when others fail (they were paid for); only when none arrived is
+        the first error raised.
+        """
 
         async def one(ref: str) -> GeneratedImage:
             data, declared = await self.transport.fetch_output(ref)
             return await self._image_from_bytes(data, declared)
 
-        return list(await asyncio.gather(*(one(o) for o in outputs)))
+        results = await asyncio.gather(*(one(o) for o in outputs), return_exceptions=True)
+        images = [r for r in results if isinstance(r, GeneratedImage)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for error in errors:
+            if not isinstance(error, ProviderError):
+                raise error
+        if not images and errors:
+            raise errors[0]
+        if errors:
+            log.warning(
+                "%s: %d of %d result downloads failed: %r", self.name, len(errors), len(outputs), errors[0]
+            )
+        return images
 
 
 class TaskProvider(ImageProvider):
@@ -173,14 +203,27 @@ class TaskProvider(ImageProvider):
         """One status check. Raises TaskFailed when the task failed or was cancelled."""
 
     async def wait(
-        self, task_id: str, request: ProviderRequest, *, started: float | None = None,
+        self,
+        task_id: str,
+        request: ProviderRequest,
+        *,
+        started: float | None = None,
         deadline: float | None = None,
     ) -> ProviderResult:
         """Poll until the task is done, then download its images. Safe to call again after a restart."""
         started = time.monotonic() if started is None else started
         limit = started + (deadline if deadline is not None else self.deadline)
         while True:
-            status = await self.poll(task_id)
+            try:
+                status = await self.poll(task_id)
+            except (ProviderUnavailable, RateLimited, ProviderBusy) as exc:
+                # The task is still running (and will be billed) at the provider: one failed status
+                # check must not abandon it. Keep checking until the deadline.
+                if time.monotonic() + self.poll_interval > limit:
+                    raise
+                log.warning("%s: status check for %s failed (%r); still waiting", self.name, task_id, exc)
+                await asyncio.sleep(max(self.poll_interval, min(exc.retry_after or 0, 30)))
+                continue
             if status.state is TaskState.DONE:
                 if not status.outputs:
                     raise TaskFailed(
@@ -188,8 +231,11 @@ class TaskProvider(ImageProvider):
                     )
                 images = await self._fetch_outputs(status.outputs)
                 return ProviderResult(
-                    images=images, provider=self.name, provider_model=request.model_id,
-                    latency_s=time.monotonic() - started, task_id=task_id,
+                    images=images,
+                    provider=self.name,
+                    provider_model=request.model_id,
+                    latency_s=time.monotonic() - started,
+                    task_id=task_id,
                 )
             if time.monotonic() + self.poll_interval > limit:
                 raise ProviderTimeout(

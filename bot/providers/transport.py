@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -47,6 +48,17 @@ log = logging.getLogger(__name__)
 USER_AGENT = "Palette/0.1 (+discord image bot)"
 DETAIL_LIMIT = 300
 LARGE_BODY = 256 * 1024
+
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def ssl_context() -> ssl.SSLContext:
+    """One verified TLS context for every client (building one costs ~40 ms)."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = ssl.create_default_context()
+    return _SSL_CONTEXT
+
 
 #: An adapter hook that may turn an error response into a more specific error (or None for the default).
 ErrorHook = Callable[[httpx.Response, Any], ProviderError | None]
@@ -133,7 +145,16 @@ def _body_of(response: httpx.Response) -> Any:
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ProviderError) and exc.retryable
+    # A POST that reached the provider and then timed out may still be generating (and billing):
+    # resending it here could charge twice, so the transport leaves that decision to the job layer.
+    return isinstance(exc, ProviderError) and exc.retryable and not exc.maybe_charged
+
+
+def _maybe_sent(method: str, exc: httpx.HTTPError) -> bool:
+    """Whether a failed request may have been received (and acted on) by the server."""
+    if method.upper() in ("GET", "HEAD", "OPTIONS"):
+        return False
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 class Transport:
@@ -167,6 +188,7 @@ class Transport:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
+            verify=ssl_context(),
         )
 
     async def aclose(self) -> None:
@@ -211,9 +233,13 @@ class Transport:
                 method, url, json=json_body, data=data, files=files, params=params
             )
         except httpx.TimeoutException as exc:
-            raise ProviderTimeout(provider=self.provider, detail=type(exc).__name__) from exc
+            error: ProviderError = ProviderTimeout(provider=self.provider, detail=type(exc).__name__)
+            error.maybe_charged = _maybe_sent(method, exc)
+            raise error from exc
         except httpx.TransportError as exc:
-            raise ProviderUnavailable(provider=self.provider, detail=type(exc).__name__) from exc
+            error = ProviderUnavailable(provider=self.provider, detail=type(exc).__name__)
+            error.maybe_charged = _maybe_sent(method, exc)
+            raise error from exc
         # httpx has read and closed the body already (no streaming), so sleeping afterwards holds nothing.
         body = _body_of(response) if response.is_error else None
         if response.is_error:
@@ -233,8 +259,10 @@ class Transport:
             return json.loads(content) if content else None
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise ProviderUnavailable(
-                "The provider sent a malformed response.", provider=self.provider,
-                status=response.status_code, detail=response.text[:DETAIL_LIMIT],
+                "The provider sent a malformed response.",
+                provider=self.provider,
+                status=response.status_code,
+                detail=response.text[:DETAIL_LIMIT],
             ) from exc
 
     async def fetch_output(self, ref: str) -> tuple[bytes, str | None]:
@@ -275,8 +303,12 @@ def _is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return not (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-        or ip.is_reserved or ip.is_unspecified
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
     )
 
 
@@ -286,7 +318,12 @@ class Downloader:
     MAX_REDIRECTS = 5
 
     def __init__(
-        self, *, max_bytes: int, timeout: float = 60.0, allow_private: bool = False, max_connections: int = 100
+        self,
+        *,
+        max_bytes: int,
+        timeout: float = 60.0,
+        allow_private: bool = False,
+        max_connections: int = 100,
     ) -> None:
         self.max_bytes = max_bytes
         self.allow_private = allow_private
@@ -295,6 +332,7 @@ class Downloader:
             timeout=httpx.Timeout(timeout, pool=None),
             limits=httpx.Limits(max_connections=max_connections),
             follow_redirects=False,
+            verify=ssl_context(),
         )
 
     async def aclose(self) -> None:
@@ -309,7 +347,9 @@ class Downloader:
             return
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                parts.hostname, port, type=socket.SOCK_STREAM
+            )
         except OSError as exc:
             raise ResultDownloadError("The image host could not be resolved.", detail=parts.hostname) from exc
         # Note: a hostile DNS server could answer differently on the connect; result hosts are the

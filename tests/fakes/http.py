@@ -32,7 +32,7 @@ class FakeServer:
         self.base_url = ""
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.25)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -55,7 +55,10 @@ class FakeServer:
     async def record(self, request: web.Request) -> RecordedRequest:
         """Read and log a request body (JSON or multipart) and return the record."""
         rec = RecordedRequest(
-            request.method, request.path, dict(request.query), {k.lower(): v for k, v in request.headers.items()}
+            request.method,
+            request.path,
+            dict(request.query),
+            {k.lower(): v for k, v in request.headers.items()},
         )
         ctype = request.content_type
         if ctype == "application/json":

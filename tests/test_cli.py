@@ -1,0 +1,150 @@
+"""`python -m bot ...` as a user runs it: subprocess for start-up, in-process against fake providers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import main
+from tests.fakes.http import png_bytes
+from tests.fakes.providers.listenhub import FakeListenHub
+
+ROOT = Path(__file__).resolve().parents[1]
+PROVIDER_VARS = ("LISTENHUB", "NANOBANANA_PRO", "APIMART", "MOUNTSEA")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No settings from the developer's environment or .env: run from an empty directory."""
+    for name in list(os.environ):
+        if name.startswith(("DISCORD_", *PROVIDER_VARS)) or name in ("DATABASE_URL", "ALLOW_PRIVATE_URLS"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETRY_BACKOFF_BASE", "0.001")
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
+    return tmp_path
+
+
+def test_run_without_token_exits_2_with_a_friendly_message(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCORD_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "DISCORD_TOKEN" in proc.stderr and ".env" in proc.stderr
+    assert "discord.com/developers" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_invalid_setting_is_reported_without_its_value(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.environ["USER_DAILY_LIMIT"] = "lots-sk-secret"
+    try:
+        assert main(["models"]) == 2
+    finally:
+        del os.environ["USER_DAILY_LIMIT"]
+    err = capsys.readouterr().err
+    assert "USER_DAILY_LIMIT" in err and "lots-sk-secret" not in err
+
+
+def test_models_lists_catalog_and_enabled_routes(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.environ["APIMART_API_KEY"] = "k"
+    try:
+        assert main(["models"]) == 0
+    finally:
+        del os.environ["APIMART_API_KEY"]
+    out = capsys.readouterr().out
+    assert "nano-banana-lite" in out
+    assert "route apimart" in out and "gemini-3.1-flash-lite-image" in out
+    lite_block = out.split("nano-banana-lite")[1].split("\ngpt-image-2")[0]
+    assert "enabled" in lite_block and "disabled" not in lite_block
+    assert "nano-banana-pro  (no enabled provider)" in out
+
+
+async def test_generate_writes_images_and_prints_one_line_each(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref = clean_env / "ref.png"
+    ref.write_bytes(png_bytes(32, 32))
+    async with FakeListenHub() as fake:
+        os.environ["LISTENHUB_API_KEY"] = fake.api_key
+        os.environ["LISTENHUB_BASE_URL"] = fake.base_url
+        try:
+            code = await asyncio.to_thread(
+                main,
+                ["generate", "--model", "nano-banana-pro", "--prompt", "a kite", "--aspect-ratio", "16:9",
+                 "--count", "2", "--ref", str(ref), "--out", str(clean_env / "out")],
+            )
+        finally:
+            del os.environ["LISTENHUB_API_KEY"], os.environ["LISTENHUB_BASE_URL"]
+        assert code == 0
+        assert len(fake.generate_requests) == 2
+        body = fake.generate_requests[0].json
+        assert body["referenceImages"][0]["inlineData"]["mimeType"] == "image/png"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        path, size, provider = line.split("\t")
+        assert provider == "listenhub"
+        with Image.open(path) as img:
+            assert f"{img.width}x{img.height}" == size and img.width > img.height
+    assert sorted(Path(line.split("\t")[0]).read_bytes() for line in lines) == sorted(fake.images)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "nope", "--prompt", "x"], "Unknown model"),
+        (["--model", "nano-banana-pro", "--prompt", "x", "--aspect-ratio", "8:1"], "aspect ratio"),
+        (["--model", "nano-banana-pro", "--prompt", "x", "--ref", "missing.png"], "does not exist"),
+    ],
+)
+async def test_generate_errors_exit_nonzero_without_calling_the_provider(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    async with FakeListenHub() as fake:
+        os.environ["LISTENHUB_API_KEY"] = fake.api_key
+        os.environ["LISTENHUB_BASE_URL"] = fake.base_url
+        try:
+            code = await asyncio.to_thread(main, ["generate", *argv])
+        finally:
+            del os.environ["LISTENHUB_API_KEY"], os.environ["LISTENHUB_BASE_URL"]
+        assert fake.calls["generate"] == 0
+    assert code != 0
+    assert message in capsys.readouterr().err
+
+
+async def test_generate_reports_a_provider_failure(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with FakeListenHub() as fake:
+        fake.script(402, {"error": "Insufficient credits"}, times=None)
+        os.environ["LISTENHUB_API_KEY"] = fake.api_key
+        os.environ["LISTENHUB_BASE_URL"] = fake.base_url
+        try:
+            code = await asyncio.to_thread(main, ["generate", "--model", "gpt-image-2", "--prompt", "x"])
+        finally:
+            del os.environ["LISTENHUB_API_KEY"], os.environ["LISTENHUB_BASE_URL"]
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "out of credits" in err and fake.api_key not in err
+
+
+async def test_doctor_checks_provider_balance(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with FakeListenHub() as fake:
+        os.environ["LISTENHUB_API_KEY"] = fake.api_key
+        os.environ["LISTENHUB_BASE_URL"] = fake.base_url
+        os.environ["DISCORD_TOKEN"] = "x"
+        try:
+            code = await asyncio.to_thread(main, ["doctor"])
+        finally:
+            del os.environ["LISTENHUB_API_KEY"], os.environ["LISTENHUB_BASE_URL"], os.environ["DISCORD_TOKEN"]
+        assert fake.calls["subscription"] == 1
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "provider listenhub: ok, credits" in out
+    assert "discord token: set" in out
