@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from bot.config import Settings
 from bot.generation import Generator
@@ -18,13 +19,13 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 
 
-async def create_bot(settings: Settings, *, sync_only: bool = False) -> PaletteBot:
+async def create_bot(settings: Settings, *, sync_only: bool = False, **client_options: Any) -> PaletteBot:
     """Everything the bot needs, wired together (used by `python -m bot` and by the tests)."""
     point_discord_at(settings)
     db = await open_database(settings.database_path)
     downloader = build_downloader(settings)
     generator = Generator(settings, build_providers(settings, downloader))
-    return PaletteBot(settings, db, generator, downloader, sync_only=sync_only)
+    return PaletteBot(settings, db, generator, downloader, sync_only=sync_only, **client_options)
 
 
 async def shutdown(bot: PaletteBot) -> None:
@@ -68,5 +69,8 @@ def run_bot(settings: Settings, *, sync_only: bool = False) -> int:
     try:
         return asyncio.run(_run(settings, sync_only))
     except discord.LoginFailure:
-        log.error("Discord rejected the token. Check DISCORD_TOKEN in .env (Developer Portal -> Bot -> Reset Token).")
+        log.error(
+            "Discord rejected the token. Check DISCORD_TOKEN in .env "
+            "(Developer Portal -> Bot -> Reset Token)."
+        )
         return 2

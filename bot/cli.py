@@ -1,13 +1,13 @@
 """`python -m bot`: run the bot, or use the generation pipeline from the command line.
 
-    python -m bot                      run the Discord bot (needs DISCORD_TOKEN)
-    python -m bot sync                 push slash commands to Discord now
-    python -m bot generate --model M --prompt P [--aspect-ratio R] [--resolution 1K] [--count N]
-                           [--seed S] [--ref FILE ...] [--out DIR]
-    python -m bot models               the model catalog and which routes are enabled
-    python -m bot doctor               check settings, database path and providers
-    python -m bot check-ledger         verify that every reservation is committed, refunded or open
-    python -m bot backup PATH          consistent online copy of the database
+python -m bot                      run the Discord bot (needs DISCORD_TOKEN)
+python -m bot sync                 push slash commands to Discord now
+python -m bot generate --model M --prompt P [--aspect-ratio R] [--resolution 1K] [--count N]
+                       [--seed S] [--ref FILE ...] [--out DIR]
+python -m bot models               the model catalog and which routes are enabled
+python -m bot doctor               check settings, database path and providers
+python -m bot check-ledger         verify that every reservation is committed, refunded or open
+python -m bot backup PATH          consistent online copy of the database
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ Palette needs a Discord bot token to run.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bot", description="Palette, the AI image bot for Discord.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bot", description="Palette, the AI image bot for Discord."
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the Discord bot (the default)")
     sub.add_parser("sync", help="sync slash commands with Discord now")
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--resolution", choices=["1K", "2K", "4K", "1k", "2k", "4k"], help="output size tier")
     gen.add_argument("--count", type=int, default=1, help="how many images (default 1)")
     gen.add_argument("--seed", type=int, help="seed, for models that support it")
-    gen.add_argument("--ref", action="append", default=[], metavar="FILE", help="reference image (repeatable)")
+    gen.add_argument(
+        "--ref", action="append", default=[], metavar="FILE", help="reference image (repeatable)"
+    )
     gen.add_argument("--out", default="out", metavar="DIR", help="where to write images (default ./out)")
 
     sub.add_parser("models", help="list models and their enabled routes")
@@ -114,13 +118,17 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
         blobs = []
         for name in args.ref:
             path = Path(name)
-            if not path.is_file():
+            if not await asyncio.to_thread(path.is_file):
                 print(f"error: reference {name} does not exist", file=sys.stderr)
                 return EXIT_USAGE
             blobs.append((await asyncio.to_thread(path.read_bytes), None))
         spec = GenerationSpec(
-            model=args.model, prompt=args.prompt, aspect_ratio=args.aspect_ratio,
-            resolution=args.resolution, count=args.count, seed=args.seed,
+            model=args.model,
+            prompt=args.prompt,
+            aspect_ratio=args.aspect_ratio,
+            resolution=args.resolution,
+            count=args.count,
+            seed=args.seed,
         )
         generator.plan(spec)  # fail fast on options before reading/decoding the references
         references = await load_references(
@@ -134,11 +142,13 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await generator.aclose()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     from bot.images import extension_for
 
     for i, image in enumerate(outcome.images, 1):
-        path = out / f"{plan.model.key}-{int(outcome.latency_s * 1000)}ms-{i}.{extension_for(image.mime_type)}"
+        path = (
+            out / f"{plan.model.key}-{int(outcome.latency_s * 1000)}ms-{i}.{extension_for(image.mime_type)}"
+        )
         await asyncio.to_thread(path.write_bytes, image.data)
         print(f"{path}\t{image.width}x{image.height}\t{outcome.provider}")
     if outcome.failed:
@@ -154,8 +164,10 @@ def _models(settings: Settings) -> int:
         print(f"{model.key}{'' if offered else '  (no enabled provider)'}")
         print(f"    {model.description}")
         print(f"    ratios: {' '.join(model.aspect_ratios)}")
-        print(f"    sizes: {' '.join(model.resolutions)}   count: {model.min_count}-{model.max_count}"
-              f"   refs: up to {model.max_references}   seed: {'yes' if model.supports_seed else 'no'}")
+        print(
+            f"    sizes: {' '.join(model.resolutions)}   count: {model.min_count}-{model.max_count}"
+            f"   refs: up to {model.max_references}   seed: {'yes' if model.supports_seed else 'no'}"
+        )
         for route in sorted(model.routes, key=lambda r: rank.get(r.provider, len(rank))):
             state = "enabled" if route.provider in enabled else "disabled (no API key)"
             print(f"    route {route.provider:<15} {route.model_id:<28} {state}")
@@ -206,7 +218,7 @@ async def _check_ledger(settings: Settings) -> int:
 
     db = await open_database(settings.database_path)
     try:
-        report = await db.ledger_balance()
+        report = await db.jobs.ledger_balance()
     finally:
         await db.close()
     print(report.describe())

@@ -21,7 +21,9 @@ DISCORD_GATEWAY_DEFAULT = "wss://gateway.discord.gg/"
 class ProviderSettings:
     """One provider's view of the settings (key, base URL, concurrency cap)."""
 
-    def __init__(self, name: ProviderName, api_key: SecretStr | None, base_url: str, concurrency: int) -> None:
+    def __init__(
+        self, name: ProviderName, api_key: SecretStr | None, base_url: str, concurrency: int
+    ) -> None:
         self.name = name
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
@@ -95,7 +97,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator(
-        "discord_token", "listenhub_api_key", "nanobanana_pro_api_key", "apimart_api_key", "mountsea_api_key",
+        "discord_token",
+        "listenhub_api_key",
+        "nanobanana_pro_api_key",
+        "apimart_api_key",
+        "mountsea_api_key",
         mode="before",
     )
     @classmethod
@@ -138,7 +144,7 @@ class Settings(BaseSettings):
         url = self.database_url
         for prefix in ("sqlite:///", "sqlite://"):
             if url.startswith(prefix):
-                return Path(url[len(prefix):])
+                return Path(url[len(prefix) :])
         raise ValueError("DATABASE_URL must start with sqlite:/// (only SQLite is supported for now)")
 
     def secrets(self) -> list[str]:

@@ -120,7 +120,8 @@ class Generator:
         model = get_model(spec.model)
         if model is None:
             raise UnknownModel(
-                f"Unknown model `{spec.model}`. Available: {_choices([m.key for m in self.models()]) or 'none'}."
+                f"Unknown model `{spec.model}`. "
+                f"Available: {_choices([m.key for m in self.models()]) or 'none'}."
             )
         routes = model.routes_for(self.enabled, self.rank)
         if not routes:
@@ -129,7 +130,8 @@ class Generator:
         ratio = spec.aspect_ratio or model.default_aspect_ratio
         if ratio not in model.aspect_ratios:
             raise UnsupportedOption(
-                f"{model.label} does not support aspect ratio {ratio}. Choose one of: {_choices(model.aspect_ratios)}."
+                f"{model.label} does not support aspect ratio {ratio}. "
+                f"Choose one of: {_choices(model.aspect_ratios)}."
             )
         resolution = (spec.resolution or model.default_resolution).upper()
         if resolution not in model.resolutions:
@@ -167,7 +169,15 @@ class Generator:
                 "with the providers configured on this bot. Try other options."
             )
         return Plan(
-            model, prompt, ratio, resolution, spec.count, spec.seed, spec.references, usable, spec.strict_safety
+            model,
+            prompt,
+            ratio,
+            resolution,
+            spec.count,
+            spec.seed,
+            spec.references,
+            usable,
+            spec.strict_safety,
         )
 
     # ------------------------------------------------------------------ running
@@ -260,15 +270,25 @@ class Generator:
         if not isinstance(provider, TaskProvider):
             raise ValueError(f"{provider_name} has no tasks to resume")
         request = ProviderRequest(
-            model_id=route.model_for(bool(plan.references)), prompt=plan.prompt, resolution=plan.resolution,
-            aspect_ratio=plan.aspect_ratio, count=plan.count, seed=plan.seed,
+            model_id=route.model_for(bool(plan.references)),
+            prompt=plan.prompt,
+            resolution=plan.resolution,
+            aspect_ratio=plan.aspect_ratio,
+            count=plan.count,
+            seed=plan.seed,
         )
         async with self.semaphores[provider_name]:
             result = await provider.wait(task_id, request)
         return GenerationOutcome(
-            images=result.images[: plan.count], provider=provider_name, provider_model=result.provider_model,
-            route=route, latency_s=result.latency_s, task_ids=[task_id], cost=result.cost,
-            cost_unit=result.cost_unit, failed=max(0, plan.count - len(result.images)),
+            images=result.images[: plan.count],
+            provider=provider_name,
+            provider_model=result.provider_model,
+            route=route,
+            latency_s=result.latency_s,
+            task_ids=[task_id],
+            cost=result.cost,
+            cost_unit=result.cost_unit,
+            failed=max(0, plan.count - len(result.images)),
         )
 
     async def aclose(self) -> None:

@@ -8,10 +8,6 @@ from bot.config import Settings
 from bot.storage import Limits
 
 
-def _limit(value: int) -> int | None:
-    return value if value > 0 else None
-
-
 class LimitPolicy:
     """Per-user limits. Settings give the defaults; per-server policies (admin commands) refine them."""
 
@@ -19,8 +15,4 @@ class LimitPolicy:
         self.settings = settings
 
     async def limits_for(self, user_id: int, guild_id: int | None, role_ids: Sequence[int] = ()) -> Limits:
-        return Limits(
-            daily=_limit(self.settings.user_daily_limit),
-            hourly=_limit(self.settings.user_hourly_limit),
-            max_concurrent=_limit(self.settings.user_max_concurrent),
-        )
+        return Limits.from_settings(self.settings)

@@ -63,7 +63,9 @@ def test_provider_order_reranks_routes() -> None:
     assert pro is not None
     default = [r.provider for r in pro.routes_for({"listenhub", "mountsea"})]
     assert default == ["listenhub", "mountsea"]
-    reranked = [r.provider for r in pro.routes_for({"listenhub", "mountsea"}, {"mountsea": 0, "listenhub": 1})]
+    reranked = [
+        r.provider for r in pro.routes_for({"listenhub", "mountsea"}, {"mountsea": 0, "listenhub": 1})
+    ]
     assert reranked == ["mountsea", "listenhub"]
 
 
@@ -75,18 +77,32 @@ def test_provider_order_reranks_routes() -> None:
         (GenerationSpec(model="nano-banana-pro", prompt="\x00\x01\u0007"), InvalidPrompt, "empty"),
         (GenerationSpec(model="nano-banana-pro", prompt="x" * 4001), InvalidPrompt, "4000"),
         (GenerationSpec(model="nano-banana-pro", prompt="cat", aspect_ratio="8:1"), UnsupportedOption, "8:1"),
-        (GenerationSpec(model="nano-banana-pro", prompt="cat", aspect_ratio="banana"), UnsupportedOption, "ratio"),
+        (
+            GenerationSpec(model="nano-banana-pro", prompt="cat", aspect_ratio="banana"),
+            UnsupportedOption,
+            "ratio",
+        ),
         (GenerationSpec(model="nano-banana-lite", prompt="cat", resolution="4K"), UnsupportedOption, "4K"),
         (GenerationSpec(model="nano-banana", prompt="cat", resolution="2K"), UnsupportedOption, "2K"),
         (GenerationSpec(model="nano-banana-pro", prompt="cat", count=0), UnsupportedOption, "1 to 4"),
         (GenerationSpec(model="nano-banana-pro", prompt="cat", count=5), UnsupportedOption, "1 to 4"),
         (GenerationSpec(model="gpt-image-2", prompt="cat", seed=3), UnsupportedOption, "seed"),
         (GenerationSpec(model="nano-banana-pro", prompt="cat", seed=-1), UnsupportedOption, "seed"),
-        (GenerationSpec(model="gpt-image-2", prompt="cat", references=refs(5)), UnsupportedOption, "at most 4"),
-        (GenerationSpec(model="nano-banana-pro", prompt="cat", references=refs(15)), UnsupportedOption, "at most 14"),
+        (
+            GenerationSpec(model="gpt-image-2", prompt="cat", references=refs(5)),
+            UnsupportedOption,
+            "at most 4",
+        ),
+        (
+            GenerationSpec(model="nano-banana-pro", prompt="cat", references=refs(15)),
+            UnsupportedOption,
+            "at most 14",
+        ),
     ],
 )
-async def test_validation_table(generator: Generator, spec: GenerationSpec, error: type, fragment: str) -> None:
+async def test_validation_table(
+    generator: Generator, spec: GenerationSpec, error: type, fragment: str
+) -> None:
     with pytest.raises(error) as info:
         generator.plan(spec)
     assert isinstance(info.value, ValidationError)
@@ -98,8 +114,15 @@ async def test_valid_plans_pick_routes_that_support_the_options(generator: Gener
     assert plan.prompt == "a cat" and plan.resolution == "2K" and plan.aspect_ratio == "1:1"
     assert [r.provider for r in plan.routes] == ["listenhub", "nanobanana_pro", "mountsea"]
     # 4:5 only exists on Mountsea's route; a seed only on Mountsea's.
-    assert [r.provider for r in generator.plan(GenerationSpec(model="nano-banana-pro", prompt="c", aspect_ratio="4:5")).routes] == ["mountsea"]
-    assert [r.provider for r in generator.plan(GenerationSpec(model="nano-banana-pro", prompt="c", seed=7)).routes] == ["mountsea"]
+    assert [
+        r.provider
+        for r in generator.plan(
+            GenerationSpec(model="nano-banana-pro", prompt="c", aspect_ratio="4:5")
+        ).routes
+    ] == ["mountsea"]
+    assert [
+        r.provider for r in generator.plan(GenerationSpec(model="nano-banana-pro", prompt="c", seed=7)).routes
+    ] == ["mountsea"]
     # nano-banana-pro.net takes at most 8 references.
     nine = generator.plan(GenerationSpec(model="nano-banana-pro", prompt="c", references=refs(9)))
     assert "nanobanana_pro" not in [r.provider for r in nine.routes]

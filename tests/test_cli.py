@@ -43,7 +43,9 @@ def test_run_without_token_exits_2_with_a_friendly_message(tmp_path: Path) -> No
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_invalid_setting_is_reported_without_its_value(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_setting_is_reported_without_its_value(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     os.environ["USER_DAILY_LIMIT"] = "lots-sk-secret"
     try:
         assert main(["models"]) == 2
@@ -78,8 +80,21 @@ async def test_generate_writes_images_and_prints_one_line_each(
         try:
             code = await asyncio.to_thread(
                 main,
-                ["generate", "--model", "nano-banana-pro", "--prompt", "a kite", "--aspect-ratio", "16:9",
-                 "--count", "2", "--ref", str(ref), "--out", str(clean_env / "out")],
+                [
+                    "generate",
+                    "--model",
+                    "nano-banana-pro",
+                    "--prompt",
+                    "a kite",
+                    "--aspect-ratio",
+                    "16:9",
+                    "--count",
+                    "2",
+                    "--ref",
+                    str(ref),
+                    "--out",
+                    str(clean_env / "out"),
+                ],
             )
         finally:
             del os.environ["LISTENHUB_API_KEY"], os.environ["LISTENHUB_BASE_URL"]
@@ -94,7 +109,8 @@ async def test_generate_writes_images_and_prints_one_line_each(
         assert provider == "listenhub"
         with Image.open(path) as img:
             assert f"{img.width}x{img.height}" == size and img.width > img.height
-    assert sorted(Path(line.split("\t")[0]).read_bytes() for line in lines) == sorted(fake.images)
+    written = [await asyncio.to_thread(Path(line.split("\t")[0]).read_bytes) for line in lines]
+    assert sorted(written) == sorted(fake.images)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +136,9 @@ async def test_generate_errors_exit_nonzero_without_calling_the_provider(
     assert message in capsys.readouterr().err
 
 
-async def test_generate_reports_a_provider_failure(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_generate_reports_a_provider_failure(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with FakeListenHub() as fake:
         fake.script(402, {"error": "Insufficient credits"}, times=None)
         os.environ["LISTENHUB_API_KEY"] = fake.api_key

@@ -100,7 +100,12 @@ class JobService:
         return self.generator.plan(spec)
 
     async def submit(
-        self, spec: GenerationSpec, origin: JobOrigin, *, kind: str = "imagine", parent_job_id: int | None = None
+        self,
+        spec: GenerationSpec,
+        origin: JobOrigin,
+        *,
+        kind: str = "imagine",
+        parent_job_id: int | None = None,
     ) -> JobRecord:
         """Validate, reserve quota atomically, persist, and queue. Raises PaletteError on refusal."""
         plan = self.generator.plan(spec)
@@ -130,7 +135,7 @@ class JobService:
                 for i, r in enumerate(plan.references)
             ],
         )
-        job = await self.db.reserve_job(new_job, limits, self.clock())
+        job = await self.db.jobs.reserve_job(new_job, limits, self.clock())
         self.dispatcher.enqueue(QueuedJob(job.id, job.user_id, plan.routes[0].provider))
         return job
 
@@ -141,21 +146,26 @@ class JobService:
 
     async def _plan_for(self, job: JobRecord) -> Plan:
         params: dict[str, Any] = json.loads(job.params or "{}")
-        refs = await self.db.get_references(job.id)
+        refs = await self.db.jobs.get_references(job.id)
         references = tuple(Reference(mime_type=r.mime_type, data=r.data, url=r.url) for r in refs)
         return self.generator.plan(
             GenerationSpec(
-                model=job.model, prompt=job.prompt, aspect_ratio=params.get("aspect_ratio"),
-                resolution=params.get("resolution"), count=job.count, seed=params.get("seed"),
-                references=references, strict_safety=bool(params.get("strict_safety")),
+                model=job.model,
+                prompt=job.prompt,
+                aspect_ratio=params.get("aspect_ratio"),
+                resolution=params.get("resolution"),
+                count=job.count,
+                seed=params.get("seed"),
+                references=references,
+                strict_safety=bool(params.get("strict_safety")),
             )
         )
 
     async def _run(self, job_id: int) -> None:
-        job = await self.db.get_job(job_id)
+        job = await self.db.jobs.get_job(job_id)
         if job is None or job.status not in ("queued", "running"):
             return
-        await self.db.mark_running(job.id, self.clock())
+        await self.db.jobs.mark_running(job.id, self.clock())
         try:
             plan = await self._plan_for(job)
         except PaletteError as exc:
@@ -164,7 +174,7 @@ class JobService:
         await self._safe(self.presenter.started(job))
 
         async def on_task(provider: str, provider_model: str, task_id: str) -> None:
-            await self.db.set_task(job.id, provider, provider_model, task_id)
+            await self.db.jobs.set_task(job.id, provider, provider_model, task_id)
 
         try:
             if job.task_id and job.provider:
@@ -191,21 +201,31 @@ class JobService:
             return
         results = [
             NewResult(
-                attachment_id=img.attachment_id, filename=img.filename, sha256=img.sha256, width=img.width,
-                height=img.height, mime_type=img.mime_type, size_bytes=img.size_bytes,
-                provider=outcome.provider, message_id=delivery.message_id, channel_id=delivery.channel_id,
+                attachment_id=img.attachment_id,
+                filename=img.filename,
+                sha256=img.sha256,
+                width=img.width,
+                height=img.height,
+                mime_type=img.mime_type,
+                size_bytes=img.size_bytes,
+                provider=outcome.provider,
+                message_id=delivery.message_id,
+                channel_id=delivery.channel_id,
             )
             for img in delivery.images
         ]
-        await self.db.finish_job(
-            job.id, len(delivery.images), status="done", result_message_id=delivery.message_id,
-            results=results, provider=outcome.provider, provider_model=outcome.provider_model,
+        await self.db.jobs.finish_job(
+            job.id,
+            len(delivery.images),
+            status="done",
+            result_message_id=delivery.message_id,
+            results=results,
             now=self.clock(),
         )
 
     async def _fail(self, job: JobRecord, error: PaletteError) -> None:
         kind = type(error).__name__
-        finished = await self.db.finish_job(
+        finished = await self.db.jobs.finish_job(
             job.id, 0, status="failed", error=error.message, error_kind=kind, now=self.clock()
         )
         if finished:
@@ -222,11 +242,13 @@ class JobService:
 
     async def start(self) -> int:
         """Re-queue unfinished jobs from the database, then start dispatching. Returns how many."""
-        jobs = await self.db.unfinished_jobs()
+        jobs = await self.db.jobs.unfinished_jobs()
         for job in jobs:
             model = get_model(job.model)
             routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
-            provider = job.provider or (routes[0].provider if routes else next(iter(self.generator.providers), ""))
+            provider = job.provider or (
+                routes[0].provider if routes else next(iter(self.generator.providers), "")
+            )
             self.dispatcher.capacity.setdefault(provider, 1)
             self.dispatcher.in_flight.setdefault(provider, 0)
             self.dispatcher.enqueue(QueuedJob(job.id, job.user_id, provider))

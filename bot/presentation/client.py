@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 COGS = ("cogs.imagine", "cogs.quota", "cogs.history")
 # View channel, send messages, embed links, attach files, read message history.
-BOT_PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, embed_links=True,
-                                      attach_files=True, read_message_history=True)
+BOT_PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, embed_links=True, attach_files=True, read_message_history=True
+)
 GENERIC_ERROR = "Something went wrong on our side. Nothing was charged; please try again."
 
 
@@ -50,13 +52,24 @@ class PaletteTree(app_commands.CommandTree["PaletteBot"]):
 
 class PaletteBot(commands.Bot):
     def __init__(
-        self, settings: Settings, db: Database, generator: Generator, downloader: Downloader,
-        *, sync_only: bool = False,
+        self,
+        settings: Settings,
+        db: Database,
+        generator: Generator,
+        downloader: Downloader,
+        *,
+        sync_only: bool = False,
+        **client_options: Any,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, tree_cls=PaletteTree,
-                         help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=PaletteTree,
+            help_command=None,
+            **client_options,
+        )
         self.settings = settings
         self.db = db
         self.generator = generator
@@ -87,7 +100,8 @@ class PaletteBot(commands.Bot):
             return
         assert self.user is not None
         url = discord.utils.oauth_url(
-            self.application_id or self.user.id, permissions=BOT_PERMISSIONS,
+            self.application_id or self.user.id,
+            permissions=BOT_PERMISSIONS,
             scopes=("bot", "applications.commands"),
         )
         log.info("logged in as %s (%s); invite: %s", self.user, self.user.id, url)
@@ -97,17 +111,19 @@ class PaletteBot(commands.Bot):
 
     async def sync_commands(self, *, force: bool = False) -> bool:
         """Sync only when the command tree changed since the last sync (Discord caps daily creates)."""
-        guild = discord.Object(self.settings.discord_dev_guild_id) if self.settings.discord_dev_guild_id else None
+        guild = (
+            discord.Object(self.settings.discord_dev_guild_id) if self.settings.discord_dev_guild_id else None
+        )
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
         payload = self.command_payload(guild)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         key = f"command_hash:{guild.id if guild else 'global'}"
-        if not force and await self.db.kv_get(key) == digest:
+        if not force and await self.db.kv.get(key) == digest:
             log.info("slash commands unchanged; not syncing")
             return False
         await self.tree.sync(guild=guild)
-        await self.db.kv_set(key, digest)
+        await self.db.kv.set(key, digest)
         log.info("synced %d slash commands %s", len(payload), f"to guild {guild.id}" if guild else "globally")
         return True
 
@@ -131,9 +147,17 @@ class PaletteBot(commands.Bot):
         if isinstance(original, PaletteError):
             text = original.message
         elif isinstance(original, app_commands.MissingPermissions):
-            text = "You need the " + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions) + " permission for that."
+            text = (
+                "You need the "
+                + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions)
+                + " permission for that."
+            )
         elif isinstance(original, app_commands.BotMissingPermissions):
-            text = "I'm missing the " + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions) + " permission here."
+            text = (
+                "I'm missing the "
+                + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions)
+                + " permission here."
+            )
         elif isinstance(original, app_commands.NoPrivateMessage):
             text = "That command only works in a server."
         elif isinstance(original, app_commands.CheckFailure):
@@ -160,8 +184,6 @@ async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
     if interaction.extras.get("public_defer"):
         # A public "thinking…" message is showing: remove it so the error stays private.
         interaction.extras["public_defer"] = False
-        try:
+        with contextlib.suppress(discord.HTTPException):
             await interaction.delete_original_response()
-        except discord.HTTPException:
-            pass
     await interaction.followup.send(text, ephemeral=True)

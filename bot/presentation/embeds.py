@@ -51,7 +51,8 @@ def job_params(job: JobRecord) -> dict[str, object]:
 
 def queued_text(job: JobRecord, position: int | None) -> str:
     where = f" (position {position} in line)" if position else ""
-    return f"⏳ Queued{where}: {job.count} image{'s' if job.count != 1 else ''} with **{model_label(job.model)}**."
+    images = f"{job.count} image{'s' if job.count != 1 else ''}"
+    return f"⏳ Queued{where}: {images} with **{model_label(job.model)}**."
 
 
 def started_text(job: JobRecord, started_at: float) -> str:
@@ -76,7 +77,8 @@ def result_embed(
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>", inline=True)
     if failed:
         embed.add_field(
-            name="Note", value=f"{failed} image{'s' if failed != 1 else ''} failed and {'were' if failed != 1 else 'was'} not charged.",
+            name="Note",
+            value=f"{failed} of the images failed; {'they were' if failed != 1 else 'it was'} not charged.",
             inline=False,
         )
     embed.set_footer(text=f"Palette · job {job.id} · {provider_model}")
@@ -100,9 +102,7 @@ def failure_text(error: PaletteError) -> str:
     return f"❌ {error.message} {advice} Your quota was refunded.".replace("  ", " ")
 
 
-def quota_embed(
-    usage: UsageSnapshot, limits: Limits, *, balances: Sequence[str] = ()
-) -> discord.Embed:
+def quota_embed(usage: UsageSnapshot, limits: Limits, *, balances: Sequence[str] = ()) -> discord.Embed:
     embed = discord.Embed(title="Your Palette quota", colour=BRAND)
 
     def line(used: int, limit: int | None, resets_at: float | None) -> str:
@@ -114,15 +114,23 @@ def quota_embed(
             text += f" · more <t:{int(resets_at)}:R>"
         return text
 
-    embed.add_field(name="Today (24 h)", value=line(usage.daily_used, limits.daily, usage.daily_resets_at), inline=False)
-    embed.add_field(name="This hour", value=line(usage.hourly_used, limits.hourly, usage.hourly_resets_at), inline=False)
+    embed.add_field(
+        name="Today (24 h)", value=line(usage.daily_used, limits.daily, usage.daily_resets_at), inline=False
+    )
+    embed.add_field(
+        name="This hour", value=line(usage.hourly_used, limits.hourly, usage.hourly_resets_at), inline=False
+    )
     in_flight = f"{usage.in_flight}" + (f" of {limits.max_concurrent}" if limits.max_concurrent else "")
     embed.add_field(name="Jobs in progress", value=in_flight, inline=False)
     if limits.guild_daily_pool:
         pool_left = max(0, limits.guild_daily_pool - (usage.guild_pool_used or 0))
-        embed.add_field(name="Server pool today", value=f"{pool_left} of {limits.guild_daily_pool} left", inline=False)
+        embed.add_field(
+            name="Server pool today", value=f"{pool_left} of {limits.guild_daily_pool} left", inline=False
+        )
     if balances:
-        embed.add_field(name="Provider balances", value=truncate("\n".join(balances), FIELD_MAX), inline=False)
+        embed.add_field(
+            name="Provider balances", value=truncate("\n".join(balances), FIELD_MAX), inline=False
+        )
     return embed
 
 
@@ -144,5 +152,7 @@ def history_embed(entries: Sequence[HistoryEntry], page: int, pages: int, total:
         where = f" · [jump]({link})" if link else ""
         lines.append(f"**{model_label(entry.model)}** · <t:{int(entry.created_at)}:R>{where}\n{prompt}")
     embed.description = truncate("\n\n".join(lines), 4096)
-    embed.set_footer(text=f"Page {page + 1} of {max(pages, 1)} · {total} generation{'s' if total != 1 else ''}")
+    embed.set_footer(
+        text=f"Page {page + 1} of {max(pages, 1)} · {total} generation{'s' if total != 1 else ''}"
+    )
     return embed

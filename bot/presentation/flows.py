@@ -65,10 +65,13 @@ class Flows:
         for att in attachments:
             if att.size > cap:
                 raise InvalidImage(
-                    f"`{att.filename}` is {att.size / 1_048_576:.1f} MB; images up to {cap / 1_048_576:.0f} MB are accepted."
+                    f"`{att.filename}` is {att.size / 1_048_576:.1f} MB; "
+                    f"images up to {cap / 1_048_576:.0f} MB are accepted."
                 )
 
-    async def download(self, attachments: Sequence[discord.Attachment], urls: Sequence[str] = ()) -> list[tuple[bytes, str | None]]:
+    async def download(
+        self, attachments: Sequence[discord.Attachment], urls: Sequence[str] = ()
+    ) -> list[tuple[bytes, str | None]]:
         """Fetch reference bytes (Discord attachments through discord.py, other URLs with the SSRF guard)."""
 
         async def one_attachment(att: discord.Attachment) -> tuple[bytes, str | None]:
@@ -84,7 +87,9 @@ class Flows:
                 raise InvalidImage("An image in that message could not be downloaded.") from exc
             return data, url
 
-        return list(await asyncio.gather(*(one_attachment(a) for a in attachments), *(one_url(u) for u in urls)))
+        return list(
+            await asyncio.gather(*(one_attachment(a) for a in attachments), *(one_url(u) for u in urls))
+        )
 
     async def defer(self, interaction: discord.Interaction) -> None:
         if not interaction.response.is_done():
@@ -128,14 +133,14 @@ class Flows:
         except discord.HTTPException as exc:
             log.warning("job %s: could not show the queued status (%s)", job.id, exc)
             return job
-        await self.bot.db.set_status_message(job.id, message.id)
+        await self.bot.db.jobs.set_status_message(job.id, message.id)
         return job
 
     # ------------------------------------------------------------------ result buttons
 
     async def result_action(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
         try:
-            job = await self.bot.db.get_job(job_id)
+            job = await self.bot.db.jobs.get_job(job_id)
             if job is None:
                 raise ValidationError("That generation is no longer in Palette's records.")
             if action == "delete":
@@ -152,8 +157,12 @@ class Flows:
     def spec_from_job(self, job: JobRecord, **changes: object) -> GenerationSpec:
         params = embeds.job_params(job)
         spec = GenerationSpec(
-            model=job.model, prompt=job.prompt, aspect_ratio=params.get("aspect_ratio"),  # type: ignore[arg-type]
-            resolution=params.get("resolution"), count=job.count, seed=None,  # type: ignore[arg-type]
+            model=job.model,
+            prompt=job.prompt,
+            aspect_ratio=params.get("aspect_ratio"),  # type: ignore[arg-type]
+            resolution=params.get("resolution"),
+            count=job.count,
+            seed=None,  # type: ignore[arg-type]
         )
         return replace(spec, **changes)  # type: ignore[arg-type]
 
@@ -180,8 +189,10 @@ class Flows:
 
         await interaction.response.send_modal(
             PromptModal(
-                title="Edit this image", on_submit_prompt=submitted,
-                max_length=self.bot.settings.max_prompt_length, image_count=len(images),
+                title="Edit this image",
+                on_submit_prompt=submitted,
+                max_length=self.bot.settings.max_prompt_length,
+                image_count=len(images),
             )
         )
 
@@ -194,14 +205,19 @@ class Flows:
         images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
         if not images:
             raise ValidationError("This message has no image left to upscale.")
-        prompt = f"Upscale this image to 4K. Keep every detail, composition and colour exactly. ({job.prompt})"
-        spec = self.spec_from_job(job, prompt=prompt[: self.bot.settings.max_prompt_length], resolution="4K", count=1)
+        prompt = (
+            f"Upscale this image to 4K. Keep every detail, composition and colour exactly. ({job.prompt})"
+        )
+        spec = self.spec_from_job(
+            job, prompt=prompt[: self.bot.settings.max_prompt_length], resolution="4K", count=1
+        )
         await self.start_job(interaction, spec, kind="upscale", attachments=[images[0]], parent_job_id=job.id)
 
     async def delete_result(self, interaction: discord.Interaction, job: JobRecord) -> None:
         user = interaction.user
         allowed = user.id == job.user_id or (
-            isinstance(user, discord.Member) and user.resolved_permissions is not None
+            isinstance(user, discord.Member)
+            and user.resolved_permissions is not None
             and user.resolved_permissions.manage_messages
         )
         if not allowed:
@@ -234,7 +250,8 @@ class Flows:
     async def edit_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         attachments = [a for a in message.attachments if is_image_attachment(a)]
         urls = [
-            url for e in message.embeds
+            url
+            for e in message.embeds
             for url in ((e.image.url if e.image else None), (e.thumbnail.url if e.thumbnail else None))
             if url
         ]
@@ -251,7 +268,11 @@ class Flows:
             await self.start_job(modal_interaction, spec, kind="edit", attachments=attachments, urls=urls)
 
         await interaction.response.send_modal(
-            PromptModal(title="Edit with Palette", on_submit_prompt=submitted, max_length=self.bot.settings.max_prompt_length)
+            PromptModal(
+                title="Edit with Palette",
+                on_submit_prompt=submitted,
+                max_length=self.bot.settings.max_prompt_length,
+            )
         )
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 TOKEN_LIFETIME = 15 * 60
 MAX_FILES_PER_MESSAGE = 10
+UPLOAD_OVERHEAD = 64 * 1024
 
 
 class DiscordPresenter:
@@ -66,7 +67,7 @@ class DiscordPresenter:
     async def _status_message_id(self, job: JobRecord) -> int | None:
         if job.status_message_id:
             return job.status_message_id
-        fresh = await self.bot.db.get_job(job.id)
+        fresh = await self.bot.db.jobs.get_job(job.id)
         return fresh.status_message_id if fresh else None
 
     # ------------------------------------------------------------------ JobPresenter
@@ -93,22 +94,30 @@ class DiscordPresenter:
         self._forget(job.id)
 
     async def deliver(self, job: JobRecord, outcome: GenerationOutcome) -> Delivery:
-        limit = embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT
+        limit = int(embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT)  # type: ignore[call-overload]
+        # Discord counts the whole request against the limit: share it between the images, keeping room
+        # for the JSON payload and multipart framing.
+        per_image = max(64 * 1024, (limit - UPLOAD_OVERHEAD) // max(1, len(outcome.images)))
         fitted = await asyncio.gather(
-            *(fit_for_upload_async(image.data, limit_bytes=int(limit)) for image in outcome.images)  # type: ignore[arg-type]
+            *(fit_for_upload_async(image.data, limit_bytes=per_image) for image in outcome.images)
         )
         hashes = await asyncio.gather(*(sha256_hex_async(f.data) for f in fitted))
         names = [f"palette-{job.id}-{i}.{f.extension}" for i, f in enumerate(fitted, 1)]
         embed = embeds.result_embed(
-            job, provider_model=outcome.provider_model, sizes=[(f.width, f.height) for f in fitted],
-            seconds=outcome.latency_s, failed=outcome.failed,
+            job,
+            provider_model=outcome.provider_model,
+            sizes=[(f.width, f.height) for f in fitted],
+            seconds=outcome.latency_s,
+            failed=outcome.failed,
         )
         view = result_view(job.id)
 
         def files() -> list[discord.File]:
             import io
 
-            return [discord.File(io.BytesIO(f.data), filename=name) for f, name in zip(fitted, names, strict=True)]
+            return [
+                discord.File(io.BytesIO(f.data), filename=name) for f, name in zip(fitted, names, strict=True)
+            ]
 
         message: discord.Message | None = None
         async with self._lock(job.id):
@@ -118,14 +127,23 @@ class DiscordPresenter:
             if webhook is not None and message_id is not None:
                 try:
                     message = await webhook.edit_message(
-                        message_id, content=None, embed=embed, attachments=files()[:MAX_FILES_PER_MESSAGE],
+                        message_id,
+                        content=None,
+                        embed=embed,
+                        attachments=files()[:MAX_FILES_PER_MESSAGE],
                         view=view,
                     )
                 except discord.HTTPException as exc:
-                    log.info("job %s: could not edit the status message (%s); posting in channel", job.id, exc)
+                    log.info(
+                        "job %s: could not edit the status message (%s); posting in channel", job.id, exc
+                    )
             if message is None:
                 message = await self._channel_send(
-                    job, content=f"<@{job.user_id}>", embed=embed, files=files()[:MAX_FILES_PER_MESSAGE], view=view
+                    job,
+                    content=f"<@{job.user_id}>",
+                    embed=embed,
+                    files=files()[:MAX_FILES_PER_MESSAGE],
+                    view=view,
                 )
         self._forget(job.id)
         if message is None:
@@ -136,8 +154,13 @@ class DiscordPresenter:
             attachment = by_name.get(name)
             delivered.append(
                 DeliveredImage(
-                    attachment_id=attachment.id if attachment else None, filename=name, sha256=digest,
-                    width=f.width, height=f.height, mime_type=f.mime_type, size_bytes=len(f.data),
+                    attachment_id=attachment.id if attachment else None,
+                    filename=name,
+                    sha256=digest,
+                    width=f.width,
+                    height=f.height,
+                    mime_type=f.mime_type,
+                    size_bytes=len(f.data),
                 )
             )
         return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
@@ -157,7 +180,9 @@ class DiscordPresenter:
             user = await self.bot.fetch_user(job.user_id)
             channel = await user.create_dm()
         return await channel.send(
-            allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)], everyone=False, roles=False),
+            allowed_mentions=discord.AllowedMentions(
+                users=[discord.Object(job.user_id)], everyone=False, roles=False
+            ),
             **kwargs,  # type: ignore[arg-type]
         )
 

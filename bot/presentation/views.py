@@ -100,7 +100,11 @@ class HistoryView(discord.ui.View):
     """Previous / next buttons over the requester's history (ephemeral, so not persistent)."""
 
     def __init__(
-        self, *, owner_id: int, page: int, pages: int,
+        self,
+        *,
+        owner_id: int,
+        page: int,
+        pages: int,
         render: Callable[[int], Awaitable[tuple[discord.Embed, int]]],
     ) -> None:
         super().__init__(timeout=600)
@@ -121,7 +125,9 @@ class HistoryView(discord.ui.View):
         await interaction.response.edit_message(embed=embed, view=self)
 
     @discord.ui.button(label="Previous", emoji="◀️", style=discord.ButtonStyle.secondary)
-    async def previous(self, interaction: discord.Interaction, button: discord.ui.Button[HistoryView]) -> None:
+    async def previous(
+        self, interaction: discord.Interaction, button: discord.ui.Button[HistoryView]
+    ) -> None:
         await self._show(interaction, self.page - 1)
 
     @discord.ui.button(label="Next", emoji="▶️", style=discord.ButtonStyle.secondary)

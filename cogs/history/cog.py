@@ -27,10 +27,10 @@ class HistoryCog(commands.Cog):
         user_id = interaction.user.id
 
         async def render(page: int) -> tuple[discord.Embed, int]:
-            total = await self.bot.db.count_history(user_id)
+            total = await self.bot.db.history.count_history(user_id)
             pages = max(1, -(-total // PAGE_SIZE))
             page = max(0, min(page, pages - 1))
-            entries = await self.bot.db.history(user_id, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+            entries = await self.bot.db.history.history(user_id, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
             return embeds.history_embed(entries, page, pages, total), pages
 
         embed, pages = await render(0)

@@ -34,12 +34,16 @@ class ImagineCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.edit_menu.name, type=self.edit_menu.type)
 
-    async def _menu_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    async def _menu_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
         await self.bot.report_error(interaction, error)
 
     # ------------------------------------------------------------------ autocomplete
 
-    async def model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
         current = current.lower()
         return [
             app_commands.Choice(name=f"{m.label}: {m.description}"[:100], value=m.key)
@@ -47,7 +51,9 @@ class ImagineCog(commands.Cog):
             if current in m.key or current in m.label.lower()
         ][:25]
 
-    async def ratio_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def ratio_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
         chosen = getattr(interaction.namespace, "model", None) or self.bot.default_model()
         model = get_model(chosen) or get_model(self.bot.default_model())
         ratios = model.aspect_ratios if model else MODELS[0].aspect_ratios
@@ -77,8 +83,12 @@ class ImagineCog(commands.Cog):
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
     ) -> None:
         spec = GenerationSpec(
-            model=model or self.bot.default_model(), prompt=prompt, aspect_ratio=aspect_ratio,
-            resolution=resolution.value if resolution else None, count=count, seed=seed,
+            model=model or self.bot.default_model(),
+            prompt=prompt,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution.value if resolution else None,
+            count=count,
+            seed=seed,
         )
         await self.bot.flows.start_job(interaction, spec, kind="imagine")
 
@@ -109,8 +119,10 @@ class ImagineCog(commands.Cog):
     ) -> None:
         attachments = [a for a in (image, image2, image3, image4) if a is not None]
         spec = GenerationSpec(
-            model=model or self.bot.default_edit_model(len(attachments)), prompt=prompt,
-            aspect_ratio=aspect_ratio, resolution=resolution.value if resolution else None,
+            model=model or self.bot.default_edit_model(len(attachments)),
+            prompt=prompt,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution.value if resolution else None,
         )
         await self.bot.flows.start_job(interaction, spec, kind="edit", attachments=attachments)
 

@@ -24,9 +24,11 @@ class QuotaCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         origin = self.bot.flows.origin(interaction)
         limits = await self.bot.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
-        usage = await self.bot.db.usage(origin.user_id, time.time(), guild_id=origin.guild_id)
+        usage = await self.bot.db.jobs.usage(origin.user_id, time.time(), guild_id=origin.guild_id)
         balances: list[str] = []
         perms = interaction.permissions
         if interaction.guild_id is not None and perms.manage_guild:
             balances = await self.bot.flows.provider_balances()
-        await interaction.followup.send(embed=embeds.quota_embed(usage, limits, balances=balances), ephemeral=True)
+        await interaction.followup.send(
+            embed=embeds.quota_embed(usage, limits, balances=balances), ephemeral=True
+        )

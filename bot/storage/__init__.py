@@ -1,0 +1,61 @@
+"""Palette's storage layer: SQLite through one shared aiosqlite connection, behind small repositories.
+
+Usage::
+
+    db = await open_database(settings.database_path)
+    job = await db.jobs.reserve_job(NewJob(...), Limits.from_settings(settings), now=time.time())
+    await db.jobs.mark_running(job.id, time.time())
+    ...
+    await db.jobs.finish_job(job.id, 2, results=[...], now=time.time())
+    page = await db.history.history(user_id, limit=10)
+    await db.close()
+
+All SQL lives in this package. Callers see :class:`JobRepository` (``db.jobs``), :class:`HistoryRepository`
+(``db.history``) and :class:`KeyValueRepository` (``db.kv``), the :class:`Storage` protocol, so a
+PostgreSQL backend can be added later without touching them.
+"""
+
+from bot.storage.db import Database, open_database
+from bot.storage.errors import JobNotFound, QuotaExceeded
+from bot.storage.records import (
+    FinalStatus,
+    HistoryEntry,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    LedgerDiscrepancy,
+    LedgerReport,
+    Limits,
+    NewJob,
+    NewReference,
+    NewResult,
+    ReferenceRecord,
+    ResultRecord,
+    UsageSnapshot,
+)
+from bot.storage.repository import HistoryRepository, JobRepository, KeyValueRepository, Storage
+
+__all__ = [
+    "Database",
+    "FinalStatus",
+    "HistoryEntry",
+    "HistoryRepository",
+    "JobKind",
+    "JobNotFound",
+    "JobRecord",
+    "JobRepository",
+    "JobStatus",
+    "KeyValueRepository",
+    "LedgerDiscrepancy",
+    "LedgerReport",
+    "Limits",
+    "NewJob",
+    "NewReference",
+    "NewResult",
+    "QuotaExceeded",
+    "ReferenceRecord",
+    "ResultRecord",
+    "Storage",
+    "UsageSnapshot",
+    "open_database",
+]

@@ -1,0 +1,146 @@
+"""The storage interface callers depend on.
+
+Callers (job runner, cogs, CLI) use these protocols, never SQL: :class:`bot.storage.db.Database` provides
+SQLite implementations as ``db.jobs``, ``db.history`` and ``db.kv`` (the :class:`Storage` protocol); a
+PostgreSQL backend would provide the same three objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from bot.storage.records import (
+    FinalStatus,
+    HistoryEntry,
+    JobRecord,
+    LedgerReport,
+    Limits,
+    NewJob,
+    NewResult,
+    ReferenceRecord,
+    ResultRecord,
+    UsageSnapshot,
+)
+
+
+@runtime_checkable
+class JobRepository(Protocol):
+    """Jobs, their references, quota reservations and the ledger."""
+
+    async def reserve_job(self, new_job: NewJob, limits: Limits, now: float) -> JobRecord:
+        """Atomically check the user's (and guild's) quota and create the job as ``queued`` with
+        ``reserved = count``, its references and a ``reserve`` ledger row.
+
+        Raises :class:`bot.storage.errors.QuotaExceeded` (nothing is written) when a limit would be
+        exceeded."""
+        ...
+
+    async def usage(self, user_id: int, now: float, guild_id: int | None = None) -> UsageSnapshot:
+        """The user's current usage (and the guild pool's, when ``guild_id`` is given)."""
+        ...
+
+    async def mark_running(self, job_id: int, now: float, *, provider: str | None = None) -> bool:
+        """``queued``/``running`` -> ``running`` (keeps the first ``started_at``; ``provider`` if given);
+        False if the job is finished (e.g. cancelled meanwhile) or unknown."""
+        ...
+
+    async def set_task(self, job_id: int, provider: str, provider_model: str | None, task_id: str) -> bool:
+        """Remember the provider's async task id right after submit, so recovery can resume polling."""
+        ...
+
+    async def increment_attempts(self, job_id: int) -> int:
+        """Add one attempt; returns the new count. Raises :class:`~bot.storage.errors.JobNotFound`."""
+        ...
+
+    async def set_status_message(self, job_id: int, message_id: int | None) -> bool: ...
+
+    async def set_interaction(self, job_id: int, token: str | None, created_at: float | None) -> bool: ...
+
+    async def finish_job(
+        self,
+        job_id: int,
+        delivered: int,
+        *,
+        status: FinalStatus = "done",
+        error: str | None = None,
+        error_kind: str | None = None,
+        result_message_id: int | None = None,
+        results: Sequence[NewResult] = (),
+        provider: str | None = None,
+        provider_model: str | None = None,
+        now: float,
+    ) -> bool:
+        """Settle the job in one transaction: commit ``delivered`` images, refund ``reserved -
+        delivered``, set the final status (and the provider that served it, if given), record
+        ``results``.
+
+        Idempotent: returns False (and changes nothing) if the job was already finished. Raises
+        :class:`~bot.storage.errors.JobNotFound` for an unknown job and ``ValueError`` if ``delivered`` is
+        negative or larger than the reservation."""
+        ...
+
+    async def get_job(self, job_id: int) -> JobRecord | None: ...
+
+    async def get_references(self, job_id: int) -> list[ReferenceRecord]:
+        """The job's reference images in submission order."""
+        ...
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        """Queued and running jobs, oldest first (recovery after a restart)."""
+        ...
+
+    async def queued_jobs(self) -> list[JobRecord]:
+        """Queued jobs, oldest first."""
+        ...
+
+    async def ledger_balance(self) -> LedgerReport:
+        """Check that every reserved image is committed, refunded or still open."""
+        ...
+
+
+@runtime_checkable
+class HistoryRepository(Protocol):
+    """Delivered images, per user."""
+
+    async def history(
+        self, user_id: int, guild_id: int | None = None, limit: int = 10, offset: int = 0
+    ) -> list[HistoryEntry]:
+        """The user's ``done`` jobs, newest first (only those in ``guild_id`` when given)."""
+        ...
+
+    async def count_history(self, user_id: int, guild_id: int | None = None) -> int: ...
+
+    async def results_for_job(self, job_id: int) -> list[ResultRecord]: ...
+
+    async def delete_user_data(self, user_id: int, now: float | None = None) -> int:
+        """Forget the user's finished jobs' content (prompts, parameters, references, results); the
+        numbers quota and ledger need stay. Returns how many jobs were cleared."""
+        ...
+
+
+@runtime_checkable
+class KeyValueRepository(Protocol):
+    """Small persistent settings and markers (text values)."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str) -> None: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A whole storage backend: the three repositories, backup and close."""
+
+    jobs: JobRepository
+    history: HistoryRepository
+    kv: KeyValueRepository
+
+    async def close(self) -> None: ...
+
+    async def backup(self, path: Path | str) -> Path:
+        """Write a consistent copy of the whole database to ``path``."""
+        ...

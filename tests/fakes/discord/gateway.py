@@ -1,0 +1,315 @@
+"""The fake's gateway: sessions, sequence numbers, resume replay and the aiohttp websocket handler.
+
+Frames are sent as uncompressed JSON text. discord.py 2.7 asks for ``compress=zlib-stream``
+(or ``zstd-stream``) in the query string, but it only decompresses *binary* frames and parses text
+frames directly, so plain text is accepted by the real client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+if TYPE_CHECKING:
+    from .server import FakeDiscord
+
+_log = logging.getLogger(__name__)
+
+# Gateway opcodes
+DISPATCH = 0
+HEARTBEAT = 1
+IDENTIFY = 2
+PRESENCE_UPDATE = 3
+VOICE_STATE_UPDATE = 4
+RESUME = 6
+RECONNECT = 7
+REQUEST_GUILD_MEMBERS = 8
+INVALID_SESSION = 9
+HELLO = 10
+HEARTBEAT_ACK = 11
+
+# Intent bits
+INTENT_GUILD_MEMBERS = 1 << 1
+INTENT_MESSAGE_CONTENT = 1 << 15
+
+
+@dataclass(eq=False)
+class GatewaySession:
+    """One identified gateway session (survives disconnects until invalidated or replaced)."""
+
+    id: str
+    intents: int | None
+    shard: list[int] | None
+    #: All dispatches of this session; ``events[n]`` carries sequence ``n + 1``.
+    events: list[dict[str, Any]] = field(default_factory=list)
+    connection: GatewayConnection | None = None
+    valid: bool = True
+    ready_seq: int = 0
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last dispatch."""
+        return len(self.events)
+
+    def append(self, event: str, data: Any) -> int:
+        """Queue a dispatch; returns its sequence number."""
+        seq = len(self.events) + 1
+        self.events.append({"op": DISPATCH, "t": event, "s": seq, "d": data})
+        self._wakeup.set()
+        return seq
+
+    def has_intent(self, bit: int) -> bool:
+        """Whether IDENTIFY asked for ``bit`` (a missing ``intents`` field means none were given)."""
+        return self.intents is not None and bool(self.intents & bit)
+
+
+@dataclass(eq=False)
+class GatewayConnection:
+    """One websocket connection to ``/gateway``."""
+
+    ws: web.WebSocketResponse
+    request: web.Request
+    query: dict[str, str]
+    session: GatewaySession | None = None
+    sent_seq: int = 0
+    writer: asyncio.Task[None] | None = None
+    received: list[dict[str, Any]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    _send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        """Send one JSON text frame (ignored if the socket is already closed)."""
+        async with self._send_lock:
+            if self.ws.closed:
+                return
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await self.ws.send_str(json.dumps(payload))
+
+
+class GatewayHub:
+    """Accepts gateway connections and routes dispatches to the current session."""
+
+    def __init__(self, fake: FakeDiscord) -> None:
+        self.fake = fake
+        self.session: GatewaySession | None = None
+        self.connections: list[GatewayConnection] = []
+        self.heartbeat_interval_ms = 41250
+        self.connection_count = 0
+        self.identify_count = 0
+        self.resume_count = 0
+        self.heartbeat_count = 0
+
+    # -- dispatching -----------------------------------------------------------------------
+
+    def dispatch(self, event: str, data: Any) -> int | None:
+        """Append a dispatch to the current session (delivered now or replayed on RESUME).
+
+        Returns the sequence number, or ``None`` when no session exists (nothing is connected).
+        """
+        session = self.session
+        if session is None or not session.valid:
+            return None
+        seq = session.append(event, data)
+        self.fake._state_changed()
+        return seq
+
+    @property
+    def current_connection(self) -> GatewayConnection | None:
+        """The open connection bound to the current session, if any."""
+        if self.session is not None and self.session.connection is not None:
+            conn = self.session.connection
+            if not conn.ws.closed:
+                return conn
+        return None
+
+    # -- websocket handler -----------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp handler for ``GET /gateway`` (websocket upgrade)."""
+        ws = web.WebSocketResponse(max_msg_size=0, autoclose=True, autoping=True)
+        await ws.prepare(request)
+        conn = GatewayConnection(ws=ws, request=request, query=dict(request.query))
+        self.connections.append(conn)
+        self.connection_count += 1
+        self.fake._state_changed()
+        try:
+            if conn.query.get("encoding", "json") != "json":
+                await ws.close(code=4002, message=b"Only encoding=json is supported by the fake")
+                return ws
+            await conn.send(
+                {"op": HELLO, "s": None, "t": None, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}
+            )
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    try:
+                        payload = json.loads(msg.data)
+                    except ValueError:
+                        await ws.close(code=4002, message=b"Error while decoding payload.")
+                        break
+                    conn.received.append(payload)
+                    await self._handle_op(conn, payload)
+                elif msg.type is WSMsgType.BINARY:
+                    await ws.close(code=4002, message=b"Binary (ETF) payloads are not supported by the fake")
+                    break
+        finally:
+            if conn.writer is not None:
+                conn.writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await conn.writer
+            if conn.session is not None and conn.session.connection is conn:
+                conn.session.connection = None
+            conn.done.set()
+            self.fake._state_changed()
+        return ws
+
+    async def _handle_op(self, conn: GatewayConnection, payload: dict[str, Any]) -> None:
+        op = payload.get("op")
+        data = payload.get("d")
+        if op == HEARTBEAT:
+            self.heartbeat_count += 1
+            await conn.send({"op": HEARTBEAT_ACK, "s": None, "t": None, "d": None})
+        elif op == IDENTIFY:
+            await self._identify(conn, data or {})
+        elif op == RESUME:
+            await self._resume(conn, data or {})
+        elif conn.session is None:
+            await conn.ws.close(code=4003, message=b"Not authenticated.")
+        elif op == REQUEST_GUILD_MEMBERS:
+            self._request_members(data or {})
+        elif op in (PRESENCE_UPDATE, VOICE_STATE_UPDATE):
+            pass
+        else:
+            await conn.ws.close(code=4001, message=b"Unknown opcode.")
+
+    async def _identify(self, conn: GatewayConnection, data: dict[str, Any]) -> None:
+        if conn.session is not None:
+            await conn.ws.close(code=4005, message=b"Already authenticated.")
+            return
+        if data.get("token") != self.fake.bot_token:
+            await conn.ws.close(code=4004, message=b"Authentication failed.")
+            return
+        self.identify_count += 1
+        if self.session is not None:
+            self.session.valid = False
+        session = GatewaySession(
+            id=secrets.token_hex(16),
+            intents=data.get("intents"),
+            shard=data.get("shard"),
+        )
+        self.session = session
+        session.append("READY", self.fake._ready_payload(session))
+        for guild in self.fake.guilds.values():
+            session.append("GUILD_CREATE", self.fake._guild_create_payload(guild, session))
+        session.ready_seq = session.seq
+        self._attach(conn, session, from_seq=0)
+
+    async def _resume(self, conn: GatewayConnection, data: dict[str, Any]) -> None:
+        if data.get("token") != self.fake.bot_token:
+            await conn.ws.close(code=4004, message=b"Authentication failed.")
+            return
+        session = self.session
+        seq = data.get("seq") or 0
+        if session is None or not session.valid or session.id != data.get("session_id") or seq > session.seq:
+            # Discord waits a little before answering an unresumable RESUME.
+            await asyncio.sleep(0.05)
+            await conn.send({"op": INVALID_SESSION, "s": None, "t": None, "d": False})
+            return
+        self.resume_count += 1
+        old = session.connection
+        if old is not None and old is not conn and not old.ws.closed:
+            await old.ws.close(code=4000, message=b"Session resumed elsewhere")
+        session.append("RESUMED", {})
+        self._attach(conn, session, from_seq=seq)
+
+    def _attach(self, conn: GatewayConnection, session: GatewaySession, *, from_seq: int) -> None:
+        conn.session = session
+        conn.sent_seq = from_seq
+        session.connection = conn
+        conn.writer = asyncio.create_task(self._writer(conn, session), name="fake-discord-gateway-writer")
+        self.fake._state_changed()
+
+    async def _writer(self, conn: GatewayConnection, session: GatewaySession) -> None:
+        while not conn.ws.closed and session.connection is conn:
+            session._wakeup.clear()
+            while conn.sent_seq < session.seq and not conn.ws.closed:
+                event = session.events[conn.sent_seq]
+                await conn.send(event)
+                conn.sent_seq = event["s"]
+                self.fake._state_changed()
+            await session._wakeup.wait()
+
+    def _request_members(self, data: dict[str, Any]) -> None:
+        guild_ids = data.get("guild_id")
+        if not isinstance(guild_ids, list):
+            guild_ids = [guild_ids]
+        for raw_id in guild_ids:
+            guild = self.fake.guilds.get(int(raw_id))
+            if guild is None:
+                continue
+            members = list(guild.members.values())
+            query = data.get("query")
+            if query:
+                members = [m for m in members if m.user.username.lower().startswith(query.lower())]
+            if data.get("user_ids"):
+                wanted = {int(u) for u in data["user_ids"]}
+                members = [m for m in members if m.user.id in wanted]
+            limit = data.get("limit") or 0
+            if limit:
+                members = members[:limit]
+            chunk: dict[str, Any] = {
+                "guild_id": str(guild.id),
+                "members": [m.to_payload() for m in members],
+                "chunk_index": 0,
+                "chunk_count": 1,
+                "not_found": [],
+            }
+            if data.get("nonce") is not None:
+                chunk["nonce"] = data["nonce"]
+            if data.get("presences"):
+                chunk["presences"] = []
+            self.dispatch("GUILD_MEMBERS_CHUNK", chunk)
+
+    # -- test controls ---------------------------------------------------------------------
+
+    async def disconnect(self, code: int | None = 4000) -> None:
+        """Close the current connection with ``code``; ``None`` drops the TCP connection abruptly."""
+        conn = self.current_connection
+        if conn is None:
+            open_conns = [c for c in self.connections if not c.ws.closed]
+            if not open_conns:
+                raise AssertionError("no open gateway connection to disconnect")
+            conn = open_conns[-1]
+        if code in (4007, 4009) and conn.session is not None:
+            # Invalid seq / session timed out: Discord will refuse to RESUME this session.
+            conn.session.valid = False
+        if code is None:
+            transport = conn.request.transport
+            if transport is not None:
+                transport.abort()
+        else:
+            await conn.ws.close(code=code, message=b"Disconnected by FakeDiscord")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await conn.done.wait()
+
+    async def send_op(self, op: int, data: Any = None) -> None:
+        """Send a raw non-dispatch opcode (e.g. RECONNECT, INVALID_SESSION) on the current socket."""
+        conn = self.current_connection
+        if conn is None:
+            raise AssertionError("no gateway connection is bound to a session")
+        await conn.send({"op": op, "s": None, "t": None, "d": data})
+
+    async def close_all(self) -> None:
+        """Close every open websocket (used on shutdown)."""
+        for conn in list(self.connections):
+            if not conn.ws.closed:
+                with contextlib.suppress(Exception):
+                    await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutdown")

@@ -1,0 +1,104 @@
+"""Failures, refusals, refunds, oversized results, restarts and load, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from tests.fakes.http import noisy_png
+from tests.presentation.conftest import Palette, running_palette
+
+
+async def status_text(ix, needle: str, timeout: float = 15) -> str:
+    await ix.wait_for(lambda i: bool(i.original and needle in (i.original.content or "")), timeout=timeout)
+    return ix.original.content
+
+
+async def test_provider_failure_is_refunded_with_a_clear_message(palette: Palette) -> None:
+    palette.listenhub.script(402, {"error": "Insufficient credits"}, times=None)
+    ix = await palette.imagine(palette.alice, "a castle", model="gpt-image-2")
+    text = await status_text(ix, "❌")
+    await palette.idle()
+    assert "out of credits" in text and "refunded" in text
+    assert palette.listenhub.api_key not in text
+    usage = await palette.bot.db.jobs.usage(palette.alice.id, time.time())
+    assert usage.daily_used == 0 and usage.in_flight == 0
+
+
+async def test_safety_refusal_is_refunded(palette: Palette) -> None:
+    palette.listenhub.script_refusal("finish", "IMAGE_SAFETY")
+    ix = await palette.imagine(palette.alice, "something the filter dislikes")
+    text = await status_text(ix, "❌")
+    await palette.idle()
+    assert "declined" in text and "rephrasing" in text
+    assert palette.mountsea.submit_calls == 0  # a refusal is not retried elsewhere
+    assert (await palette.bot.db.jobs.usage(palette.alice.id, time.time())).daily_used == 0
+
+
+async def test_a_failing_route_hands_the_job_to_the_next_one(palette: Palette) -> None:
+    palette.listenhub.script(500, {"error": "generation failed"}, times=None)
+    ix = await palette.imagine(palette.alice, "a tram")
+    message = await palette.result_message(ix)
+    assert palette.mountsea.submit_calls == 1
+    assert "nano-banana-pro" in message.embeds[0]["footer"]["text"]
+    job = await palette.job_of(message)
+    assert job.committed == 1
+
+
+async def test_a_4k_result_fits_a_10_mib_upload_limit(palette: Palette) -> None:
+    big = noisy_png(4096, 4096)
+    assert len(big) > 10 * 1024 * 1024
+    palette.listenhub.make_image = lambda width, height: big  # type: ignore[method-assign]
+    ix = await palette.imagine(palette.alice, "static", resolution="4K")
+    message = await palette.result_message(ix, timeout=40)
+    (_name, data, _ctype) = message.files[0]
+    assert len(data) <= 10 * 1024 * 1024
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        assert img.width >= 1024 and img.width == img.height
+    assert not [e for e in ix.errors if e.get("code") == 40005]
+
+
+async def test_buttons_and_sync_survive_a_restart(tmp_path: Path) -> None:
+    async with running_palette(tmp_path) as palette:
+        message = await palette.result_message(await palette.imagine(palette.alice, "before restart"))
+        await palette.idle()
+        puts = palette.fake.command_puts
+        bot = palette.bot
+        from bot.app import create_bot, shutdown
+
+        await shutdown(bot)
+        restarted = await create_bot(bot.settings, guild_ready_timeout=0.05)
+        task = asyncio.create_task(restarted.start(bot.settings.discord_token.get_secret_value()))
+        try:
+            await asyncio.wait_for(restarted.wait_until_ready(), 15)
+            palette.bot = restarted
+            assert palette.fake.command_puts == puts  # unchanged commands are not re-synced
+            click = await palette.fake.click_button(palette.alice, message, palette.button(message, "reroll"))
+            await palette.result_message(click)
+            assert palette.listenhub.generate_requests[-1].json["prompt"] == "before restart"
+        finally:
+            await shutdown(restarted)
+            await asyncio.wait_for(task, 10)
+
+
+async def test_twenty_jobs_from_five_users_complete_fairly(tmp_path: Path) -> None:
+    async with running_palette(
+        tmp_path, users=5, listenhub_concurrency=2, user_hourly_limit=0, user_max_concurrent=0
+    ) as palette:
+        palette.listenhub.processing_delay = 0.15
+        interactions = []
+        for user_index, user in enumerate(palette.users):
+            for n in range(4):
+                interactions.append(await palette.imagine(user, f"u{user_index} job {n}"))
+        await asyncio.gather(*(palette.result_message(ix, timeout=60) for ix in interactions))
+        await palette.idle()
+        order = [r.json["prompt"].split()[0] for r in palette.listenhub.generate_requests]
+        assert len(order) == 20 and all(order.count(f"u{i}") == 4 for i in range(5))
+        # Round-robin: every user is served within the first 2 + 5 starts, although user 4 queued last.
+        first_seen = {user: order.index(user) for user in set(order)}
+        assert max(first_seen.values()) < 7, order

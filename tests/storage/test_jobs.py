@@ -1,0 +1,274 @@
+"""Job lifecycle: running/task bookkeeping, finish_job settlement, recovery, references."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.storage import Database, JobNotFound, Limits, NewReference, NewResult, open_database
+
+from .factories import NOW, new_job, reference
+
+
+def result(n: int, **kw: object) -> NewResult:
+    return NewResult(**{"filename": f"image-{n}.png", "sha256": f"{n:064x}", "size_bytes": 1000 + n,
+                        "mime_type": "image/png", "width": 1024, "height": 1024, "attachment_id": 9000 + n,
+                        **kw})  # fmt: skip
+
+
+async def ledger_rows(db: Database, job_id: int) -> list[tuple[str, int]]:
+    rows = await db.fetchall("SELECT entry, amount FROM ledger WHERE job_id = ? ORDER BY id", (job_id,))
+    return [(r["entry"], r["amount"]) for r in rows]
+
+
+async def test_running_and_task_bookkeeping(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(), Limits(), NOW)
+    assert await db.jobs.mark_running(job.id, NOW + 1, provider="listenhub") is True
+    assert await db.jobs.set_task(job.id, "apimart", "gemini-3-pro-image", "task-123") is True
+    assert await db.jobs.increment_attempts(job.id) == 1
+    assert await db.jobs.increment_attempts(job.id) == 2
+    assert await db.jobs.set_status_message(job.id, 555) is True
+    assert await db.jobs.set_interaction(job.id, "new-token", NOW + 2) is True
+    assert await db.jobs.mark_running(job.id, NOW + 50) is True  # resumed: keeps first start, provider
+    stored = await db.jobs.get_job(job.id)
+    assert stored is not None
+    assert stored.status == "running"
+    assert stored.started_at == NOW + 1
+    assert (stored.provider, stored.provider_model, stored.task_id) == (
+        "apimart",
+        "gemini-3-pro-image",
+        "task-123",
+    )
+    assert (stored.attempts, stored.status_message_id) == (2, 555)
+    assert (stored.interaction_token, stored.interaction_created_at) == ("new-token", NOW + 2)
+    assert stored.open_reservation == 1 and not stored.finished
+
+
+async def test_unknown_job(db: Database) -> None:
+    assert await db.jobs.get_job(424242) is None
+    assert await db.jobs.mark_running(424242, NOW, provider="x") is False
+    assert await db.jobs.set_task(424242, "x", None, "t") is False
+    assert await db.jobs.set_status_message(424242, 1) is False
+    with pytest.raises(JobNotFound):
+        await db.jobs.increment_attempts(424242)
+    with pytest.raises(JobNotFound):
+        await db.jobs.finish_job(424242, 0, now=NOW)
+    assert await db.jobs.get_references(424242) == []
+
+
+async def test_finish_done_commits_everything(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(count=2), Limits(), NOW)
+    await db.jobs.mark_running(job.id, NOW + 1, provider="listenhub")
+    finished = await db.jobs.finish_job(
+        job.id, 2, result_message_id=777, results=[result(1), result(2, message_id=778)], now=NOW + 30
+    )
+    assert finished is True
+    stored = await db.jobs.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.committed, stored.refunded, stored.finished_at) == ("done", 2, 0, NOW + 30)
+    assert stored.result_message_id == 777 and stored.open_reservation == 0 and stored.finished
+    assert await ledger_rows(db, job.id) == [("reserve", 2), ("commit", 2)]
+    results = await db.history.results_for_job(job.id)
+    assert [(r.filename, r.message_id, r.attachment_id) for r in results] == [
+        ("image-1.png", 777, 9001),
+        ("image-2.png", 778, 9002),
+    ]
+    first = results[0]
+    assert (first.user_id, first.guild_id, first.channel_id, first.provider) == (1, 100, 200, "listenhub")
+    assert (first.sha256, first.size_bytes, first.width, first.created_at) == (
+        f"{1:064x}",
+        1001,
+        1024,
+        NOW + 30,
+    )
+
+
+async def test_finish_records_the_serving_provider(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(), Limits(), NOW)
+    await db.jobs.mark_running(job.id, NOW, provider="listenhub")
+    await db.jobs.finish_job(
+        job.id, 1, results=[result(1)], provider="apimart", provider_model="gemini-3-pro-image", now=NOW + 1
+    )
+    stored = await db.jobs.get_job(job.id)
+    assert stored is not None
+    assert (stored.provider, stored.provider_model) == ("apimart", "gemini-3-pro-image")
+    [row] = await db.history.results_for_job(job.id)
+    assert row.provider == "apimart"
+
+
+async def test_partial_delivery_refunds_the_rest(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(count=4), Limits(), NOW)
+    assert await db.jobs.finish_job(job.id, 3, results=[result(i) for i in range(3)], now=NOW + 5)
+    stored = await db.jobs.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.reserved, stored.committed, stored.refunded) == ("done", 4, 3, 1)
+    assert await ledger_rows(db, job.id) == [("reserve", 4), ("commit", 3), ("refund", 1)]
+    assert (await db.jobs.usage(1, NOW + 6)).daily_used == 3
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+async def test_failed_or_cancelled_refunds_all(db: Database, status: str) -> None:
+    job = await db.jobs.reserve_job(new_job(count=2), Limits(), NOW)
+    assert await db.jobs.finish_job(
+        job.id,
+        0,
+        status=status,
+        error="The provider is busy.",
+        error_kind="ProviderBusy",
+        now=NOW + 5,  # type: ignore[arg-type]
+    )
+    stored = await db.jobs.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.committed, stored.refunded) == (status, 0, 2)
+    assert (stored.error, stored.error_kind) == ("The provider is busy.", "ProviderBusy")
+    assert await ledger_rows(db, job.id) == [("reserve", 2), ("commit", 0), ("refund", 2)]
+    assert (await db.jobs.usage(1, NOW + 6)).daily_used == 0
+
+
+async def test_double_finish_is_a_no_op(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(count=2), Limits(), NOW)
+    assert await db.jobs.finish_job(job.id, 1, results=[result(1)], now=NOW + 1) is True
+    before = await db.jobs.get_job(job.id)
+    assert (
+        await db.jobs.finish_job(job.id, 0, status="failed", error="late", results=[result(2)], now=NOW + 2)
+        is False
+    )
+    assert await db.jobs.finish_job(job.id, 2, now=NOW + 3) is False
+    assert await db.jobs.get_job(job.id) == before
+    assert await ledger_rows(db, job.id) == [("reserve", 2), ("commit", 1), ("refund", 1)]
+    assert len(await db.history.results_for_job(job.id)) == 1
+    assert await db.jobs.mark_running(job.id, NOW + 4, provider="x") is False
+
+
+async def test_concurrent_finishes_settle_once(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(count=3), Limits(), NOW)
+    outcomes = await asyncio.gather(
+        *(
+            db.jobs.finish_job(job.id, n % 4, status="done" if n % 2 else "failed", now=NOW + n)
+            for n in range(20)
+        )
+    )
+    assert outcomes.count(True) == 1
+    rows = await ledger_rows(db, job.id)
+    assert [entry for entry, _ in rows].count("commit") == 1
+    assert (await db.jobs.ledger_balance()).balanced
+
+
+async def test_finish_rejects_bad_arguments(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(count=2), Limits(), NOW)
+    with pytest.raises(ValueError, match="reserved 2"):
+        await db.jobs.finish_job(job.id, 3, now=NOW)
+    with pytest.raises(ValueError):
+        await db.jobs.finish_job(job.id, -1, now=NOW)
+    with pytest.raises(ValueError):
+        await db.jobs.finish_job(job.id, 1, status="queued", now=NOW)  # type: ignore[arg-type]
+    stored = await db.jobs.get_job(job.id)
+    assert stored is not None and stored.status == "queued" and stored.committed == 0
+    assert await ledger_rows(db, job.id) == [("reserve", 2)]
+
+
+async def test_result_insert_failure_rolls_back_the_settlement(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(count=2), Limits(), NOW)
+    bad = NewResult(filename=None, sha256="x")  # type: ignore[arg-type]  # violates NOT NULL
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.jobs.finish_job(job.id, 2, results=[result(1), bad], now=NOW)
+    stored = await db.jobs.get_job(job.id)
+    assert stored is not None and stored.status == "queued"
+    assert await ledger_rows(db, job.id) == [("reserve", 2)]
+    assert await db.history.results_for_job(job.id) == []
+    assert await db.jobs.finish_job(job.id, 2, results=[result(1)], now=NOW)
+
+
+async def test_database_refuses_to_reopen_a_finished_job(db: Database) -> None:
+    job = await db.jobs.reserve_job(new_job(), Limits(), NOW)
+    await db.jobs.finish_job(job.id, 1, now=NOW)
+    with pytest.raises(sqlite3.IntegrityError, match="finished job"):
+        await db.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job.id,))
+
+
+async def test_unfinished_jobs_survive_a_restart(db_path: Path) -> None:
+    db = await open_database(db_path)
+    old_queued = await db.jobs.reserve_job(new_job(prompt="first"), Limits(), NOW - 30)
+    running = await db.jobs.reserve_job(new_job(prompt="second", count=2), Limits(), NOW - 20)
+    done = await db.jobs.reserve_job(new_job(prompt="third"), Limits(), NOW - 10)
+    new_queued = await db.jobs.reserve_job(new_job(prompt="fourth"), Limits(), NOW)
+    await db.jobs.mark_running(running.id, NOW - 19, provider="apimart")
+    await db.jobs.set_task(running.id, "apimart", "nano-banana-pro", "task-abc")
+    await db.jobs.finish_job(done.id, 1, now=NOW - 5)
+    await db.close()
+
+    db = await open_database(db_path)
+    try:
+        unfinished = await db.jobs.unfinished_jobs()
+        assert [j.id for j in unfinished] == [old_queued.id, running.id, new_queued.id]
+        resumed = unfinished[1]
+        assert (resumed.status, resumed.task_id, resumed.provider, resumed.reserved) == (
+            "running", "task-abc", "apimart", 2,
+        )  # fmt: skip
+        assert [j.id for j in await db.jobs.queued_jobs()] == [old_queued.id, new_queued.id]
+        # Recovery can settle them after the restart, exactly once.
+        assert await db.jobs.finish_job(resumed.id, 2, now=NOW + 1)
+        assert not await db.jobs.finish_job(resumed.id, 2, now=NOW + 2)
+        assert [j.id for j in await db.jobs.unfinished_jobs()] == [old_queued.id, new_queued.id]
+    finally:
+        await db.close()
+
+
+async def test_reference_blobs_round_trip_across_restart(db_path: Path) -> None:
+    big = os.urandom(3 * 1024 * 1024)
+    refs = (
+        reference(big, source_attachment_id=111),
+        NewReference(mime_type="image/jpeg", url="https://cdn.example/a.jpg"),
+        reference(b"\x00\x01\x02\xff" * 10, mime_type="image/webp", url="https://cdn.example/b.webp"),
+    )
+    db = await open_database(db_path)
+    job = await db.jobs.reserve_job(new_job(kind="edit", references=refs), Limits(), NOW)
+    await db.close()
+
+    db = await open_database(db_path)
+    try:
+        stored = await db.jobs.get_references(job.id)
+    finally:
+        await db.close()
+    assert [r.position for r in stored] == [0, 1, 2]
+    assert stored[0].data == big and stored[0].source_attachment_id == 111 and stored[0].url is None
+    assert (stored[1].data, stored[1].url, stored[1].mime_type) == (
+        None,
+        "https://cdn.example/a.jpg",
+        "image/jpeg",
+    )
+    assert stored[2].data == b"\x00\x01\x02\xff" * 10 and stored[2].url == "https://cdn.example/b.webp"
+    assert "bytes=3145728" in repr(stored[0]) and len(repr(stored[0])) < 200
+
+
+async def test_reference_positions_may_be_given(db: Database) -> None:
+    refs = [NewReference(position=i, mime_type="image/png", data=bytes([i])) for i in (2, 0, 1)]
+    job = await db.jobs.reserve_job(new_job(kind="edit", references=refs), Limits(), NOW)
+    stored = await db.jobs.get_references(job.id)
+    assert [(r.position, r.data) for r in stored] == [(0, b"\x00"), (1, b"\x01"), (2, b"\x02")]
+    duplicate = [NewReference(position=0, mime_type="image/png", data=b"a")] * 2
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.jobs.reserve_job(new_job(kind="edit", references=duplicate), Limits(), NOW)
+    assert await db.fetchval("SELECT COUNT(*) FROM jobs") == 1  # the failed reservation left nothing
+
+
+def test_reference_needs_data_or_url() -> None:
+    with pytest.raises(ValueError):
+        NewReference(mime_type="image/png")
+
+
+def test_new_job_needs_a_positive_count() -> None:
+    with pytest.raises(ValueError):
+        new_job(count=0)
+
+
+async def test_parent_job_link(db: Database) -> None:
+    parent = await db.jobs.reserve_job(new_job(), Limits(), NOW)
+    child = await db.jobs.reserve_job(new_job(kind="reroll", parent_job_id=parent.id), Limits(), NOW + 1)
+    assert child.parent_job_id == parent.id
+    with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced
+        await db.jobs.reserve_job(new_job(kind="reroll", parent_job_id=999_999), Limits(), NOW + 2)

@@ -1,0 +1,114 @@
+"""ledger_balance: the audit that every reserved image is committed, refunded or still open."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bot.storage import Database, Limits
+
+from .factories import NOW, new_job
+
+
+async def populate(db: Database) -> dict[str, int]:
+    """A mix of settled and open jobs; returns a few ids."""
+    a = await db.jobs.reserve_job(new_job(count=4), Limits(), NOW)
+    b = await db.jobs.reserve_job(new_job(count=2), Limits(), NOW)
+    c = await db.jobs.reserve_job(new_job(count=1, user_id=2), Limits(), NOW)
+    d = await db.jobs.reserve_job(new_job(count=3, user_id=2), Limits(), NOW)  # stays queued
+    e = await db.jobs.reserve_job(new_job(count=2, user_id=3), Limits(), NOW)  # stays running
+    await db.jobs.mark_running(e.id, NOW, provider="listenhub")
+    await db.jobs.finish_job(a.id, 3, now=NOW + 1)
+    await db.jobs.finish_job(b.id, 0, status="failed", now=NOW + 1)
+    await db.jobs.finish_job(c.id, 1, now=NOW + 1)
+    return {"a": a.id, "b": b.id, "c": c.id, "d": d.id, "e": e.id}
+
+
+async def test_empty_ledger_is_balanced(db: Database) -> None:
+    report = await db.jobs.ledger_balance()
+    assert (report.reserved, report.committed, report.refunded, report.open) == (0, 0, 0, 0)
+    assert report.balanced
+
+
+async def test_ledger_balances_after_normal_use(db: Database) -> None:
+    await populate(db)
+    report = await db.jobs.ledger_balance()
+    assert (report.reserved, report.committed, report.refunded, report.open) == (12, 4, 3, 5)
+    assert report.discrepancies == ()
+    assert report.balanced
+    assert report.describe().splitlines() == [
+        "reserved 12 = committed 4 + refunded 3 + open 5",
+        "ledger balanced",
+    ]
+
+
+async def test_extra_ledger_entry_is_detected(db: Database) -> None:
+    ids = await populate(db)
+    # A second commit for an already settled job, as a buggy code path might write it.
+    await db.execute(
+        "INSERT INTO ledger (job_id, user_id, guild_id, entry, amount, created_at) "
+        "VALUES (?, 1, 100, 'commit', 1, ?)",
+        (ids["a"], NOW + 2),
+    )
+    report = await db.jobs.ledger_balance()
+    assert not report.balanced
+    assert report.reserved != report.committed + report.refunded + report.open
+    [bad] = report.discrepancies
+    assert bad.job_id == ids["a"]
+    assert (bad.ledger_committed, bad.job_committed) == (4, 3)
+    assert "ledger committed 4, job committed 3" in bad.problem
+    text = report.describe()
+    assert "does not add up" in text and f"job {ids['a']} (done)" in text and "NOT BALANCED" in text
+
+
+async def test_tampered_job_row_is_detected(db: Database) -> None:
+    ids = await populate(db)
+    # Forgive a refund in the jobs table without a ledger entry: totals still add up, the job does not.
+    await db.execute("UPDATE jobs SET refunded = 0 WHERE id = ?", (ids["a"],))
+    report = await db.jobs.ledger_balance()
+    assert not report.balanced
+    [bad] = report.discrepancies
+    assert bad.job_id == ids["a"]
+    assert "ledger refunded 1, job refunded 0" in bad.problem
+    assert "settles 3 of 4" in bad.problem
+
+
+async def test_open_job_with_a_settlement_is_detected(db: Database) -> None:
+    ids = await populate(db)
+    await db.execute(
+        "INSERT INTO ledger (job_id, user_id, guild_id, entry, amount, created_at) "
+        "VALUES (?, 2, 100, 'refund', 3, ?)",
+        (ids["d"], NOW + 2),
+    )
+    [bad] = (await db.jobs.ledger_balance()).discrepancies
+    assert bad.job_id == ids["d"] and "unfinished job already committed or refunded" in bad.problem
+
+
+async def test_orphan_and_missing_ledger_rows_are_detected(db: Database) -> None:
+    await populate(db)
+    await db.execute(
+        "INSERT INTO ledger (job_id, user_id, guild_id, entry, amount, created_at) "
+        "VALUES (999999, 1, 100, 'reserve', 2, ?)",
+        (NOW,),
+    )
+    await db.execute("DROP TRIGGER jobs_ledger_reserve")
+    await db.execute(
+        "INSERT INTO jobs (user_id, kind, model, count, reserved, created_at) "
+        "VALUES (5, 'imagine', 'm', 1, 1, ?)",
+        (NOW,),
+    )
+    report = await db.jobs.ledger_balance()
+    problems = {d.job_id: d.problem for d in report.discrepancies}
+    assert problems[999999] == "ledger rows for a job that does not exist"
+    assert "job has no ledger rows" in problems.values()
+    assert not report.balanced
+
+
+async def test_ledger_is_append_only(db: Database) -> None:
+    await populate(db)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        await db.execute("UPDATE ledger SET amount = 0")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        await db.execute("DELETE FROM ledger")
+    assert (await db.jobs.ledger_balance()).balanced
