@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Asynchronous providers: how often to poll and how long a task may take overall.
     poll_interval: float = Field(2.0, gt=0)
     task_deadline: float = Field(600.0, gt=0)
+    # Circuit breaker: after this many consecutive faults a provider is skipped for the cool-down.
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown: float = Field(60.0, ge=0)
     download_timeout: float = Field(60.0, gt=0)
     download_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
     allow_private_urls: bool = False

@@ -17,12 +17,16 @@ from dataclasses import dataclass, field, replace
 from bot.catalog import ModelSpec, Route, available_models, get_model
 from bot.config import Settings
 from bot.errors import (
+    AuthError,
     InvalidPrompt,
     NoRouteAvailable,
+    OutOfCredits,
     ProviderError,
+    ProviderUnavailable,
     UnknownModel,
     UnsupportedOption,
 )
+from bot.health import CircuitBreaker, ProviderHealth
 from bot.images import inspect_image_async, normalize_reference_async
 from bot.providers.base import GeneratedImage, ImageProvider, ProviderRequest, Reference, TaskProvider
 
@@ -79,6 +83,11 @@ class GenerationOutcome:
     failovers: list[tuple[str, str]] = field(default_factory=list)
 
 
+def is_provider_fault(error: ProviderError) -> bool:
+    """Whether another provider might succeed where this one failed."""
+    return error.retryable or isinstance(error, AuthError | OutOfCredits)
+
+
 def clean_prompt(prompt: str, max_length: int) -> str:
     """Normalise a prompt: NFC, control characters dropped (newlines kept), whitespace trimmed."""
     text = unicodedata.normalize("NFC", prompt)
@@ -103,6 +112,15 @@ class Generator:
         self.rank = settings.provider_rank()
         self.semaphores = {
             name: asyncio.Semaphore(settings.provider(name).concurrency)  # type: ignore[arg-type]
+            for name in providers
+        }
+        self.health = {
+            name: ProviderHealth(
+                name,
+                CircuitBreaker(
+                    failure_threshold=settings.breaker_failures, cooldown=settings.breaker_cooldown
+                ),
+            )
             for name in providers
         }
 
@@ -183,21 +201,42 @@ class Generator:
     # ------------------------------------------------------------------ running
 
     async def run(self, plan: Plan, *, on_task: TaskHook | None = None) -> GenerationOutcome:
-        """Generate, trying the next route when one fails with a retryable error."""
+        """Generate, handing the job to the next route when one fails for provider reasons.
+
+        Routes whose circuit breaker is open are skipped. Faults that another provider could avoid
+        (unavailable, busy, rate limited, timed out, out of credits, bad credentials) move on to the
+        next route; anything about the request itself (refused content, invalid request) does not.
+        """
         failovers: list[tuple[str, str]] = []
-        for index, route in enumerate(plan.routes):
+        last_error: ProviderError | None = None
+        for route in plan.routes:
+            health = self.health[route.provider]
+            if not health.breaker.allow():
+                failovers.append((route.provider, "circuit open"))
+                continue
+            started = time.monotonic()
             try:
                 outcome = await self.run_route(plan, route, on_task=on_task)
             except ProviderError as exc:
-                last = index == len(plan.routes) - 1
-                if not exc.retryable or last:
+                if not is_provider_fault(exc):
+                    health.breaker.release()
                     raise
+                health.failure(time.monotonic() - started)
                 log.warning("route %s failed (%s); trying the next route", route.provider, type(exc).__name__)
                 failovers.append((route.provider, type(exc).__name__))
+                last_error = exc
                 continue
+            except BaseException:
+                health.breaker.release()
+                raise
+            health.success(outcome.latency_s)
             outcome.failovers = failovers
             return outcome
-        raise AssertionError("plan without routes")  # plan() guarantees at least one route
+        if last_error is not None:
+            raise last_error
+        raise ProviderUnavailable(
+            f"{plan.model.label} is temporarily unavailable (its providers are failing); try again later."
+        )
 
     async def run_route(
         self, plan: Plan, route: Route, *, on_task: TaskHook | None = None

@@ -63,7 +63,13 @@ def started_text(job: JobRecord, started_at: float) -> str:
 
 
 def result_embed(
-    job: JobRecord, *, provider_model: str, sizes: Sequence[tuple[int, int]], seconds: float, failed: int = 0
+    job: JobRecord,
+    *,
+    provider: str,
+    provider_model: str,
+    sizes: Sequence[tuple[int, int]],
+    seconds: float,
+    failed: int = 0,
 ) -> discord.Embed:
     params = job_params(job)
     embed = discord.Embed(title=truncate(escape(job.prompt), TITLE_MAX), colour=BRAND)
@@ -81,7 +87,7 @@ def result_embed(
             value=f"{failed} of the images failed; {'they were' if failed != 1 else 'it was'} not charged.",
             inline=False,
         )
-    embed.set_footer(text=f"Palette · job {job.id} · {provider_model}")
+    embed.set_footer(text=f"Palette · job {job.id} · {provider_model} via {provider}")
     return embed
 
 

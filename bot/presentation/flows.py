@@ -132,7 +132,10 @@ class Flows:
             message = await interaction.edit_original_response(content=embeds.queued_text(job, position))
         except discord.HTTPException as exc:
             log.warning("job %s: could not show the queued status (%s)", job.id, exc)
-            return job
+            try:  # the "thinking" message still exists: remember it so the result replaces it
+                message = await interaction.original_response()
+            except discord.HTTPException:
+                return job
         await self.bot.db.jobs.set_status_message(job.id, message.id)
         return job
 

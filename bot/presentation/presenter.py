@@ -9,6 +9,7 @@ channel with a mention instead.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ import discord
 
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome
-from bot.images import fit_for_upload_async, sha256_hex_async
+from bot.images import EncodedImage, fit_for_upload_async, sha256_hex_async
 from bot.jobs.service import DeliveredImage, Delivery
 from bot.presentation import embeds
 from bot.presentation.views import result_view
@@ -32,6 +33,9 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 TOKEN_LIFETIME = 15 * 60
 MAX_FILES_PER_MESSAGE = 10
 UPLOAD_OVERHEAD = 64 * 1024
+MIN_IMAGE_BUDGET = 64 * 1024
+UPLOAD_ATTEMPTS = 3
+ENTITY_TOO_LARGE = 40005
 
 
 class DiscordPresenter:
@@ -97,73 +101,86 @@ class DiscordPresenter:
         limit = int(embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT)  # type: ignore[call-overload]
         # Discord counts the whole request against the limit: share it between the images, keeping room
         # for the JSON payload and multipart framing.
-        per_image = max(64 * 1024, (limit - UPLOAD_OVERHEAD) // max(1, len(outcome.images)))
-        fitted = await asyncio.gather(
-            *(fit_for_upload_async(image.data, limit_bytes=per_image) for image in outcome.images)
-        )
-        hashes = await asyncio.gather(*(sha256_hex_async(f.data) for f in fitted))
-        names = [f"palette-{job.id}-{i}.{f.extension}" for i, f in enumerate(fitted, 1)]
-        embed = embeds.result_embed(
-            job,
-            provider_model=outcome.provider_model,
-            sizes=[(f.width, f.height) for f in fitted],
-            seconds=outcome.latency_s,
-            failed=outcome.failed,
-        )
+        budget = max(MIN_IMAGE_BUDGET, (limit - UPLOAD_OVERHEAD) // max(1, len(outcome.images)))
         view = result_view(job.id)
+        message: discord.Message | None = None
+        files: list[tuple[EncodedImage, str]] = []
+        try:
+            for attempt in range(UPLOAD_ATTEMPTS):
+                fitted = await asyncio.gather(
+                    *(fit_for_upload_async(image.data, limit_bytes=budget) for image in outcome.images)
+                )
+                names = [f"palette-{job.id}-{i}.{f.extension}" for i, f in enumerate(fitted, 1)]
+                embed = embeds.result_embed(
+                    job,
+                    provider=outcome.provider,
+                    provider_model=outcome.provider_model,
+                    sizes=[(f.width, f.height) for f in fitted],
+                    seconds=outcome.latency_s,
+                    failed=outcome.failed,
+                )
+                files = list(zip(fitted, names, strict=True))
+                try:
+                    message = await self._post_result(job, embed=embed, view=view, files=files)
+                    break
+                except discord.HTTPException as exc:
+                    # 40005: the estimate was wrong (a proxy, a smaller limit); re-encode smaller and retry.
+                    if exc.code != ENTITY_TOO_LARGE or attempt == UPLOAD_ATTEMPTS - 1:
+                        raise
+                    log.info("job %s: upload too large at %d bytes/image; retrying smaller", job.id, budget)
+                    budget = max(MIN_IMAGE_BUDGET, max(len(f.data) for f, _ in files) // 2)
+        finally:
+            self._forget(job.id)
+        if message is None:
+            raise PaletteError("The images were made but could not be posted in this channel.")
+        hashes = await asyncio.gather(*(sha256_hex_async(f.data) for f, _ in files))
+        by_name = {a.filename: a for a in message.attachments}
+        delivered = [
+            DeliveredImage(
+                attachment_id=by_name[name].id if name in by_name else None,
+                filename=name,
+                sha256=digest,
+                width=f.width,
+                height=f.height,
+                mime_type=f.mime_type,
+                size_bytes=len(f.data),
+            )
+            for (f, name), digest in zip(files, hashes, strict=True)
+        ]
+        return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
 
-        def files() -> list[discord.File]:
-            import io
+    async def _post_result(
+        self,
+        job: JobRecord,
+        *,
+        embed: discord.Embed,
+        view: discord.ui.View,
+        files: list[tuple[EncodedImage, str]],
+    ) -> discord.Message | None:
+        """Put the result on the status message; if that is impossible, post it in the channel."""
 
-            return [
-                discord.File(io.BytesIO(f.data), filename=name) for f, name in zip(fitted, names, strict=True)
+        def attachments() -> list[discord.File]:
+            return [discord.File(io.BytesIO(f.data), filename=name) for f, name in files][
+                :MAX_FILES_PER_MESSAGE
             ]
 
-        message: discord.Message | None = None
         async with self._lock(job.id):
             self._stage[job.id] = 2
             webhook = self._webhook(job)
             message_id = await self._status_message_id(job)
             if webhook is not None and message_id is not None:
                 try:
-                    message = await webhook.edit_message(
-                        message_id,
-                        content=None,
-                        embed=embed,
-                        attachments=files()[:MAX_FILES_PER_MESSAGE],
-                        view=view,
+                    return await webhook.edit_message(
+                        message_id, content=None, embed=embed, attachments=attachments(), view=view
                     )
                 except discord.HTTPException as exc:
-                    log.info(
-                        "job %s: could not edit the status message (%s); posting in channel", job.id, exc
-                    )
-            if message is None:
-                message = await self._channel_send(
-                    job,
-                    content=f"<@{job.user_id}>",
-                    embed=embed,
-                    files=files()[:MAX_FILES_PER_MESSAGE],
-                    view=view,
-                )
-        self._forget(job.id)
-        if message is None:
-            raise PaletteError("The images were made but could not be posted in this channel.")
-        by_name = {a.filename: a for a in message.attachments}
-        delivered = []
-        for f, name, digest in zip(fitted, names, hashes, strict=True):
-            attachment = by_name.get(name)
-            delivered.append(
-                DeliveredImage(
-                    attachment_id=attachment.id if attachment else None,
-                    filename=name,
-                    sha256=digest,
-                    width=f.width,
-                    height=f.height,
-                    mime_type=f.mime_type,
-                    size_bytes=len(f.data),
-                )
+                    if exc.code == ENTITY_TOO_LARGE:
+                        raise
+                    # Expired token (50027), unknown webhook/message (10015/10008): use the channel.
+                    log.info("job %s: status message not editable (%s); posting in channel", job.id, exc.code)
+            return await self._channel_send(
+                job, content=f"<@{job.user_id}>", embed=embed, files=attachments(), view=view
             )
-        return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
 
     # ------------------------------------------------------------------ helpers
 

@@ -18,15 +18,40 @@ async def status_text(ix, needle: str, timeout: float = 15) -> str:
     return ix.original.content
 
 
-async def test_provider_failure_is_refunded_with_a_clear_message(palette: Palette) -> None:
+async def test_provider_failure_is_refunded_with_a_clear_message(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, mountsea_api_key=None) as palette:  # no route to fail over to
+        palette.listenhub.script(402, {"error": "Insufficient credits"}, times=None)
+        ix = await palette.imagine(palette.alice, "a castle", model="gpt-image-2")
+        text = await status_text(ix, "❌")
+        await palette.idle()
+        assert "out of credits" in text and "refunded" in text
+        assert palette.listenhub.api_key not in text
+        usage = await palette.bot.db.jobs.usage(palette.alice.id, time.time())
+        assert usage.daily_used == 0 and usage.in_flight == 0
+
+
+async def test_an_account_out_of_credits_fails_over_to_another_provider(palette: Palette) -> None:
     palette.listenhub.script(402, {"error": "Insufficient credits"}, times=None)
-    ix = await palette.imagine(palette.alice, "a castle", model="gpt-image-2")
-    text = await status_text(ix, "❌")
-    await palette.idle()
-    assert "out of credits" in text and "refunded" in text
-    assert palette.listenhub.api_key not in text
-    usage = await palette.bot.db.jobs.usage(palette.alice.id, time.time())
-    assert usage.daily_used == 0 and usage.in_flight == 0
+    message = await palette.result_message(
+        await palette.imagine(palette.alice, "a castle", model="gpt-image-2")
+    )
+    assert palette.mountsea.submit_calls == 1
+    assert (await palette.job_of(message)).committed == 1
+
+
+async def test_a_provider_that_stays_down_opens_its_breaker(tmp_path: Path) -> None:
+    async with running_palette(
+        tmp_path, breaker_failures=2, breaker_cooldown=300, user_hourly_limit=0
+    ) as palette:
+        palette.listenhub.script(500, {"error": "down"}, times=None)
+        for i in range(4):
+            await palette.result_message(await palette.imagine(palette.alice, f"tram {i}"))
+        await palette.idle()
+        # Two failed jobs open the breaker (each tried 1 + 3 retries); later jobs skip ListenHub entirely.
+        assert palette.listenhub.calls["generate"] == 2 * 4
+        assert palette.mountsea.submit_calls == 4
+        snapshot = palette.bot.generator.health["listenhub"].snapshot()
+        assert snapshot.state == "open" and snapshot.error_rate == 1.0
 
 
 async def test_safety_refusal_is_refunded(palette: Palette) -> None:
@@ -102,3 +127,53 @@ async def test_twenty_jobs_from_five_users_complete_fairly(tmp_path: Path) -> No
         # Round-robin: every user is served within the first 2 + 5 starts, although user 4 queued last.
         first_seen = {user: order.index(user) for user in set(order)}
         assert max(first_seen.values()) < 7, order
+
+
+async def test_an_upload_refused_as_too_large_is_reencoded_smaller(palette: Palette) -> None:
+    big = noisy_png(1024, 1024)
+    palette.listenhub.make_image = lambda width, height: big  # type: ignore[method-assign]
+    palette.listenhub.processing_delay = 0.3
+    ix = await palette.imagine(palette.alice, "noise")
+    await ix.wait_for(lambda i: bool(i.original and "Generating" in (i.original.content or "")), timeout=10)
+    # Discord answers 40005 once although the estimate fit (e.g. a proxy with a smaller limit).
+    palette.fake.fail_next(
+        "PATCH", r"/webhooks/.*/messages/", 413, {"code": 40005, "message": "Request entity too large"}
+    )
+    message = await palette.result_message(ix)
+    (_name, data, _ctype) = message.files[0]
+    assert len(data) < len(big) // 2
+    assert (await palette.job_of(message)).committed == 1
+
+
+async def test_expired_token_delivers_in_the_channel_with_a_mention(palette: Palette) -> None:
+    palette.listenhub.processing_delay = 0.5
+    ix = await palette.imagine(palette.alice, "slow harbour")
+    await ix.wait_for(
+        lambda i: (
+            bool(i.original and "Queued" in (i.original.content or ""))
+            or bool(i.original and "Generating" in (i.original.content or ""))
+        ),
+        timeout=10,
+    )
+    palette.fake.expire_token(ix)
+    message = await palette.fake.wait_for_message(
+        lambda m: (
+            bool(m.files) and m.channel_id == palette.channel.id and f"<@{palette.alice.id}>" in m.content
+        ),
+        timeout=15,
+    )
+    assert palette.button(message, "reroll")
+    assert (await palette.job_of(message)).committed == 1
+
+
+async def test_gateway_reconnect_mid_job_loses_nothing(palette: Palette) -> None:
+    palette.listenhub.processing_delay = 0.5
+    ix = await palette.imagine(palette.alice, "resilient lighthouse")
+    await ix.wait_for_response(timeout=5)
+    await palette.fake.disconnect_gateway(4000)
+    message = await palette.result_message(ix)
+    assert (await palette.job_of(message)).committed == 1
+    await palette.fake.wait_until_resumed(timeout=15)
+    # Commands still arrive after the resume.
+    again = await palette.imagine(palette.alice, "after the resume")
+    await palette.result_message(again)
