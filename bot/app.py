@@ -10,6 +10,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.generation import Generator
+from bot.loopmonitor import start_from_env
 from bot.presentation.client import PaletteBot, point_discord_at
 from bot.providers import build_downloader, build_providers
 from bot.storage import open_database
@@ -39,6 +40,7 @@ async def shutdown(bot: PaletteBot) -> None:
 
 async def _run(settings: Settings, sync_only: bool) -> int:
     bot = await create_bot(settings, sync_only=sync_only)
+    _monitor = start_from_env()  # PALETTE_LOOP_MONITOR=1: record event-loop stalls (benchmark)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,7 +52,11 @@ async def _run(settings: Settings, sync_only: bool) -> int:
     try:
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
-            log.info("shutting down: no new jobs; unfinished ones are kept for the next start")
+            log.info(
+                "shutting down: no new jobs; running ones get %.0f s, the rest resume on the next start",
+                settings.shutdown_grace,
+            )
+            await bot.jobs.stop(grace=settings.shutdown_grace)
         elif runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
     finally:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # Asynchronous providers: how often to poll and how long a task may take overall.
     poll_interval: float = Field(2.0, gt=0)
     task_deadline: float = Field(600.0, gt=0)
+    # A job not finished within this many seconds of its request (e.g. across a long outage) is refunded.
+    job_max_age: float = Field(3600.0, gt=0)
+    # On SIGTERM/SIGINT: seconds running jobs get to finish before the rest is left for the next start.
+    shutdown_grace: float = Field(20.0, ge=0)
     # Circuit breaker: after this many consecutive faults a provider is skipped for the cool-down.
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown: float = Field(60.0, ge=0)

@@ -70,6 +70,11 @@ class JobPresenter(Protocol):
     async def failed(self, job: JobRecord, error: PaletteError) -> None: ...
 
 
+class JobExpired(PaletteError):
+    def __init__(self) -> None:
+        super().__init__("Palette could not finish this request in time (the bot was restarting).")
+
+
 class DeliveryError(PaletteError):
     """The images were generated but could not be posted."""
 
@@ -164,6 +169,10 @@ class JobService:
     async def _run(self, job_id: int) -> None:
         job = await self.db.jobs.get_job(job_id)
         if job is None or job.status not in ("queued", "running"):
+            return
+        if self.clock() - job.created_at > self.generator.settings.job_max_age:
+            # Recovered after a long outage: the requester has moved on; refund and say so.
+            await self._fail(job, JobExpired())
             return
         await self.db.jobs.mark_running(job.id, self.clock())
         try:

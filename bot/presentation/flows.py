@@ -113,6 +113,7 @@ class Flows:
         jobs = self.bot.jobs
         if not jobs.accepting:
             raise Restarting()
+        check_bot_permissions(interaction)
         n_refs = len(attachments) + len(urls) + len(blobs)
         # Validate options with placeholder references, so a wrong ratio is answered before we defer.
         placeholder = tuple(Reference(mime_type="image/png", url="about:blank") for _ in range(n_refs))
@@ -277,6 +278,28 @@ class Flows:
                 max_length=self.bot.settings.max_prompt_length,
             )
         )
+
+
+#: What posting a result needs in a server channel (the channel fallback sends a normal message).
+RESULT_PERMISSIONS = ("view_channel", "send_messages", "attach_files", "embed_links")
+
+
+def check_bot_permissions(interaction: discord.Interaction) -> None:
+    """Refuse up front, naming the permission, when the bot could not post the result here."""
+    if interaction.guild_id is None:
+        return
+    perms = interaction.app_permissions
+    missing = [name for name in RESULT_PERMISSIONS if not getattr(perms, name)]
+    if missing:
+        names = ", ".join(name.replace("_", " ").title() for name in missing)
+        raise MissingBotPermissions(
+            f"I can't post images in this channel: I'm missing the {names} permission. "
+            "Ask a server admin to grant it, or use another channel."
+        )
+
+
+class MissingBotPermissions(PaletteError):
+    pass
 
 
 def is_image_attachment(att: discord.Attachment) -> bool:

@@ -177,3 +177,51 @@ async def test_gateway_reconnect_mid_job_loses_nothing(palette: Palette) -> None
     # Commands still arrive after the resume.
     again = await palette.imagine(palette.alice, "after the resume")
     await palette.result_message(again)
+
+
+async def test_missing_bot_permission_is_named_privately_and_costs_nothing(palette: Palette) -> None:
+    import discord
+
+    perms = discord.Permissions(view_channel=True, send_messages=True, embed_links=True)  # no Attach Files
+    ix = await palette.fake.invoke_slash(
+        palette.alice, palette.channel, "imagine", options={"prompt": "a cat"}, app_permissions=perms.value
+    )
+    response = await ix.wait_for_response(timeout=5)
+    assert ix.ephemeral and "Attach Files" in response["data"]["content"]
+    assert palette.listenhub.calls["generate"] == 0
+    assert (await palette.bot.db.jobs.usage(palette.alice.id, time.time())).in_flight == 0
+
+
+async def test_new_commands_while_restarting_get_a_friendly_message(palette: Palette) -> None:
+    palette.bot.jobs.accepting = False
+    ix = await palette.imagine(palette.alice, "during shutdown")
+    response = await ix.wait_for_response(timeout=5)
+    assert ix.ephemeral and "restarting" in response["data"]["content"]
+    assert palette.listenhub.calls["generate"] == 0
+
+
+async def test_a_job_recovered_too_late_is_refunded_and_the_user_told(tmp_path: Path) -> None:
+    async with running_palette(tmp_path) as palette:
+        palette.listenhub.processing_delay = 5
+        ix = await palette.imagine(palette.alice, "stale")
+        await ix.wait_for(
+            lambda i: bool(i.original and "Generating" in (i.original.content or "")), timeout=10
+        )
+        from bot.app import create_bot, shutdown
+
+        settings = palette.bot.settings
+        await shutdown(palette.bot)  # the job is left 'running' for recovery
+        restarted = await create_bot(
+            settings.model_copy(update={"job_max_age": 0.01}), guild_ready_timeout=0.05
+        )
+        task = asyncio.create_task(restarted.start(settings.discord_token.get_secret_value()))
+        try:
+            await asyncio.wait_for(restarted.wait_until_ready(), 15)
+            await ix.wait_for(lambda i: bool(i.original and "❌" in (i.original.content or "")), timeout=10)
+            assert "in time" in ix.original.content and "refunded" in ix.original.content
+            await restarted.jobs.wait_idle(5)
+            report = await restarted.db.jobs.ledger_balance()
+            assert report.balanced and report.refunded == 1
+        finally:
+            await shutdown(restarted)
+            await asyncio.wait_for(task, 10)

@@ -1,0 +1,68 @@
+"""Opt-in event-loop stall monitor, used by the benchmark (``python -m bench``); off by default.
+
+With ``PALETTE_LOOP_MONITOR=1`` the bot runs one tiny task that sleeps 10 ms at a time and records by how
+much each sleep overshot: the longest overshoot is the longest time the event loop was blocked (plus timer
+jitter). The maximum so far is written, as JSON, to ``PALETTE_LOOP_MONITOR_FILE`` (default
+``loop-monitor.json``) every second and when the monitor stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+INTERVAL = 0.010
+WRITE_EVERY = 1.0
+
+
+class LoopMonitor:
+    def __init__(self, path: Path, *, interval: float = INTERVAL) -> None:
+        self.path = path
+        self.interval = interval
+        self.max_stall = 0.0
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="palette-loop-monitor")
+
+    async def _run(self) -> None:
+        last_write = time.monotonic()
+        try:
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(self.interval)
+                now = time.monotonic()
+                self.max_stall = max(self.max_stall, now - before - self.interval)
+                self.samples += 1
+                if now - last_write >= WRITE_EVERY:
+                    self.write()
+                    last_write = now
+        finally:
+            self.write()
+
+    def write(self) -> None:
+        data = {"max_stall_s": round(self.max_stall, 6), "samples": self.samples, "pid": os.getpid()}
+        with contextlib.suppress(OSError):
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(self.path)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def start_from_env() -> LoopMonitor | None:
+    """Start the monitor if ``PALETTE_LOOP_MONITOR`` is set to 1/true/yes; call from inside the loop."""
+    if os.environ.get("PALETTE_LOOP_MONITOR", "").strip().lower() not in ("1", "true", "yes"):
+        return None
+    monitor = LoopMonitor(Path(os.environ.get("PALETTE_LOOP_MONITOR_FILE", "loop-monitor.json")))
+    monitor.start()
+    return monitor
