@@ -9,6 +9,13 @@ from collections.abc import Iterable
 REDACTED = "[redacted]"
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced (longest first, so one containing another goes whole)."""
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 class RedactSecrets(logging.Filter):
     """Replaces every configured secret in a record's final text (message, args and traceback)."""
 
@@ -49,3 +56,5 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     # httpx logs every request at INFO; keep it at WARNING so logs stay about the bot.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("discord.gateway").setLevel(logging.WARNING)
+    # aiosqlite's debug lines print SQL parameters (interaction tokens among them).
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

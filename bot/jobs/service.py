@@ -20,6 +20,7 @@ from bot.errors import PaletteError, ProviderError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.jobs.dispatcher import Dispatcher, QueuedJob
 from bot.limits import LimitPolicy
+from bot.logs import redact
 from bot.providers.base import Reference
 from bot.storage import Database, JobRecord, NewJob, NewReference, NewResult
 
@@ -234,6 +235,8 @@ class JobService:
 
     async def _fail(self, job: JobRecord, error: PaletteError) -> None:
         kind = type(error).__name__
+        # Provider texts reach users and the database: never with one of our secrets in them.
+        error.message = redact(error.message, self.generator.settings.secrets())
         finished = await self.db.jobs.finish_job(
             job.id, 0, status="failed", error=error.message, error_kind=kind, now=self.clock()
         )
