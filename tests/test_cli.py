@@ -166,3 +166,70 @@ async def test_doctor_checks_provider_balance(clean_env: Path, capsys: pytest.Ca
     assert code == 0
     assert "provider listenhub: ok, credits" in out
     assert "discord token: set" in out
+
+
+async def _seed_database(path: Path) -> None:
+    """One finished job (2 delivered of 3) and one open reservation."""
+    import time
+
+    from bot.storage import Limits, NewJob, open_database
+
+    db = await open_database(path)
+    try:
+        now = time.time()
+        job = await db.jobs.reserve_job(
+            NewJob(
+                user_id=1,
+                guild_id=2,
+                channel_id=3,
+                kind="imagine",
+                model="nano-banana-pro",
+                prompt="p",
+                params="{}",
+                count=3,
+            ),
+            Limits(),
+            now,
+        )
+        await db.jobs.finish_job(job.id, 2, now=now)
+        await db.jobs.reserve_job(
+            NewJob(
+                user_id=1,
+                guild_id=2,
+                channel_id=3,
+                kind="imagine",
+                model="nano-banana-pro",
+                prompt="q",
+                params="{}",
+                count=1,
+            ),
+            Limits(),
+            now,
+        )
+    finally:
+        await db.close()
+
+
+async def test_check_ledger_and_backup(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    db_path = clean_env / "data" / "palette.db"
+    os.environ["DATABASE_URL"] = f"sqlite:///{db_path}"
+    try:
+        await _seed_database(db_path)
+        assert await asyncio.to_thread(main, ["check-ledger"]) == 0
+        assert await asyncio.to_thread(main, ["backup", str(clean_env / "copy.db")]) == 0
+        with sqlite3.connect(clean_env / "copy.db") as copy:
+            assert copy.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
+        # Tamper with the append-only ledger (its guard triggers dropped): the check must notice.
+        with sqlite3.connect(db_path) as conn:
+            triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]
+            for name in triggers:
+                conn.execute(f"DROP TRIGGER {name}")
+            conn.execute("DELETE FROM ledger WHERE job_id = 1 AND entry = 'refund'")
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["check-ledger"]) == 1
+        out = capsys.readouterr().out
+        assert "NOT BALANCED" in out and "job 1" in out
+    finally:
+        del os.environ["DATABASE_URL"]
