@@ -1,0 +1,1 @@
+"""Benchmark of the real bot process (``python -m bench``); see bench/cli.py and README "Performance"."""
