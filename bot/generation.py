@@ -33,6 +33,8 @@ from bot.providers.base import GeneratedImage, ImageProvider, ProviderRequest, R
 log = logging.getLogger(__name__)
 
 SEED_MAX = 2**31 - 1
+# Routes whose docs name no per-image byte limit still get a bound when we re-encode for them.
+UNLIMITED_REFERENCE_BYTES = 20 * 1024 * 1024
 
 #: Called when an asynchronous provider accepted a task, so the job can be resumed from its id.
 TaskHook = Callable[[str, str, str], Awaitable[None]]  # (provider, provider_model, task_id)
@@ -374,7 +376,7 @@ async def prepare_references(route: Route, references: Sequence[Reference]) -> t
     async def fit(ref: Reference) -> Reference:
         if ref.data is None:
             return ref
-        limit = route.max_reference_bytes or len(ref.data)
+        limit = route.max_reference_bytes or UNLIMITED_REFERENCE_BYTES
         if ref.mime_type in route.reference_mime and len(ref.data) <= limit:
             return ref
         encoded = await normalize_reference_async(
