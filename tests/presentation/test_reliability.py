@@ -225,3 +225,26 @@ async def test_a_job_recovered_too_late_is_refunded_and_the_user_told(tmp_path: 
         finally:
             await shutdown(restarted)
             await asyncio.wait_for(task, 10)
+
+
+async def test_provider_storm_429_with_retry_after_is_ridden_out(palette: Palette) -> None:
+    palette.listenhub.script(429, {"error": "slow down"}, {"Retry-After": "0.01"}, times=2)
+    message = await palette.result_message(await palette.imagine(palette.alice, "patience"))
+    assert palette.listenhub.calls["generate"] == 3 and palette.mountsea.submit_calls == 0
+    assert "via listenhub" in message.embeds[0]["footer"]["text"]
+
+
+async def test_malformed_provider_body_fails_over(palette: Palette) -> None:
+    palette.listenhub.script_malformed_json()
+    message = await palette.result_message(await palette.imagine(palette.alice, "garbled"))
+    # Not resent to ListenHub (a 200 may have been billed); Mountsea delivers instead.
+    assert palette.listenhub.calls["generate"] == 1 and palette.mountsea.submit_calls == 1
+    assert "via mountsea" in message.embeds[0]["footer"]["text"]
+
+
+async def test_provider_timeout_fails_over_without_resending(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, http_read_timeout=0.3) as palette:
+        palette.listenhub.script_delay(3)
+        message = await palette.result_message(await palette.imagine(palette.alice, "too slow"))
+        assert palette.listenhub.calls["generate"] == 1  # maybe billed: never resent
+        assert "via mountsea" in message.embeds[0]["footer"]["text"]
