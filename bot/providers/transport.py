@@ -42,6 +42,7 @@ from bot.errors import (
     RateLimited,
     ResultDownloadError,
 )
+from bot.logs import REDACTED
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,22 @@ def classify_status(provider: str, response: httpx.Response, body: Any) -> Provi
     return InvalidRequest(message, **kw)
 
 
-def _body_of(response: httpx.Response) -> Any:
+def _body_of(response: httpx.Response, scrub: Callable[[str], str] = lambda text: text) -> Any:
+    """An error response's body (JSON, else trimmed text) with ``scrub`` applied to every string."""
     try:
-        return response.json()
+        return _scrub_json(response.json(), scrub)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        return response.text[:DETAIL_LIMIT] if response.content else None
+        return scrub(response.text)[:DETAIL_LIMIT] if response.content else None
+
+
+def _scrub_json(value: Any, scrub: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_json(v, scrub) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_json(v, scrub) for v in value]
+    return value
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -178,9 +190,11 @@ class Transport:
         self.retry = retry or RetryPolicy()
         self.downloader = downloader
         self.error_hook = error_hook
+        # Kept only to scrub it from error texts: a provider may echo our request headers back.
+        self._secret = api_key.get_secret_value() if api_key is not None else ""
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if api_key is not None:
-            secret = api_key.get_secret_value()
+            secret = self._secret
             headers.update(auth_header(secret) if auth_header else {"Authorization": f"Bearer {secret}"})
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
@@ -193,6 +207,18 @@ class Transport:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without our API key (scrubbed before any trimming, so no part of it survives)."""
+        return text.replace(self._secret, REDACTED) if len(self._secret) >= 4 and text else text
+
+    def _scrubbed(self, error: ProviderError) -> ProviderError:
+        """``error`` with our API key removed from everything it shows (message, detail, args)."""
+        error.message = self._scrub(error.message)
+        if error.detail is not None:
+            error.detail = self._scrub(error.detail)
+        error.args = tuple(self._scrub(a) if isinstance(a, str) else a for a in error.args)
+        return error
 
     async def request(
         self,
@@ -241,10 +267,11 @@ class Transport:
             error.maybe_charged = _maybe_sent(method, exc)
             raise error from exc
         # httpx has read and closed the body already (no streaming), so sleeping afterwards holds nothing.
-        body = _body_of(response) if response.is_error else None
+        body = _body_of(response, self._scrub) if response.is_error else None
         if response.is_error:
-            error = (self.error_hook(response, body) if self.error_hook else None) or classify_status(
-                self.provider, response, body
+            error = self._scrubbed(
+                (self.error_hook(response, body) if self.error_hook else None)
+                or classify_status(self.provider, response, body)
             )
             log.debug("%s %s %s -> %s (%s)", self.provider, method, path, response.status_code, error.detail)
             raise error
@@ -262,7 +289,7 @@ class Transport:
                 "The provider sent a malformed response.",
                 provider=self.provider,
                 status=response.status_code,
-                detail=response.text[:DETAIL_LIMIT],
+                detail=self._scrub(response.text)[:DETAIL_LIMIT],
             ) from exc
 
     async def fetch_output(self, ref: str) -> tuple[bytes, str | None]:
@@ -303,7 +330,8 @@ def _is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return not (
-        ip.is_private
+        not ip.is_global  # also covers shared address space 100.64.0.0/10 (CGNAT, some cloud metadata)
+        or ip.is_private
         or ip.is_loopback
         or ip.is_link_local
         or ip.is_multicast
