@@ -66,7 +66,6 @@ PENDING_STATUSES = frozenset({"pending", "processing", "submitted", "queued", "r
 COMPLETED_STATUSES = frozenset({"completed", "succeeded", "success"})
 
 #: A few malformed 2xx poll bodies in a row are tolerated (a poll is a GET: repeating it is harmless).
-MALFORMED_POLL_RETRIES = 2
 
 # Words in a failure or 400 text that mean the provider's safety system declined the request.
 _SAFETY_RE = re.compile(
@@ -211,26 +210,7 @@ class ApiMartProvider(TaskProvider):
 
     async def _get_task(self, task_id: str) -> Any:
         path = TASK_PATH.format(task_id=quote(task_id, safe=""))
-        for attempt in range(MALFORMED_POLL_RETRIES + 1):
-            try:
-                return await self.transport.request("GET", path, params={"language": "en"})
-            except InvalidRequest as exc:
-                if exc.status == 404:
-                    raise TaskFailed(
-                        "The provider no longer knows this task.",
-                        provider=PROVIDER,
-                        status=404,
-                        detail=f"{task_id}: {exc.detail or 'not found'}",
-                    ) from exc
-                raise
-            except ProviderUnavailable as exc:
-                # A 2xx whose body is not JSON: the transport does not retry it (right for a POST).
-                malformed = exc.status is not None and 200 <= exc.status < 300
-                if not malformed or attempt == MALFORMED_POLL_RETRIES:
-                    raise
-                log.debug("apimart poll %s: malformed body, polling again", task_id)
-                await asyncio.sleep(self.poll_interval)
-        raise AssertionError("unreachable")
+        return await self.fetch_task(task_id, path, params={"language": "en"})
 
     # --- wait ----------------------------------------------------------------------------------------------
 

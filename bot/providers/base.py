@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import httpx
 
 from bot.errors import (
+    InvalidRequest,
     ProviderBusy,
     ProviderError,
     ProviderTimeout,
@@ -197,6 +198,24 @@ class TaskProvider(ImageProvider):
 
     @abstractmethod
     async def submit(self, request: ProviderRequest) -> str: ...
+
+    async def fetch_task(self, task_id: str, path: str, params: dict[str, str] | None = None) -> Any:
+        """GET a task's status body. A 404 means the provider no longer knows the task.
+
+        Malformed bodies and 5xx raise ProviderUnavailable, which :meth:`wait` rides out until the
+        deadline (a GET is safe to repeat).
+        """
+        try:
+            return await self.transport.request("GET", path, params=params)
+        except InvalidRequest as exc:
+            if exc.status == 404:
+                raise TaskFailed(
+                    "The provider no longer knows this task.",
+                    provider=self.name,
+                    status=404,
+                    detail=f"{task_id}: {exc.detail or 'not found'}",
+                ) from exc
+            raise
 
     @abstractmethod
     async def poll(self, task_id: str) -> TaskStatus:

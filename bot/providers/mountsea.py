@@ -48,7 +48,6 @@ EDIT_SUFFIX = "-edit"
 #: The doc gives no maximum for ``num_images``; fal's models take 1-4 and the catalog splits larger counts.
 MAX_IMAGES_PER_CALL = 4
 #: Malformed 2xx poll bodies tolerated in a row (a poll is a GET: repeating it is harmless).
-MALFORMED_POLL_RETRIES = 2
 
 # --- the model tables of mountsea-hub.md --------------------------------------------------------------------
 
@@ -359,26 +358,7 @@ class MountseaProvider(TaskProvider):
 
     async def _get_task(self, task_id: str) -> Any:
         path = TASK_PATH.format(task_id=quote(task_id, safe=""))
-        for attempt in range(MALFORMED_POLL_RETRIES + 1):
-            try:
-                return await self.transport.request("GET", path)
-            except InvalidRequest as exc:
-                if exc.status == 404:
-                    raise TaskFailed(
-                        "The provider no longer knows this task.",
-                        provider=PROVIDER,
-                        status=404,
-                        detail=f"{task_id}: {exc.detail or 'not found'}",
-                    ) from exc
-                raise
-            except ProviderUnavailable as exc:
-                # A 2xx whose body is not JSON: the transport does not retry it (right for a POST).
-                malformed = exc.status is not None and 200 <= exc.status < 300
-                if not malformed or attempt == MALFORMED_POLL_RETRIES:
-                    raise
-                log.debug("mountsea poll %s: malformed body, polling again", task_id)
-                await asyncio.sleep(self.poll_interval)
-        raise AssertionError("unreachable")
+        return await self.fetch_task(task_id, path)
 
 
 # --- parsing helpers ----------------------------------------------------------------------------------------
