@@ -8,6 +8,7 @@ checked, quota is reserved and the job is queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -129,15 +130,15 @@ class Flows:
             spec = replace(spec, references=references)
         job = await jobs.submit(spec, self.origin(interaction), kind=kind, parent_job_id=parent_job_id)
         position = jobs.position(job.id)
+        message: discord.Message | None = None
         try:
             message = await interaction.edit_original_response(content=embeds.queued_text(job, position))
         except discord.HTTPException as exc:
             log.warning("job %s: could not show the queued status (%s)", job.id, exc)
-            try:  # the "thinking" message still exists: remember it so the result replaces it
+            with contextlib.suppress(discord.HTTPException):
+                # The "thinking" message still exists: remember it so the result replaces it.
                 message = await interaction.original_response()
-            except discord.HTTPException:
-                return job
-        await self.bot.db.jobs.set_status_message(job.id, message.id)
+        await self.bot.presenter.status_ready(job, message.id if message else None)
         return job
 
     # ------------------------------------------------------------------ result buttons

@@ -9,6 +9,7 @@ channel with a mention instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -36,15 +37,22 @@ UPLOAD_OVERHEAD = 64 * 1024
 MIN_IMAGE_BUDGET = 64 * 1024
 UPLOAD_ATTEMPTS = 3
 ENTITY_TOO_LARGE = 40005
+# How long a finished job waits for the command handler to report its status message.
+STATUS_WAIT = 5.0
 
 
 class DiscordPresenter:
     def __init__(self, bot: PaletteBot) -> None:
         self.bot = bot
-        # Which stage each job's status message shows, so a late "queued" edit never overwrites
-        # "generating" or the result (edits run concurrently).
+        # Which stage each job's status message shows (1 generating, 2 result, 3 failure), so a late
+        # edit never overwrites a later stage (edits run concurrently).
         self._stage: dict[int, int] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        # A job can start (or even finish) before the command handler has shown "Queued" and learnt
+        # the status message id: the id arrives through status_ready().
+        self._status_ids: dict[int, int] = {}
+        self._ready: dict[int, asyncio.Event] = {}
+        self._started_shown: set[int] = set()
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
@@ -57,45 +65,64 @@ class DiscordPresenter:
             return None
         return discord.Webhook.partial(self.bot.application_id, job.interaction_token, client=self.bot)
 
-    async def _edit_status(self, job: JobRecord, stage: int, content: str) -> None:
+    async def status_ready(self, job: JobRecord, message_id: int | None) -> None:
+        """The command handler showed the status message (``None``: it could not)."""
+        if message_id is not None:
+            await self.bot.db.jobs.set_status_message(job.id, message_id)
         async with self._lock(job.id):
-            if self._stage.get(job.id, -1) >= stage:
-                return
-            self._stage[job.id] = stage
-            webhook = self._webhook(job)
-            message_id = await self._status_message_id(job)
-            if webhook is None or message_id is None:
-                return
-            await webhook.edit_message(message_id, content=content)
+            if message_id is not None:
+                self._status_ids[job.id] = message_id
+            self._ready.setdefault(job.id, asyncio.Event()).set()
+            if self._stage.get(job.id) == 1 and job.id not in self._started_shown:
+                # It started before we knew where to say so: replace "Queued" now.
+                await self._show_started(job)
 
-    async def _status_message_id(self, job: JobRecord) -> int | None:
-        if job.status_message_id:
-            return job.status_message_id
-        fresh = await self.bot.db.jobs.get_job(job.id)
-        return fresh.status_message_id if fresh else None
+    async def _show_started(self, job: JobRecord) -> None:
+        webhook = self._webhook(job)
+        message_id = self._status_ids.get(job.id) or job.status_message_id
+        if webhook is None or message_id is None:
+            return
+        self._started_shown.add(job.id)
+        try:
+            await webhook.edit_message(message_id, content=embeds.started_text(job, time.time()))
+        except discord.HTTPException as exc:  # progress is best effort
+            log.info("job %s: could not show progress (%s)", job.id, exc)
+
+    async def _status_message_id(self, job: JobRecord, *, wait: bool) -> int | None:
+        """The status message to edit; with ``wait``, give the command handler a moment to report it."""
+        known = job.status_message_id or self._status_ids.get(job.id)
+        if known or not job.interaction_token:
+            return known
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.setdefault(job.id, asyncio.Event()).wait(), STATUS_WAIT)
+        return self._status_ids.get(job.id)
 
     # ------------------------------------------------------------------ JobPresenter
 
-    async def queued(self, job: JobRecord, position: int | None) -> None:
-        await self._edit_status(job, 0, embeds.queued_text(job, position))
-
     async def started(self, job: JobRecord) -> None:
-        await self._edit_status(job, 1, embeds.started_text(job, time.time()))
+        async with self._lock(job.id):
+            if self._stage.get(job.id, 0) >= 1:
+                return
+            self._stage[job.id] = 1
+            await self._show_started(job)
 
     async def failed(self, job: JobRecord, error: PaletteError) -> None:
         text = embeds.failure_text(error)
-        async with self._lock(job.id):
-            self._stage[job.id] = 3
-            webhook = self._webhook(job)
-            message_id = await self._status_message_id(job)
-            try:
+        try:
+            message_id = await self._status_message_id(job, wait=True)
+            async with self._lock(job.id):
+                self._stage[job.id] = 3
+                webhook = self._webhook(job)
                 if webhook is not None and message_id is not None:
-                    await webhook.edit_message(message_id, content=text, embed=None, view=None)
-                    return
-            except discord.HTTPException as exc:
-                log.info("job %s: status edit failed (%s); posting in channel", job.id, exc.status)
-            await self._channel_send(job, content=f"<@{job.user_id}> {text}")
-        self._forget(job.id)
+                    try:
+                        await webhook.edit_message(message_id, content=text, embed=None, view=None)
+                        return
+                    except discord.HTTPException as exc:
+                        log.info("job %s: status edit failed (%s); posting in channel", job.id, exc.status)
+                await self._channel_send(job, content=f"<@{job.user_id}> {text}")
+        finally:
+            self._forget(job.id)
 
     async def deliver(self, job: JobRecord, outcome: GenerationOutcome) -> Delivery:
         limit = int(embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT)  # type: ignore[call-overload]
@@ -164,10 +191,10 @@ class DiscordPresenter:
                 :MAX_FILES_PER_MESSAGE
             ]
 
+        message_id = await self._status_message_id(job, wait=True)
         async with self._lock(job.id):
             self._stage[job.id] = 2
             webhook = self._webhook(job)
-            message_id = await self._status_message_id(job)
             if webhook is not None and message_id is not None:
                 try:
                     return await webhook.edit_message(
@@ -204,5 +231,6 @@ class DiscordPresenter:
         )
 
     def _forget(self, job_id: int) -> None:
-        self._stage.pop(job_id, None)
-        self._locks.pop(job_id, None)
+        for state in (self._stage, self._locks, self._status_ids, self._ready):
+            state.pop(job_id, None)
+        self._started_shown.discard(job_id)
