@@ -35,6 +35,15 @@ def read_vm(pid: int, field_name: str = "VmHWM") -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``, Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class BotProcess:
     """``python -m bot`` in a subprocess, with its log in a file."""
@@ -43,6 +52,7 @@ class BotProcess:
     workdir: Path
     proc: asyncio.subprocess.Process | None = None
     peak_rss: int | None = None
+    cpu_s: float | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +86,7 @@ class BotProcess:
         if self.proc is None or self.proc.returncode is not None:
             return
         self.peak_rss = read_vm(self.proc.pid, "VmHWM")
+        self.cpu_s = cpu_seconds(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
@@ -83,12 +94,15 @@ class BotProcess:
             self.proc.kill()
             await self.proc.wait()
 
-    def loop_stall(self) -> float | None:
-        path = self.workdir / "loop-monitor.json"
+    def loop_report(self) -> dict[str, Any]:
         try:
-            return float(json.loads(path.read_text())["max_stall_s"])
-        except (OSError, ValueError, KeyError):
-            return None
+            return dict(json.loads((self.workdir / "loop-monitor.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def loop_stall(self) -> float | None:
+        value = self.loop_report().get("max_stall_s")
+        return None if value is None else float(value)
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -114,6 +128,8 @@ class Harness:
     profile: bool = False
 
     async def __aenter__(self) -> Harness:
+        self.t0: float | None = None  # when the first command was sent (monotonic, like the bot's clock)
+        self.cpu0 = sum(os.times()[:2])
         self._tmp = tempfile.TemporaryDirectory(prefix="palette-bench-")
         self.workdir = Path(self._tmp.name)
         self.discord = BenchDiscord()
@@ -135,6 +151,7 @@ class Harness:
         try:
             await self.bot.start()
             await self.discord.wait_for_state(lambda: self.discord.find_command("imagine"), 30, "commands")
+            await self._start_profiler()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -167,9 +184,32 @@ class Harness:
         env.update(self.extra_env)
         return env
 
+    async def _start_profiler(self) -> None:
+        """``BENCH_PYSPY=DIR``: sample the bot with py-spy (not a dependency: ``pip install py-spy``)."""
+        out = os.environ.get("BENCH_PYSPY")
+        self._profiler: asyncio.subprocess.Process | None = None
+        if not out:
+            return
+        os.makedirs(out, exist_ok=True)
+        target = Path(out) / f"bot-{self.bot.pid}.txt"
+        self._profiler = await asyncio.create_subprocess_exec(
+            "py-spy", "record", "--pid", str(self.bot.pid), "--format", "raw", "--rate", "200",
+            "--threads", "--output", str(target), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+
+    async def stop_bot(self) -> None:
+        """Stop the profiler (if any), then the bot; peak RSS and loop stall are read on the way."""
+        profiler = getattr(self, "_profiler", None)
+        if profiler is not None and profiler.returncode is None:
+            profiler.send_signal(signal.SIGINT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(profiler.wait(), 30)
+        await self.bot.stop()
+
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
-            await self.bot.stop()
+            await self.stop_bot()
         await self.monitor.stop()
         self.provider._release.set()
         await self.provider.server.stop()
@@ -179,6 +219,8 @@ class Harness:
     # ------------------------------------------------------------------ driving
 
     async def imagine(self, user: Any, prompt: str, **options: Any) -> Any:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
         return await self.discord.invoke_slash(
             user, self.channel, "imagine", options={"prompt": prompt, **options}
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -27,7 +28,14 @@ Result = tuple[list[Figure], dict[str, Any]]
 
 
 def _common(h: Harness) -> dict[str, Any]:
+    loop = h.bot.loop_report()
     return {
+        "bot_cpu_s": None if h.bot.cpu_s is None else round(h.bot.cpu_s, 1),
+        "bench_process_cpu_s": round(sum(os.times()[:2]) - h.cpu0, 1),
+        "bot_loop_stalls_over_50ms": loop.get("stalls_over_50ms"),
+        "bot_max_stall_at_s": None
+        if h.t0 is None or "max_stall_at" not in loop
+        else round(loop["max_stall_at"] - h.t0, 2),
         "bot_peak_rss_mb": None if h.bot.peak_rss is None else round(h.bot.peak_rss / MB, 1),
         "bot_max_loop_stall_ms": _ms(h.bot.loop_stall()),
         "bench_process_max_loop_stall_ms": round(h.monitor.max_stall * 1000, 1),
@@ -43,7 +51,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 async def _stop(h: Harness) -> None:
-    await h.bot.stop()
+    await h.stop_bot()
 
 
 # ---------------------------------------------------------------------------------------------- burst

@@ -2,7 +2,8 @@
 
 With ``PALETTE_LOOP_MONITOR=1`` the bot runs one tiny task that sleeps 10 ms at a time and records by how
 much each sleep overshot: the longest overshoot is the longest time the event loop was blocked (plus timer
-jitter). The maximum so far is written, as JSON, to ``PALETTE_LOOP_MONITOR_FILE`` (default
+jitter). The maximum so far (when it happened, on the ``time.monotonic`` clock, and how many stalls were
+longer than 50 ms) is written, as JSON, to ``PALETTE_LOOP_MONITOR_FILE`` (default
 ``loop-monitor.json``) every second and when the monitor stops.
 """
 
@@ -24,6 +25,8 @@ class LoopMonitor:
         self.path = path
         self.interval = interval
         self.max_stall = 0.0
+        self.max_stall_at = 0.0
+        self.stalls_over_50ms = 0
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -37,7 +40,10 @@ class LoopMonitor:
                 before = time.monotonic()
                 await asyncio.sleep(self.interval)
                 now = time.monotonic()
-                self.max_stall = max(self.max_stall, now - before - self.interval)
+                stall = now - before - self.interval
+                if stall > self.max_stall:
+                    self.max_stall, self.max_stall_at = stall, now
+                self.stalls_over_50ms += stall > 0.050
                 self.samples += 1
                 if now - last_write >= WRITE_EVERY:
                     self.write()
@@ -46,7 +52,13 @@ class LoopMonitor:
             self.write()
 
     def write(self) -> None:
-        data = {"max_stall_s": round(self.max_stall, 6), "samples": self.samples, "pid": os.getpid()}
+        data = {
+            "max_stall_s": round(self.max_stall, 6),
+            "max_stall_at": self.max_stall_at,
+            "stalls_over_50ms": self.stalls_over_50ms,
+            "samples": self.samples,
+            "pid": os.getpid(),
+        }
         with contextlib.suppress(OSError):
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
             tmp.write_text(json.dumps(data))

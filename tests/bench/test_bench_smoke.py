@@ -20,7 +20,7 @@ async def test_three_jobs_through_the_real_bot_process() -> None:
         assert all(ix.id in h.discord.done_at for ix in interactions), h.bot.log_tail()
         assert all(h.discord.delivered[ix.id] for ix in interactions)
         assert h.provider.calls["generate"] == 3
-        await h.bot.stop()
+        await h.stop_bot()
         assert h.bot.peak_rss is not None and h.bot.peak_rss > 0
         assert h.bot.loop_stall() is not None  # the bot's opt-in loop monitor wrote its file
 
