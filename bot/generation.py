@@ -91,9 +91,10 @@ def is_provider_fault(error: ProviderError) -> bool:
 
 
 def clean_prompt(prompt: str, max_length: int) -> str:
-    """Normalise a prompt: NFC, control characters dropped (newlines kept), whitespace trimmed."""
+    """Normalise a prompt: NFC, control characters and lone surrogates dropped (newlines kept), trimmed."""
     text = unicodedata.normalize("NFC", prompt)
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc").strip()
+    # Lone surrogates (JSON can carry them) cannot be encoded as UTF-8 for a provider or SQLite: dropped too.
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs")).strip()
     if not text:
         raise InvalidPrompt("The prompt is empty. Describe the image you want.")
     if len(text) > max_length:
@@ -103,6 +104,13 @@ def clean_prompt(prompt: str, max_length: int) -> str:
 
 def _choices(values: Sequence[str]) -> str:
     return ", ".join(values)
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A value the user typed, as an error message may quote it: no control, format (bidi overrides,
+    zero-width) or surrogate characters, no backticks, and short (Discord messages are capped)."""
+    text = "".join(ch for ch in value if ch != "`" and unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Generator:
@@ -140,7 +148,7 @@ class Generator:
         model = get_model(spec.model)
         if model is None:
             raise UnknownModel(
-                f"Unknown model `{spec.model}`. "
+                f"Unknown model `{_shown(spec.model)}`. "
                 f"Available: {_choices([m.key for m in self.models()]) or 'none'}."
             )
         routes = model.routes_for(self.enabled, self.rank)
@@ -150,13 +158,14 @@ class Generator:
         ratio = spec.aspect_ratio or model.default_aspect_ratio
         if ratio not in model.aspect_ratios:
             raise UnsupportedOption(
-                f"{model.label} does not support aspect ratio {ratio}. "
+                f"{model.label} does not support aspect ratio {_shown(ratio)}. "
                 f"Choose one of: {_choices(model.aspect_ratios)}."
             )
         resolution = (spec.resolution or model.default_resolution).upper()
         if resolution not in model.resolutions:
             raise UnsupportedOption(
-                f"{model.label} does not support {resolution}. Choose one of: {_choices(model.resolutions)}."
+                f"{model.label} does not support {_shown(resolution)}. "
+                f"Choose one of: {_choices(model.resolutions)}."
             )
         if not model.min_count <= spec.count <= model.max_count:
             raise UnsupportedOption(
