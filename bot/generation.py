@@ -95,7 +95,8 @@ def clean_prompt(prompt: str, max_length: int) -> str:
     text = unicodedata.normalize("NFC", prompt)
     # Lone surrogates (JSON can carry them) cannot be encoded as UTF-8 for a provider or SQLite: dropped too.
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs")).strip()
-    if not text:
+    # Only zero-width, bidi or combining characters is as empty as nothing at all.
+    if not any(unicodedata.category(ch)[0] in "LNPS" for ch in text):
         raise InvalidPrompt("The prompt is empty. Describe the image you want.")
     if len(text) > max_length:
         raise InvalidPrompt(f"The prompt is {len(text)} characters long; the limit is {max_length}.")

@@ -75,6 +75,7 @@ def test_provider_order_reranks_routes() -> None:
         (GenerationSpec(model="dall-e-9", prompt="cat"), UnknownModel, "Unknown model"),
         (GenerationSpec(model="nano-banana-pro", prompt="   "), InvalidPrompt, "empty"),
         (GenerationSpec(model="nano-banana-pro", prompt="\x00\x01\u0007"), InvalidPrompt, "empty"),
+        (GenerationSpec(model="nano-banana-pro", prompt="\u200b\u200e\u0301"), InvalidPrompt, "empty"),
         (GenerationSpec(model="nano-banana-pro", prompt="x" * 4001), InvalidPrompt, "4000"),
         (GenerationSpec(model="nano-banana-pro", prompt="cat", aspect_ratio="8:1"), UnsupportedOption, "8:1"),
         (

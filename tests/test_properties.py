@@ -166,9 +166,12 @@ def test_plan_accepts_sound_requests_and_refuses_the_rest_clearly(
 @given(model=st.sampled_from(MODEL_KEYS), prompt=prompts)
 def test_any_prompt_is_cleaned_or_refused(gen: Generator, model: str, prompt: str) -> None:
     plan = check_plan(gen, GenerationSpec(model=model, prompt=prompt))
-    visible = "".join(ch for ch in prompt if unicodedata.category(ch) not in ("Cc", "Cs")).strip()
+    kept = "".join(ch for ch in prompt if unicodedata.category(ch) not in ("Cc", "Cs")).strip()
+    # Visible: at least one letter, number, punctuation or symbol (zero-width/bidi/combining-only is empty).
+    visible = kept if any(unicodedata.category(ch)[0] in "LNPS" for ch in kept) else ""
     if plan is not None:
         assert plan.prompt == unicodedata.normalize("NFC", plan.prompt)
+        assert visible, f"an invisible prompt was accepted: {prompt!r}"
     elif visible and len(unicodedata.normalize("NFC", visible)) <= gen.settings.max_prompt_length:
         pytest.fail(f"a prompt with visible text was refused: {prompt!r}")
 

@@ -18,6 +18,7 @@ from bot.errors import (
     RateLimited,
     ValidationError,
 )
+from bot.health import HealthSnapshot
 from bot.storage import HistoryEntry, JobRecord, Limits, UsageSnapshot
 
 BRAND = discord.Colour(0xE0A526)
@@ -161,4 +162,24 @@ def history_embed(entries: Sequence[HistoryEntry], page: int, pages: int, total:
     embed.set_footer(
         text=f"Page {page + 1} of {max(pages, 1)} · {total} generation{'s' if total != 1 else ''}"
     )
+    return embed
+
+
+def status_embed(snapshots: Sequence[HealthSnapshot], *, queued: int, running: int) -> discord.Embed:
+    """Provider health and queue depth, for server managers (`/palette status`)."""
+    embed = discord.Embed(title="Palette status", colour=BRAND)
+    embed.add_field(name="Queue", value=f"{queued} waiting · {running} generating", inline=False)
+    icons = {"closed": "🟢", "half-open": "🟡", "open": "🔴"}
+    for snap in snapshots:
+        latency = f"{snap.median_latency_s:.1f} s" if snap.median_latency_s is not None else "n/a"
+        embed.add_field(
+            name=f"{icons.get(snap.state, '⚪')} {snap.provider}",
+            value=(
+                f"breaker {snap.state} · errors {snap.error_rate:.0%} of last {snap.calls} · "
+                f"median {latency}"
+            ),
+            inline=False,
+        )
+    if not snapshots:
+        embed.description = "No provider is enabled."
     return embed
