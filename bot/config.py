@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     user_hourly_limit: int = Field(10, ge=0)
     user_max_concurrent: int = Field(2, ge=0)
 
+    # --- moderation ---
+    # Whether /imagine and friends may be used in DMs with the bot (servers set their own policy).
+    allow_dms: bool = True
+
     log_level: str = "INFO"
 
     @field_validator(

@@ -1,18 +1,33 @@
-"""Who may generate how much: the one place that turns settings (and later, server policy) into limits."""
+"""Who may generate how much: the one place that turns settings and server policy into limits."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from bot.storage import Limits
 
+if TYPE_CHECKING:
+    from bot.storage.repository import ModerationRepository
+
 
 class LimitPolicy:
-    """Per-user limits. Settings give the defaults; per-server policies (admin commands) refine them."""
+    """Per-user limits. Settings give the defaults; the server's policy (``/palette limits``,
+    ``/palette role-limit``) refines them — see :func:`bot.moderation.policy.resolve_limits`.
 
-    def __init__(self, settings: Settings) -> None:
+    The policy is read from the database on every call (two indexed lookups), so a change made with an
+    admin command applies to the very next request; there is no cache to invalidate."""
+
+    def __init__(self, settings: Settings, moderation: ModerationRepository | None = None) -> None:
         self.settings = settings
+        self.moderation = moderation
 
     async def limits_for(self, user_id: int, guild_id: int | None, role_ids: Sequence[int] = ()) -> Limits:
-        return Limits.from_settings(self.settings)
+        if guild_id is None or self.moderation is None:
+            return Limits.from_settings(self.settings)
+        from bot.moderation.policy import resolve_limits
+
+        policy = await self.moderation.get_policy(guild_id)
+        roles = await self.moderation.role_limits(guild_id) if role_ids else []
+        return resolve_limits(self.settings, policy, roles, role_ids)

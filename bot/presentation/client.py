@@ -19,7 +19,9 @@ from bot.errors import PaletteError
 from bot.generation import Generator
 from bot.jobs.service import JobService
 from bot.limits import LimitPolicy
+from bot.moderation.service import ModerationService
 from bot.presentation.flows import Flows
+from bot.presentation.moderation import ModLoggingPresenter, ModLogSender
 from bot.presentation.presenter import DiscordPresenter
 from bot.presentation.views import ResultButton
 from bot.providers.transport import Downloader
@@ -27,7 +29,7 @@ from bot.storage import Database
 
 log = logging.getLogger(__name__)
 
-COGS = ("cogs.imagine", "cogs.quota", "cogs.history")
+COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin")
 # View channel, send messages, embed links, attach files, read message history.
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, embed_links=True, attach_files=True, read_message_history=True
@@ -74,9 +76,12 @@ class PaletteBot(commands.Bot):
         self.db = db
         self.generator = generator
         self.downloader = downloader
-        self.policy = LimitPolicy(settings)
+        self.policy = LimitPolicy(settings, db.moderation)
+        self.modlog = ModLogSender(self)
+        self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
         self.presenter = DiscordPresenter(self)
-        self.jobs = JobService(db, generator, self.policy, self.presenter)
+        # Each delivered result also goes to the server's mod log (in the background).
+        self.jobs = JobService(db, generator, self.policy, ModLoggingPresenter(self.presenter, self))
         self.flows = Flows(self)
         self.sync_only = sync_only
         self.synced: bool | None = None

@@ -20,7 +20,8 @@ from bot.catalog import get_model
 from bot.errors import InvalidImage, PaletteError, UnsupportedOption, ValidationError
 from bot.generation import GenerationSpec, load_references
 from bot.jobs.service import JobOrigin
-from bot.presentation import embeds
+from bot.moderation import modlog
+from bot.presentation import embeds, moderation
 from bot.presentation.views import PromptModal
 from bot.providers.base import Reference
 from bot.storage import JobRecord
@@ -115,10 +116,16 @@ class Flows:
         if not jobs.accepting:
             raise Restarting()
         check_bot_permissions(interaction)
+        # Server policy (issue 4): ban, DMs, channel, default model, strict safety outside NSFW channels.
+        gate, spec = await moderation.admit(
+            self.bot, interaction, spec, kind=kind, parent_job_id=parent_job_id
+        )
         n_refs = len(attachments) + len(urls) + len(blobs)
         # Validate options with placeholder references, so a wrong ratio is answered before we defer.
         placeholder = tuple(Reference(mime_type="image/png", url="about:blank") for _ in range(n_refs))
-        jobs.plan(replace(spec, references=placeholder))
+        plan = jobs.plan(replace(spec, references=placeholder))
+        # Model, resolution and count allowed here; then the prompt filter (logged, counts to auto-ban).
+        await moderation.check_planned(self.bot, gate, plan, spec.prompt)
         self.check_attachments(attachments)
         await self.defer(interaction)
         settings = self.bot.settings
@@ -150,6 +157,8 @@ class Flows:
                 raise ValidationError("That generation is no longer in Palette's records.")
             if action == "delete":
                 await self.delete_result(interaction, job)
+            elif action == "report":
+                await moderation.report_result(self.bot, interaction, job)
             elif action == "reroll":
                 await self.reroll(interaction, job)
             elif action == "edit":
@@ -220,16 +229,18 @@ class Flows:
 
     async def delete_result(self, interaction: discord.Interaction, job: JobRecord) -> None:
         user = interaction.user
-        allowed = user.id == job.user_id or (
-            isinstance(user, discord.Member)
-            and user.resolved_permissions is not None
-            and user.resolved_permissions.manage_messages
-        )
+        policy = await self.bot.moderation.policy(interaction.guild_id)
+        by_moderator = user.id != job.user_id and moderation.is_moderator(interaction, policy)
+        allowed = user.id == job.user_id or by_moderator
         if not allowed:
             raise ValidationError("Only the person who asked for this image (or a moderator) can delete it.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.message is not None:
             await interaction.message.delete()
+        if by_moderator and job.guild_id is not None:
+            self.bot.moderation.emit(
+                modlog.deleted_result(job.guild_id, job_id=job.id, user_id=job.user_id, actor_id=user.id)
+            )
         await interaction.followup.send("Deleted.", ephemeral=True)
 
     # ------------------------------------------------------------------ quota

@@ -22,12 +22,13 @@ RESULT_ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
     "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),
     "upscale": ("Upscale", "🔍", discord.ButtonStyle.secondary),
     "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+    "report": ("Report", "🚩", discord.ButtonStyle.secondary),
 }
 
 
 class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"palette:(?P<action>reroll|edit|upscale|delete):(?P<job_id>[0-9]{1,19})",
+    template=r"palette:(?P<action>reroll|edit|upscale|delete|report):(?P<job_id>[0-9]{1,19})",
 ):
     def __init__(self, action: str, job_id: int) -> None:
         label, emoji, style = RESULT_ACTIONS[action]

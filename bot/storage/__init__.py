@@ -17,6 +17,7 @@ PostgreSQL backend can be added later without touching them.
 
 from bot.storage.db import Database, open_database
 from bot.storage.errors import JobNotFound, QuotaExceeded
+from bot.storage.moderation import Ban, BlockEntry, GuildPolicy, PostedResult, Report, RoleLimit
 from bot.storage.records import (
     FinalStatus,
     HistoryEntry,
@@ -33,11 +34,20 @@ from bot.storage.records import (
     ResultRecord,
     UsageSnapshot,
 )
-from bot.storage.repository import HistoryRepository, JobRepository, KeyValueRepository, Storage
+from bot.storage.repository import (
+    HistoryRepository,
+    JobRepository,
+    KeyValueRepository,
+    ModerationRepository,
+    Storage,
+)
 
 __all__ = [
+    "Ban",
+    "BlockEntry",
     "Database",
     "FinalStatus",
+    "GuildPolicy",
     "HistoryEntry",
     "HistoryRepository",
     "JobKind",
@@ -49,12 +59,16 @@ __all__ = [
     "LedgerDiscrepancy",
     "LedgerReport",
     "Limits",
+    "ModerationRepository",
     "NewJob",
     "NewReference",
     "NewResult",
+    "PostedResult",
     "QuotaExceeded",
     "ReferenceRecord",
+    "Report",
     "ResultRecord",
+    "RoleLimit",
     "Storage",
     "UsageSnapshot",
     "open_database",

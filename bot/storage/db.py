@@ -37,7 +37,13 @@ from bot.storage.history import SqliteHistoryRepository
 from bot.storage.jobs import SqliteJobRepository
 from bot.storage.kv import SqliteKeyValueRepository
 from bot.storage.migrate import apply_migrations
-from bot.storage.repository import HistoryRepository, JobRepository, KeyValueRepository
+from bot.storage.moderation import SqliteModerationRepository
+from bot.storage.repository import (
+    HistoryRepository,
+    JobRepository,
+    KeyValueRepository,
+    ModerationRepository,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,7 @@ class Database(SqliteJobRepository):
         self.jobs: JobRepository = SqliteJobRepository(self)
         self.history: HistoryRepository = SqliteHistoryRepository(self)
         self.kv: KeyValueRepository = SqliteKeyValueRepository(self)
+        self.moderation: ModerationRepository = SqliteModerationRepository(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

@@ -11,6 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from bot.storage.moderation import (
+    Ban,
+    BlockEntry,
+    BlockKind,
+    BlockScope,
+    GuildPolicy,
+    PostedResult,
+    Report,
+    RoleLimit,
+)
 from bot.storage.records import (
     FinalStatus,
     HistoryEntry,
@@ -132,12 +142,73 @@ class KeyValueRepository(Protocol):
 
 
 @runtime_checkable
+class ModerationRepository(Protocol):
+    """Per-server policy, role limits, blocklist, generation bans, blocked attempts and reports
+    (records in :mod:`bot.storage.moderation`)."""
+
+    async def get_policy(self, guild_id: int) -> GuildPolicy: ...
+
+    async def save_policy(self, policy: GuildPolicy, now: float) -> None: ...
+
+    async def role_limits(self, guild_id: int) -> list[RoleLimit]: ...
+
+    async def set_role_limit(self, limit: RoleLimit, now: float) -> None: ...
+
+    async def clear_role_limit(self, guild_id: int, role_id: int) -> bool: ...
+
+    async def blocklist(self, guild_id: int) -> list[BlockEntry]: ...
+
+    async def add_block(
+        self,
+        guild_id: int,
+        kind: BlockKind,
+        pattern: str,
+        scope: BlockScope,
+        added_by: int | None,
+        now: float,
+    ) -> bool: ...
+
+    async def remove_block(self, guild_id: int, pattern: str) -> int: ...
+
+    async def get_ban(self, guild_id: int, user_id: int) -> Ban | None: ...
+
+    async def ban(self, ban: Ban) -> None: ...
+
+    async def unban(self, guild_id: int, user_id: int) -> bool: ...
+
+    async def record_blocked(
+        self,
+        guild_id: int | None,
+        user_id: int,
+        channel_id: int | None,
+        prompt: str,
+        matched: str,
+        now: float,
+        *,
+        window: float,
+    ) -> int:
+        """Store a refused prompt; returns the user's count in that server within ``window`` seconds."""
+        ...
+
+    async def add_report(
+        self, guild_id: int | None, job_id: int, reporter_id: int, reported_id: int, now: float
+    ) -> Report: ...
+
+    async def resolve_reports(self, job_id: int, resolution: str, now: float) -> int: ...
+
+    async def reports_for_job(self, job_id: int) -> list[Report]: ...
+
+    async def result_messages(self, guild_id: int, user_id: int) -> list[PostedResult]: ...
+
+
+@runtime_checkable
 class Storage(Protocol):
-    """A whole storage backend: the three repositories, backup and close."""
+    """A whole storage backend: the repositories, backup and close."""
 
     jobs: JobRepository
     history: HistoryRepository
     kv: KeyValueRepository
+    moderation: ModerationRepository
 
     async def close(self) -> None: ...
 

@@ -82,6 +82,7 @@ class ImagineCog(commands.Cog):
         count: app_commands.Range[int, 1, 4] = 1,
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
     ) -> None:
+        interaction.extras["model_chosen"] = model is not None  # else the server's default applies
         spec = GenerationSpec(
             model=model or self.bot.default_model(),
             prompt=prompt,
@@ -118,6 +119,7 @@ class ImagineCog(commands.Cog):
         resolution: app_commands.Choice[str] | None = None,
     ) -> None:
         attachments = [a for a in (image, image2, image3, image4) if a is not None]
+        interaction.extras["model_chosen"] = model is not None  # else the server's default applies
         spec = GenerationSpec(
             model=model or self.bot.default_edit_model(len(attachments)),
             prompt=prompt,

@@ -86,6 +86,48 @@ class Palette:
     async def idle(self, timeout: float = 15) -> None:
         await self.bot.jobs.wait_idle(timeout)
 
+    # --- moderation helpers (issue 4) ---
+
+    def member(self, name: str, *, permissions: int | None = None, roles: tuple[Any, ...] = ()) -> Any:
+        """A new member of the test server (``permissions`` replaces the role-derived ones)."""
+        user = self.fake.add_user(name=name)
+        self.fake.add_member(self.guild, user, roles=[r.id for r in roles], permissions=permissions)
+        return user
+
+    async def admin(self, who: Any, subcommand: str, /, *, where: Any = None, **options: Any) -> Any:
+        """Invoke ``/palette <subcommand>`` as ``who`` (``"blocklist add"`` for the subgroup)."""
+        return await self.fake.invoke_slash(
+            who, where or self.channel, "palette", options=options, subcommand=subcommand
+        )
+
+    async def reply(self, ix: Any, timeout: float = 10) -> str:
+        """The text of the first answer to ``ix`` (a response message or a followup), once there is one."""
+
+        def text(i: Any) -> str | None:
+            for r in i.responses:
+                content = (r.get("data") or {}).get("content")
+                if content:
+                    return str(content)
+            for m in i.followups:
+                if m.content:
+                    return str(m.content)
+            if i.original is not None and i.original.content and not i.original.loading:
+                return str(i.original.content)
+            return None
+
+        return await ix.wait_for(text, timeout)
+
+    async def modlog_entry(self, channel: Any, title: str, timeout: float = 10) -> Any:
+        """The first message in ``channel`` whose embed title contains ``title`` (waits for it)."""
+
+        def find() -> Any:
+            for m in self.fake.channel_messages(channel):
+                if m.embeds and title in m.embeds[0].get("title", ""):
+                    return m
+            return None
+
+        return await self.fake.wait_for_state(find, timeout, f"mod-log entry {title!r}")
+
 
 def text_inputs(component: Any) -> list[dict[str, Any]]:
     """Text inputs (type 4) of a modal, whether in action rows or label components, in order."""

@@ -1,0 +1,262 @@
+"""The prompt filter: a server's blocked words and regular expressions, robust to obfuscation.
+
+Words
+-----
+A prompt is first normalised (:func:`normalize`): Unicode NFKC (full-width, circled and mathematical
+letters become plain ones), case folding, zero-width and other invisible format characters removed,
+accents stripped, and look-alike letters from other scripts (Cyrillic ``а``, Greek ``ο`` ...) mapped to
+their Latin twins. Leetspeak is *not* rewritten in the text (``1`` may be ``i`` or ``l``); instead each
+letter of a blocked word becomes a class of its spellings (``s`` = ``[s5$§]``). A word then matches:
+
+* run together, each letter possibly repeated and split by punctuation (``s3x``, ``s.e.x``, ``sexxx``,
+  ``s_e_x``), or
+* letter-spaced, one character per letter with separators between every letter (``s e x``).
+
+Both forms must stand on their own: no letter or digit directly before or after (a ``*`` at the end of
+a word lifts the right-hand side: ``porn*`` also blocks ``pornographic``). That is what keeps
+"Scunthorpe", "cocktail", "assassin's creed" and "Sussex" clean — the blocked word is inside a longer
+one. Whitespace is only accepted between *single* letters, so ``an alpine lake`` never reads as
+``anal``.
+
+Regular expressions
+-------------------
+Matched case-insensitively against the normalised prompt (and the raw, case-folded prompt), with the
+third-party ``regex`` engine rather than :mod:`re` because it can bound a match with ``timeout=``.
+We chose bounding time over forbidding constructs: there is no reliable syntactic test for
+catastrophic backtracking (``(a+)+$``, ``(a|aa)+$``, ``(\\w+\\s?)+$`` all look innocent), while a
+timeout catches every case. So:
+
+* when a pattern is added it must compile (the engine's error is shown), be at most
+  :data:`MAX_PATTERN_LENGTH` characters, and survive a probe against adversarial inputs within
+  :data:`PROBE_TIMEOUT` seconds — patterns like ``(a+)+$`` are refused with the reason;
+* at match time every search has a :data:`MATCH_TIMEOUT`; a pattern that still runs out of time is
+  logged and treated as not matching (fail open: a prompt crafted to be slow must not get its author
+  banned, and the bot must not stall). The check runs in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import regex
+
+from bot.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+MAX_PATTERN_LENGTH = 200
+MAX_WORD_LENGTH = 60
+MATCH_TIMEOUT = 0.05
+PROBE_TIMEOUT = 0.1
+PROBE_LENGTH = 4000
+
+# Look-alike letters from other scripts that NFKC leaves alone (lower case; text is case-folded first).
+CONFUSABLES: dict[str, str] = {
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+    "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d",
+    "ԛ": "q", "ԝ": "w", "ո": "n", "ս": "u", "һ": "h", "ӏ": "l", "ɡ": "g", "ɑ": "a",
+    # Greek
+    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
+    "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ς": "s", "μ": "u",
+    # Latin small capitals and others
+    "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ɢ": "g", "ʜ": "h", "ɪ": "i", "ᴊ": "j",
+    "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ʀ": "r", "ꜱ": "s", "ᴛ": "t",
+    "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ʏ": "y", "ᴢ": "z", "ı": "i", "ł": "l", "ø": "o", "đ": "d",
+}  # fmt: skip
+
+# How each letter may be spelled (besides itself).
+LEET: dict[str, str] = {
+    "a": "4@^", "b": "8", "c": "(<¢", "e": "3€&", "g": "96", "h": "#", "i": "1!|l", "l": "1|i",
+    "o": "0°", "s": "5$§", "t": "7+†", "u": "vµ", "z": "2", "x": "×",
+}  # fmt: skip
+# What a term written in leetspeak means (for normalising the blocked words themselves).
+DELEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "8": "b"}
+
+# Characters that may split a word's letters (never a leet spelling, so the two can't be confused).
+_SEP_NO_SPACE = r"[._\-*~,:;/\\'\"`=·•]"
+_SEP = r"[\s._\-*~,:;/\\'\"`=·•]"
+# A letter-like neighbour: a letter or digit, or a leet character that is rarely punctuation.
+_LETTERLIKE = r"(?:[^\W_]|[@|])"
+
+BUILTIN_TERMS: tuple[str, ...] = (
+    "nude*", "naked", "nudity", "porn*", "sex", "sexy", "nsfw", "hentai", "xxx", "topless",
+    "genitals", "penis", "vagina", "boobs", "nipples", "blowjob", "orgasm", "erotic*", "fetish*",
+    "lingerie", "loli*", "shota*", "gore", "beheading", "dismembered",
+)  # fmt: skip
+
+
+class InvalidPattern(ValidationError):
+    """A blocked word or regular expression that cannot be used (the message says why)."""
+
+
+@dataclass(frozen=True)
+class FilterEntry:
+    kind: str  # "word" | "regex"
+    pattern: str
+    scope: str = "all"  # "all" | "sfw" (the NSFW term list)
+
+
+@dataclass(frozen=True)
+class FilterHit:
+    """Which entry refused a prompt."""
+
+    kind: str
+    pattern: str
+    scope: str
+    builtin: bool = False
+
+    def describe(self) -> str:
+        origin = "built-in list" if self.builtin else ("regex" if self.kind == "regex" else "word")
+        return f"{self.pattern} ({origin})"
+
+
+# ------------------------------------------------------------------ normalisation
+
+
+def normalize(text: str) -> str:
+    """NFKC, case fold, drop invisible format characters and accents, map look-alike letters."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    out = []
+    for ch in unicodedata.normalize("NFKD", text):
+        category = unicodedata.category(ch)
+        if category in ("Cf", "Mn", "Me"):  # zero-width, soft hyphen, bidi marks; combining accents
+            continue
+        out.append(CONFUSABLES.get(ch, ch))
+    return unicodedata.normalize("NFC", "".join(out))
+
+
+def normalize_word(term: str) -> str:
+    """A blocked word as stored: normalised, leetspeak undone, single spaces; ``*`` only at the end.
+    Raises :class:`InvalidPattern`."""
+    raw = term.strip()
+    prefix = raw.endswith("*")
+    core = normalize(raw.rstrip("*").strip())
+    core = "".join(DELEET.get(ch, ch) for ch in core)
+    core = " ".join(core.split())
+    if not core:
+        raise InvalidPattern("A blocked word needs at least one letter.")
+    if len(core) > MAX_WORD_LENGTH:
+        raise InvalidPattern(f"Blocked words are at most {MAX_WORD_LENGTH} characters.")
+    if any(not (ch.isalpha() or ch == " ") for ch in core):
+        raise InvalidPattern(
+            "A blocked word may contain letters and spaces only (and `*` at the end to block every word "
+            "starting with it). Use a regular expression for anything else."
+        )
+    return core + ("*" if prefix else "")
+
+
+def _letter_class(ch: str) -> str:
+    spellings = ch + LEET.get(ch, "")
+    return "[" + "".join(regex.escape(c) for c in spellings) + "]"
+
+
+def word_pattern(term: str) -> str:
+    """The regular expression (for :func:`normalize`\\ d text) that finds ``term`` and its disguises."""
+    prefix = term.endswith("*")
+    words = term.rstrip("*").split()
+    joined_parts = []
+    spaced_parts = []
+    for word in words:
+        collapsed = [ch for i, ch in enumerate(word) if i == 0 or word[i - 1] != ch]
+        joined_parts.append(f"{_SEP_NO_SPACE}*".join(f"{_letter_class(ch)}+" for ch in collapsed))
+        spaced_parts.append(f"{_SEP}+".join(_letter_class(ch) for ch in word))
+    joined = f"{_SEP}*".join(joined_parts)
+    spaced = f"{_SEP}+".join(spaced_parts)
+    body = f"(?:{joined}|{spaced})"
+    before = f"(?<!{_LETTERLIKE})"
+    after = "" if prefix else f"(?!{_LETTERLIKE})"
+    return before + body + after
+
+
+def compile_regex(pattern: str) -> regex.Pattern[str]:
+    """Compile and vet a server's regular expression. Raises :class:`InvalidPattern` with the reason."""
+    if not pattern.strip():
+        raise InvalidPattern("The regular expression is empty.")
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise InvalidPattern(f"Regular expressions are at most {MAX_PATTERN_LENGTH} characters.")
+    try:
+        compiled = regex.compile(pattern, regex.IGNORECASE | regex.V0)
+    except regex.error as exc:
+        raise InvalidPattern(f"That regular expression is invalid: {exc}.") from exc
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise InvalidPattern(f"That regular expression is invalid: {exc}.") from exc
+    if compiled.search("") is not None:
+        raise InvalidPattern("That regular expression matches an empty prompt, so it would block everything.")
+    for probe in _probes(pattern):
+        try:
+            compiled.search(probe, timeout=PROBE_TIMEOUT)
+        except TimeoutError as exc:
+            raise InvalidPattern(
+                "That regular expression is too slow on long prompts (catastrophic backtracking, e.g. a "
+                "repeated group inside a repetition like `(a+)+`). Simplify it."
+            ) from exc
+    return compiled
+
+
+def _probes(pattern: str) -> Iterable[str]:
+    """Adversarial inputs: long runs of the pattern's own characters, each followed by a mismatch."""
+    chars = [c for c in dict.fromkeys(pattern.lower()) if c.isalnum()][:6] or ["a"]
+    for c in chars:
+        yield c * PROBE_LENGTH + "!"
+        yield (c + " ") * (PROBE_LENGTH // 2) + "!"
+    yield "".join(chars) * (PROBE_LENGTH // len(chars)) + "!"
+    yield "ab" * (PROBE_LENGTH // 2) + "\x00"
+
+
+# ------------------------------------------------------------------ the filter
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    hit: FilterHit
+    pattern: regex.Pattern[str]
+    raw_too: bool  # regexes also see the raw (case-folded) prompt
+
+
+class PromptFilter:
+    """A compiled set of blocked words and regexes. Build once per blocklist version and reuse."""
+
+    def __init__(self, entries: Sequence[FilterEntry], *, builtin: bool = False) -> None:
+        compiled: list[_Compiled] = []
+        for entry in entries:
+            try:
+                if entry.kind == "regex":
+                    pattern = regex.compile(entry.pattern, regex.IGNORECASE | regex.V0)
+                    compiled.append(_Compiled(FilterHit("regex", entry.pattern, entry.scope), pattern, True))
+                else:
+                    term = normalize_word(entry.pattern)
+                    pattern = regex.compile(word_pattern(term), regex.V0)
+                    compiled.append(_Compiled(FilterHit("word", entry.pattern, entry.scope), pattern, False))
+            except (regex.error, InvalidPattern) as exc:  # stored before a rule changed: skip, say so
+                log.warning("skipping unusable blocklist entry %r: %s", entry.pattern, exc)
+        if builtin:
+            for term in BUILTIN_TERMS:
+                pattern = regex.compile(word_pattern(normalize_word(term)), regex.V0)
+                compiled.append(_Compiled(FilterHit("word", term, "sfw", builtin=True), pattern, False))
+        self._compiled = tuple(compiled)
+
+    def __len__(self) -> int:
+        return len(self._compiled)
+
+    def check(self, prompt: str, *, nsfw_terms: bool = True) -> FilterHit | None:
+        """The first entry the prompt trips, or None. ``nsfw_terms=False`` skips the NSFW term list
+        (scope ``sfw`` and the built-in list)."""
+        if not self._compiled:
+            return None
+        normalized = normalize(prompt)
+        folded = prompt.casefold()
+        for item in self._compiled:
+            if item.hit.scope == "sfw" and not nsfw_terms:
+                continue
+            texts = (normalized, folded) if item.raw_too and folded != normalized else (normalized,)
+            for text in texts:
+                try:
+                    if item.pattern.search(text, timeout=MATCH_TIMEOUT) is not None:
+                        return item.hit
+                except TimeoutError:
+                    log.warning("blocklist pattern %r timed out on a prompt; ignored", item.hit.pattern)
+        return None

@@ -1,0 +1,166 @@
+"""Mod-log entries: what moderators see for generations, blocked prompts, reports, bans and policy changes.
+
+Plain data (no Discord objects); :mod:`bot.presentation.moderation` turns an entry into an embed and
+sends it, best effort and off the job's critical path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bot.moderation.bans import describe_duration
+from bot.storage.moderation import Ban
+
+EntryKind = Literal["generation", "blocked", "report", "policy", "ban", "unban", "purge", "delete"]
+
+COLOURS: dict[str, int] = {
+    "generation": 0x5865F2,
+    "blocked": 0xE67E22,
+    "report": 0xD64545,
+    "policy": 0x95A5A6,
+    "ban": 0x992D22,
+    "unban": 0x2ECC71,
+    "purge": 0x992D22,
+    "delete": 0x992D22,
+}
+VALUE_MAX = 1000
+
+
+@dataclass(frozen=True)
+class ModLogEntry:
+    guild_id: int
+    kind: EntryKind
+    title: str
+    fields: tuple[tuple[str, str], ...] = ()
+    url: str | None = None
+    image_url: str | None = None
+    #: A report: the job whose result the moderator buttons act on.
+    report_job_id: int | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def colour(self) -> int:
+        return COLOURS.get(self.kind, 0x95A5A6)
+
+
+def clip(text: str, limit: int = VALUE_MAX) -> str:
+    text = text.strip() or "—"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quote(prompt: str) -> str:
+    """A user's prompt, shown inertly (code block, no mentions or markdown)."""
+    return "```\n" + clip(prompt.replace("`", "ʼ"), VALUE_MAX - 10) + "\n```"
+
+
+def generation(
+    guild_id: int, *, user_id: int, prompt: str, model: str, kind: str, job_id: int, url: str | None
+) -> ModLogEntry:
+    fields = [
+        ("User", f"<@{user_id}> ({user_id})"),
+        ("Model", model),
+        ("Kind", kind),
+        ("Prompt", quote(prompt)),
+    ]
+    if url:
+        fields.append(("Result", f"[jump to the message]({url})"))
+    return ModLogEntry(guild_id, "generation", f"🎨 Generation · job {job_id}", tuple(fields), url=url)
+
+
+def blocked(
+    guild_id: int,
+    *,
+    user_id: int,
+    channel_id: int | None,
+    prompt: str,
+    matched: str,
+    recent: int,
+    auto_ban: Ban | None,
+) -> ModLogEntry:
+    fields = [
+        ("User", f"<@{user_id}> ({user_id})"),
+        ("Channel", f"<#{channel_id}>" if channel_id else "—"),
+        ("Matched", clip(matched, 200)),
+        ("Recent blocked prompts", str(recent)),
+        ("Prompt", quote(prompt)),
+    ]
+    if auto_ban is not None:
+        fields.append(("Auto-ban", f"banned {describe_duration_from(auto_ban)}"))
+    return ModLogEntry(guild_id, "blocked", "🚫 Blocked prompt", tuple(fields))
+
+
+def report(
+    guild_id: int, *, reporter_id: int, user_id: int, job_id: int, prompt: str, model: str, url: str | None
+) -> ModLogEntry:
+    fields = [
+        ("Reported by", f"<@{reporter_id}>"),
+        ("Author", f"<@{user_id}> ({user_id})"),
+        ("Model", model),
+        ("Prompt", quote(prompt)),
+    ]
+    if url:
+        fields.append(("Result", f"[jump to the message]({url})"))
+    return ModLogEntry(
+        guild_id, "report", f"🚩 Reported result · job {job_id}", tuple(fields), url=url, report_job_id=job_id
+    )
+
+
+def policy_change(guild_id: int, *, actor_id: int, what: str, before: str, after: str) -> ModLogEntry:
+    return ModLogEntry(
+        guild_id,
+        "policy",
+        f"⚙️ Policy changed: {what}",
+        (("By", f"<@{actor_id}>"), ("Before", clip(before)), ("After", clip(after))),
+    )
+
+
+def ban(guild_id: int, b: Ban, *, actor_id: int | None) -> ModLogEntry:
+    by = f"<@{actor_id}>" if actor_id else "Palette (automatic)"
+    return ModLogEntry(
+        guild_id,
+        "ban",
+        "⛔ Generation ban",
+        (
+            ("User", f"<@{b.user_id}> ({b.user_id})"),
+            ("By", by),
+            ("Duration", describe_duration_from(b)),
+            ("Reason", clip(b.reason or "—", 300)),
+        ),
+    )
+
+
+def unban(guild_id: int, user_id: int, *, actor_id: int) -> ModLogEntry:
+    return ModLogEntry(
+        guild_id, "unban", "✅ Generation ban lifted", (("User", f"<@{user_id}>"), ("By", f"<@{actor_id}>"))
+    )
+
+
+def purge(guild_id: int, user_id: int, *, actor_id: int, deleted: int, failed: int) -> ModLogEntry:
+    return ModLogEntry(
+        guild_id,
+        "purge",
+        "🧹 Purged a user's results",
+        (
+            ("User", f"<@{user_id}> ({user_id})"),
+            ("By", f"<@{actor_id}>"),
+            ("Messages deleted", str(deleted)),
+            ("Could not delete", str(failed)),
+        ),
+    )
+
+
+def deleted_result(guild_id: int, *, job_id: int, user_id: int, actor_id: int) -> ModLogEntry:
+    return ModLogEntry(
+        guild_id,
+        "delete",
+        f"🗑️ Result deleted by a moderator · job {job_id}",
+        (("Author", f"<@{user_id}>"), ("By", f"<@{actor_id}>")),
+    )
+
+
+def describe_duration_from(b: Ban) -> str:
+    if b.expires_at is None:
+        return "until lifted"
+    return f"for {describe_duration(b.expires_at - b.created_at)} (until <t:{int(b.expires_at)}:f>)"

@@ -1,0 +1,157 @@
+"""Per-server policy and how it resolves into limits and request checks (no I/O, no Discord).
+
+Resolution of the per-user limits, field by field (daily, hourly):
+
+1. the global default from the settings (``USER_DAILY_LIMIT`` ...);
+2. replaced by the server's value when the server set one;
+3. replaced by the most generous override among the member's roles, when any role has one
+   (``0`` = unlimited beats any number; a larger number beats a smaller one). Roles without an
+   override for that field do not count, so an override can also *lower* a limit below the server's.
+
+The server-wide daily pool applies to everyone on top of that; concurrency stays global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bot.catalog import RESOLUTIONS
+from bot.config import Settings
+from bot.errors import ValidationError
+from bot.storage.moderation import GuildPolicy, RoleLimit
+from bot.storage.records import Limits
+
+__all__ = [
+    "ChannelNotAllowed",
+    "DmsDisabled",
+    "GuildPolicy",
+    "ModelNotAllowed",
+    "PolicyViolation",
+    "RequestContext",
+    "RoleLimit",
+    "check_request",
+    "most_generous",
+    "resolve_limits",
+]
+
+
+class PolicyViolation(ValidationError):
+    """A request the server's policy does not allow (answered privately, costs nothing)."""
+
+
+class ChannelNotAllowed(PolicyViolation):
+    pass
+
+
+class DmsDisabled(PolicyViolation):
+    pass
+
+
+class ModelNotAllowed(PolicyViolation):
+    pass
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who asks for what, where (plain ids)."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    role_ids: tuple[int, ...] = ()
+    nsfw_channel: bool = False
+    #: The parent channel of a thread: allowing a channel allows its threads.
+    parent_channel_id: int | None = None
+
+
+def most_generous(values: Iterable[int | None]) -> int | None:
+    """The most generous of several limits (``0`` = unlimited wins); ``None`` when none is set."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if 0 in present:
+        return 0
+    return max(present)
+
+
+def resolve_limits(
+    settings: Settings,
+    policy: GuildPolicy | None,
+    role_limits: Sequence[RoleLimit] = (),
+    role_ids: Sequence[int] = (),
+) -> Limits:
+    daily: int | None = settings.user_daily_limit
+    hourly: int | None = settings.user_hourly_limit
+    pool = None
+    if policy is not None:
+        if policy.daily_limit is not None:
+            daily = policy.daily_limit
+        if policy.hourly_limit is not None:
+            hourly = policy.hourly_limit
+        pool = policy.daily_pool
+        mine = [r for r in role_limits if r.role_id in set(role_ids)]
+        role_daily = most_generous(r.daily_limit for r in mine)
+        role_hourly = most_generous(r.hourly_limit for r in mine)
+        if role_daily is not None:
+            daily = role_daily
+        if role_hourly is not None:
+            hourly = role_hourly
+    return Limits(
+        daily=daily, hourly=hourly, max_concurrent=settings.user_max_concurrent, guild_daily_pool=pool
+    )
+
+
+def resolution_rank(resolution: str | None) -> int:
+    return RESOLUTIONS.index(resolution) if resolution in RESOLUTIONS else -1
+
+
+def check_where(settings: Settings, policy: GuildPolicy | None, ctx: RequestContext) -> None:
+    """Channel and DM rules. Raises :class:`PolicyViolation`."""
+    if ctx.guild_id is None:
+        if not settings.allow_dms:
+            raise DmsDisabled("Palette can't be used in direct messages. Use it in a server instead.")
+        return
+    if policy is None or not policy.allowed_channels:
+        return
+    allowed = set(policy.allowed_channels)
+    if ctx.channel_id in allowed or (ctx.parent_channel_id is not None and ctx.parent_channel_id in allowed):
+        return
+    channels = ", ".join(f"<#{c}>" for c in sorted(allowed)[:10])
+    raise ChannelNotAllowed(f"Palette isn't enabled in this channel. Try {channels}.")
+
+
+def check_request(policy: GuildPolicy | None, *, model: str, resolution: str | None, count: int) -> None:
+    """Model, resolution and count against the server's policy. Raises :class:`PolicyViolation`."""
+    if policy is None:
+        return
+    if policy.allowed_models and model not in policy.allowed_models:
+        names = ", ".join(f"`{m}`" for m in policy.allowed_models)
+        raise ModelNotAllowed(f"This server doesn't allow the model `{model}`. Allowed: {names}.")
+    if policy.max_resolution and resolution_rank(resolution) > resolution_rank(policy.max_resolution):
+        raise PolicyViolation(
+            f"This server allows images up to {policy.max_resolution}; you asked for {resolution}."
+        )
+    if policy.max_images and count > policy.max_images:
+        raise PolicyViolation(
+            f"This server allows at most {policy.max_images} image{'s' if policy.max_images != 1 else ''} "
+            f"per request; you asked for {count}."
+        )
+
+
+def strict_safety_for(policy: GuildPolicy | None, ctx: RequestContext) -> bool:
+    """Strictest provider safety outside NSFW channels, and inside them unless the server relaxed them."""
+    if ctx.guild_id is None:
+        return True
+    return not (ctx.nsfw_channel and policy is not None and policy.nsfw_mode == "relaxed")
+
+
+def nsfw_terms_apply(policy: GuildPolicy | None, ctx: RequestContext) -> bool:
+    """Whether the NSFW term list (scope ``sfw`` and the built-in list) applies to this request."""
+    return strict_safety_for(policy, ctx)
+
+
+def describe_limit(value: int | None, default: int | None = None) -> str:
+    if value is None:
+        return f"default ({describe_limit(default)})" if default is not None else "default"
+    return "unlimited" if value == 0 else str(value)

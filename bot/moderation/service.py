@@ -1,0 +1,438 @@
+"""The moderation service: every decision about who may generate what, where; and policy changes.
+
+No Discord here: callers pass a :class:`~bot.moderation.policy.RequestContext` (plain ids). Mod-log
+entries go to ``sink`` (set by the presentation layer), which must return at once; sending is its
+business and never blocks a request.
+
+Nothing is cached except compiled blocklists, keyed by the blocklist's content, so a change made with an
+admin command applies to the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from bot.catalog import RESOLUTIONS, get_model
+from bot.config import Settings
+from bot.errors import ValidationError
+from bot.moderation import bans, modlog
+from bot.moderation.filter import (
+    FilterEntry,
+    FilterHit,
+    InvalidPattern,
+    PromptFilter,
+    compile_regex,
+    normalize_word,
+)
+from bot.moderation.modlog import ModLogEntry
+from bot.moderation.policy import (
+    PolicyViolation,
+    RequestContext,
+    check_request,
+    check_where,
+    nsfw_terms_apply,
+    strict_safety_for,
+)
+from bot.storage.moderation import Ban, BlockScope, GuildPolicy, PostedResult, Report, RoleLimit
+from bot.storage.repository import ModerationRepository
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 100_000
+MAX_BLOCKLIST = 500
+
+
+class Banned(PolicyViolation):
+    pass
+
+
+class PromptBlocked(PolicyViolation):
+    pass
+
+
+class ModerationService:
+    def __init__(
+        self,
+        repo: ModerationRepository,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        sink: Callable[[ModLogEntry], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.clock = clock
+        self.sink = sink
+        self._filters: dict[int, tuple[tuple[Any, ...], PromptFilter]] = {}
+
+    # ------------------------------------------------------------------ mod log
+
+    def emit(self, entry: ModLogEntry) -> None:
+        if self.sink is None:
+            return
+        try:
+            self.sink(entry)
+        except Exception:  # the mod log must never break a request
+            log.exception("could not queue a mod-log entry")
+
+    # ------------------------------------------------------------------ requests
+
+    async def policy(self, guild_id: int | None) -> GuildPolicy | None:
+        return None if guild_id is None else await self.repo.get_policy(guild_id)
+
+    async def admit(self, ctx: RequestContext) -> GuildPolicy | None:
+        """Ban, DMs and channel rules, cheapest first. Returns the server policy for the later checks."""
+        check_where(self.settings, None, ctx)  # DMs need no database
+        if ctx.guild_id is None:
+            return None
+        ban = await self.active_ban(ctx.guild_id, ctx.user_id)
+        if ban is not None:
+            raise Banned(bans.banned_message(ban))
+        policy = await self.repo.get_policy(ctx.guild_id)
+        check_where(self.settings, policy, ctx)
+        return policy
+
+    def adjust(
+        self, policy: GuildPolicy | None, ctx: RequestContext, spec: Any, *, model_chosen: bool
+    ) -> Any:
+        """The server's default model when the user did not pick one; strict safety where required."""
+        if policy is not None and not model_chosen and policy.default_model:
+            spec = replace(spec, model=policy.default_model)
+        if strict_safety_for(policy, ctx):
+            spec = replace(spec, strict_safety=True)
+        return spec
+
+    def check_plan(
+        self, policy: GuildPolicy | None, *, model: str, resolution: str | None, count: int
+    ) -> None:
+        check_request(policy, model=model, resolution=resolution, count=count)
+
+    async def screen_prompt(self, policy: GuildPolicy | None, ctx: RequestContext, prompt: str) -> None:
+        """Raise :class:`PromptBlocked` (after recording it, maybe auto-banning) if the filter trips."""
+        if policy is None or ctx.guild_id is None:
+            return
+        prompt_filter = await self.filter_for(policy)
+        if not len(prompt_filter):
+            return
+        hit = await asyncio.to_thread(prompt_filter.check, prompt, nsfw_terms=nsfw_terms_apply(policy, ctx))
+        if hit is None:
+            return
+        await self._blocked(policy, ctx, prompt, hit)
+
+    async def _blocked(self, policy: GuildPolicy, ctx: RequestContext, prompt: str, hit: FilterHit) -> None:
+        assert ctx.guild_id is not None
+        now = self.clock()
+        recent = await self.repo.record_blocked(
+            ctx.guild_id,
+            ctx.user_id,
+            ctx.channel_id,
+            prompt,
+            hit.describe(),
+            now,
+            window=policy.autoban_window,
+        )
+        auto: Ban | None = None
+        if bans.should_auto_ban(policy, recent) and await self.active_ban(ctx.guild_id, ctx.user_id) is None:
+            auto = bans.make_ban(
+                ctx.guild_id,
+                ctx.user_id,
+                duration=policy.autoban_duration,
+                reason=f"{recent} blocked prompts within {bans.describe_duration(policy.autoban_window)}",
+                banned_by=None,
+                now=now,
+                automatic=True,
+            )
+            await self.repo.ban(auto)
+        self.emit(
+            modlog.blocked(
+                ctx.guild_id,
+                user_id=ctx.user_id,
+                channel_id=ctx.channel_id,
+                prompt=prompt,
+                matched=hit.describe(),
+                recent=recent,
+                auto_ban=auto,
+            )
+        )
+        if auto is not None:
+            self.emit(modlog.ban(ctx.guild_id, auto, actor_id=None))
+        message = "🚫 That prompt isn't allowed in this server. Nothing was charged."
+        if auto is not None:
+            message += "\n" + bans.banned_message(auto)
+        raise PromptBlocked(message)
+
+    async def filter_for(self, policy: GuildPolicy) -> PromptFilter:
+        entries = await self.repo.blocklist(policy.guild_id)
+        key = (policy.builtin_blocklist, *((e.kind, e.pattern, e.scope) for e in entries))
+        cached = self._filters.get(policy.guild_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        built = PromptFilter(
+            [FilterEntry(e.kind, e.pattern, e.scope) for e in entries], builtin=policy.builtin_blocklist
+        )
+        self._filters[policy.guild_id] = (key, built)
+        return built
+
+    # ------------------------------------------------------------------ bans
+
+    async def active_ban(self, guild_id: int, user_id: int) -> Ban | None:
+        ban = await self.repo.get_ban(guild_id, user_id)
+        if ban is None:
+            return None
+        if not ban.active(self.clock()):
+            await self.repo.unban(guild_id, user_id)  # expired: tidy up
+            return None
+        return ban
+
+    async def ban(
+        self, guild_id: int, user_id: int, *, actor_id: int, duration: str | float | None, reason: str | None
+    ) -> Ban:
+        seconds = bans.parse_duration(duration) if isinstance(duration, str) or duration is None else duration
+        ban = bans.make_ban(
+            guild_id, user_id, duration=seconds, reason=reason, banned_by=actor_id, now=self.clock()
+        )
+        await self.repo.ban(ban)
+        self.emit(modlog.ban(guild_id, ban, actor_id=actor_id))
+        return ban
+
+    async def unban(self, guild_id: int, user_id: int, *, actor_id: int) -> bool:
+        lifted = await self.repo.unban(guild_id, user_id)
+        if lifted:
+            self.emit(modlog.unban(guild_id, user_id, actor_id=actor_id))
+        return lifted
+
+    # ------------------------------------------------------------------ policy changes
+
+    async def update_policy(self, guild_id: int, actor_id: int, what: str, **changes: Any) -> GuildPolicy:
+        """Apply ``changes`` to the server's policy, store it and log before/after to the mod log."""
+        before = await self.repo.get_policy(guild_id)
+        after = before.changed(**changes)
+        validate_policy(after)
+        await self.repo.save_policy(after, self.clock())
+        old = {k: getattr(before, k) for k in changes}
+        new = {k: getattr(after, k) for k in changes}
+        if old != new:
+            self.emit(
+                modlog.policy_change(
+                    guild_id,
+                    actor_id=actor_id,
+                    what=what,
+                    before=describe_values(old),
+                    after=describe_values(new),
+                )
+            )
+        return after
+
+    async def set_role_limit(
+        self, guild_id: int, actor_id: int, role_id: int, *, daily: int | None, hourly: int | None
+    ) -> RoleLimit:
+        for value in (daily, hourly):
+            check_limit(value)
+        before = {r.role_id: r for r in await self.repo.role_limits(guild_id)}.get(role_id)
+        limit = RoleLimit(guild_id, role_id, daily, hourly)
+        await self.repo.set_role_limit(limit, self.clock())
+        self.emit(
+            modlog.policy_change(
+                guild_id,
+                actor_id=actor_id,
+                what=f"role limit for <@&{role_id}>",
+                before=describe_role_limit(before),
+                after=describe_role_limit(limit),
+            )
+        )
+        return limit
+
+    async def clear_role_limit(self, guild_id: int, actor_id: int, role_id: int) -> bool:
+        before = {r.role_id: r for r in await self.repo.role_limits(guild_id)}.get(role_id)
+        cleared = await self.repo.clear_role_limit(guild_id, role_id)
+        if cleared:
+            self.emit(
+                modlog.policy_change(
+                    guild_id,
+                    actor_id=actor_id,
+                    what=f"role limit for <@&{role_id}>",
+                    before=describe_role_limit(before),
+                    after="none (server limits apply)",
+                )
+            )
+        return cleared
+
+    async def add_block(
+        self, guild_id: int, actor_id: int, kind: str, pattern: str, scope: BlockScope = "all"
+    ) -> str:
+        """Validate and add a blocklist entry; returns the stored pattern. Raises InvalidPattern."""
+        if kind == "regex":
+            compile_regex(pattern)
+            stored = pattern
+        elif kind == "word":
+            stored = normalize_word(pattern)
+        else:
+            raise InvalidPattern("The kind is `word` or `regex`.")
+        if len(await self.repo.blocklist(guild_id)) >= MAX_BLOCKLIST:
+            raise InvalidPattern(f"The blocklist is full ({MAX_BLOCKLIST} entries); remove some first.")
+        added = await self.repo.add_block(guild_id, kind, stored, scope, actor_id, self.clock())  # type: ignore[arg-type]
+        if not added:
+            raise ValidationError(f"`{stored}` is already on the blocklist.")
+        self.emit(
+            modlog.policy_change(
+                guild_id,
+                actor_id=actor_id,
+                what="blocklist",
+                before="—",
+                after=f"added {kind} `{stored}`" + (" (NSFW term list)" if scope == "sfw" else ""),
+            )
+        )
+        return stored
+
+    async def remove_block(self, guild_id: int, actor_id: int, pattern: str) -> bool:
+        removed = await self.repo.remove_block(guild_id, pattern)
+        if not removed:
+            try:
+                removed = await self.repo.remove_block(guild_id, normalize_word(pattern))
+            except InvalidPattern:
+                removed = 0
+        if removed:
+            self.emit(
+                modlog.policy_change(
+                    guild_id, actor_id=actor_id, what="blocklist", before=f"`{pattern}`", after="removed"
+                )
+            )
+        return bool(removed)
+
+    # ------------------------------------------------------------------ reports and purge
+
+    async def report(
+        self, guild_id: int | None, *, job_id: int, reporter_id: int, reported_id: int
+    ) -> Report:
+        return await self.repo.add_report(guild_id, job_id, reporter_id, reported_id, self.clock())
+
+    async def result_messages(self, guild_id: int, user_id: int) -> list[PostedResult]:
+        return await self.repo.result_messages(guild_id, user_id)
+
+
+# ------------------------------------------------------------------ validation and description
+
+
+def check_limit(value: int | None) -> None:
+    if value is not None and not 0 <= value <= MAX_LIMIT:
+        raise ValidationError(f"Limits are between 0 (unlimited) and {MAX_LIMIT}.")
+
+
+def validate_policy(p: GuildPolicy) -> None:
+    for value in (p.daily_limit, p.hourly_limit, p.daily_pool, p.max_images):
+        check_limit(value)
+    if p.max_resolution is not None and p.max_resolution not in RESOLUTIONS:
+        raise ValidationError(f"Resolutions are {', '.join(RESOLUTIONS)}.")
+    for key in (*p.allowed_models, *([p.default_model] if p.default_model else [])):
+        if get_model(key) is None:
+            raise ValidationError(f"`{key}` is not a Palette model.")
+    if p.default_model and p.allowed_models and p.default_model not in p.allowed_models:
+        raise ValidationError(f"The default model `{p.default_model}` must be one of the allowed models.")
+    if p.autoban_hits < 0 or p.autoban_window <= 0 or p.autoban_duration <= 0:
+        raise ValidationError("Auto-ban needs a count of 0 (off) or more and positive durations.")
+
+
+def describe_value(key: str, value: Any) -> str:
+    if key in ("daily_limit", "hourly_limit"):
+        return "server default" if value is None else ("unlimited" if value == 0 else str(value))
+    if key in ("daily_pool", "max_images"):
+        return "none" if value in (None, 0) else str(value)
+    if key == "max_resolution":
+        return value or "any"
+    if key == "allowed_channels":
+        return ", ".join(f"<#{c}>" for c in value) if value else "all channels"
+    if key == "allowed_models":
+        return ", ".join(f"`{m}`" for m in value) if value else "all models"
+    if key in ("mod_role_id",):
+        return f"<@&{value}>" if value else "none"
+    if key == "modlog_channel_id":
+        return f"<#{value}>" if value else "none"
+    if key in ("autoban_window", "autoban_duration"):
+        return bans.describe_duration(value)
+    if key == "autoban_hits":
+        return "off" if value == 0 else str(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+LABELS = {
+    "daily_limit": "daily per user",
+    "hourly_limit": "hourly per user",
+    "daily_pool": "server daily pool",
+    "max_resolution": "max resolution",
+    "max_images": "max images per request",
+    "allowed_channels": "channels",
+    "allowed_models": "allowed models",
+    "default_model": "default model",
+    "mod_role_id": "moderator role",
+    "modlog_channel_id": "mod-log channel",
+    "nsfw_mode": "NSFW channels",
+    "builtin_blocklist": "built-in blocklist",
+    "autoban_hits": "auto-ban after",
+    "autoban_window": "auto-ban window",
+    "autoban_duration": "auto-ban duration",
+}
+
+
+def describe_values(values: dict[str, Any]) -> str:
+    return "\n".join(f"{LABELS.get(k, k)}: {describe_value(k, v)}" for k, v in values.items())
+
+
+def describe_role_limit(limit: RoleLimit | None) -> str:
+    if limit is None:
+        return "none"
+    return (
+        f"daily: {describe_value('daily_limit', limit.daily_limit)}, "
+        f"hourly: {describe_value('hourly_limit', limit.hourly_limit)}"
+    )
+
+
+def summarize(
+    policy: GuildPolicy, role_limits: Sequence[RoleLimit], blocklist_size: int
+) -> list[tuple[str, str]]:
+    """The whole policy as (name, value) pairs for ``/palette settings``."""
+    p = policy
+    rows = [
+        (
+            "Limits per user",
+            f"daily: {describe_value('daily_limit', p.daily_limit)} · "
+            f"hourly: {describe_value('hourly_limit', p.hourly_limit)}",
+        ),
+        ("Server daily pool", describe_value("daily_pool", p.daily_pool)),
+        ("Max resolution", describe_value("max_resolution", p.max_resolution)),
+        ("Max images per request", describe_value("max_images", p.max_images)),
+        (
+            "Role overrides",
+            "\n".join(f"<@&{r.role_id}>: {describe_role_limit(r)}" for r in role_limits) or "none",
+        ),
+        ("Channels", describe_value("allowed_channels", p.allowed_channels)),
+        ("Models", describe_value("allowed_models", p.allowed_models)),
+        ("Default model", p.default_model or "Palette's default"),
+        ("Moderator role", describe_value("mod_role_id", p.mod_role_id)),
+        ("Mod log", describe_value("modlog_channel_id", p.modlog_channel_id)),
+        (
+            "NSFW channels",
+            "relaxed (no NSFW term list, normal provider safety)"
+            if p.nsfw_mode == "relaxed"
+            else "same rules as everywhere",
+        ),
+        (
+            "Blocklist",
+            f"{blocklist_size} entr{'y' if blocklist_size == 1 else 'ies'}; built-in list "
+            f"{'on' if p.builtin_blocklist else 'off'}",
+        ),
+        (
+            "Auto-ban",
+            "off"
+            if p.autoban_hits == 0
+            else f"{p.autoban_hits} blocked prompts within {bans.describe_duration(p.autoban_window)} → "
+            f"banned for {bans.describe_duration(p.autoban_duration)}",
+        ),
+    ]
+    return rows

@@ -1,0 +1,330 @@
+"""Moderation in Discord: request checks for the job flow, the mod-log sender, reports and moderator buttons.
+
+Decisions are made by :class:`bot.moderation.service.ModerationService`; this module only reads ids off
+interactions and turns mod-log entries into messages.
+
+The mod log is best effort and off the critical path: :meth:`ModLogSender.submit` schedules a task and
+returns; a failure (no channel, missing permission, Discord down) is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.errors import ValidationError
+from bot.generation import GenerationOutcome, Plan
+from bot.moderation import modlog
+from bot.moderation.modlog import ModLogEntry
+from bot.moderation.policy import RequestContext
+from bot.presentation import embeds
+from bot.storage import GuildPolicy, JobRecord
+
+if TYPE_CHECKING:
+    from bot.jobs.service import Delivery, JobPresenter
+    from bot.presentation.client import PaletteBot
+
+log = logging.getLogger(__name__)
+
+#: Ban applied by the "Ban user" button on a report.
+REPORT_BAN_SECONDS = 7 * 86400
+
+
+# ------------------------------------------------------------------ request checks (used by Flows.start_job)
+
+
+def request_context(interaction: discord.Interaction) -> RequestContext:
+    user = interaction.user
+    roles = tuple(r.id for r in user.roles) if isinstance(user, discord.Member) else ()
+    channel = interaction.channel
+    parent = getattr(channel, "parent_id", None)
+    return RequestContext(
+        user_id=user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        role_ids=roles,
+        nsfw_channel=bool(getattr(channel, "nsfw", False)),
+        parent_channel_id=parent if isinstance(parent, int) else None,
+    )
+
+
+@dataclass
+class Gate:
+    """What :func:`admit` learnt, for :func:`check_planned`."""
+
+    ctx: RequestContext
+    policy: GuildPolicy | None
+
+
+async def admit(
+    bot: PaletteBot, interaction: discord.Interaction, spec: Any, *, kind: str, parent_job_id: int | None
+) -> tuple[Gate, Any]:
+    """Ban, DMs, channel; the server's default model and strict safety applied to ``spec``."""
+    ctx = request_context(interaction)
+    policy = await bot.moderation.admit(ctx)
+    chosen = bool(interaction.extras.get("model_chosen", False)) or parent_job_id is not None
+    spec = bot.moderation.adjust(policy, ctx, spec, model_chosen=chosen)
+    return Gate(ctx, policy), spec
+
+
+async def check_planned(bot: PaletteBot, gate: Gate, plan: Plan, prompt: str) -> None:
+    """Model, resolution, count, then the prompt filter (a blocked prompt is recorded and logged)."""
+    bot.moderation.check_plan(gate.policy, model=plan.model.key, resolution=plan.resolution, count=plan.count)
+    await bot.moderation.screen_prompt(gate.policy, gate.ctx, prompt)
+
+
+def with_spec(spec: Any, **changes: Any) -> Any:
+    return replace(spec, **changes)
+
+
+def is_moderator(interaction: discord.Interaction, policy: GuildPolicy | None) -> bool:
+    """Manage Messages in this channel, Manage Server, or the server's moderator role."""
+    user = interaction.user
+    if not isinstance(user, discord.Member):
+        return False
+    perms = interaction.permissions
+    if perms.manage_messages or perms.manage_guild or perms.administrator:
+        return True
+    return (
+        policy is not None
+        and policy.mod_role_id is not None
+        and user.get_role(policy.mod_role_id) is not None
+    )
+
+
+# ------------------------------------------------------------------ the mod log
+
+
+class ModLogSender:
+    """Posts mod-log entries to each server's mod-log channel, in the background."""
+
+    def __init__(self, bot: PaletteBot) -> None:
+        self.bot = bot
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0
+        self.failed = 0
+
+    def submit(self, entry: ModLogEntry) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(self._send(entry))
+        except RuntimeError:  # no loop (CLI use): nothing to send to
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float = 10) -> None:
+        """Wait for pending entries (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def _send(self, entry: ModLogEntry) -> None:
+        try:
+            policy = await self.bot.db.moderation.get_policy(entry.guild_id)
+            if policy.modlog_channel_id is None:
+                return
+            channel = self.bot.get_channel(policy.modlog_channel_id)
+            if channel is None:
+                channel = await self.bot.fetch_channel(policy.modlog_channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                return
+            view = (
+                report_view(entry.report_job_id) if entry.report_job_id is not None else discord.utils.MISSING
+            )
+            await channel.send(
+                embed=entry_embed(entry), view=view, allowed_mentions=discord.AllowedMentions.none()
+            )
+            self.sent += 1
+        except Exception as exc:
+            self.failed += 1
+            log.warning(
+                "mod log for guild %s: could not post a %s entry (%s)", entry.guild_id, entry.kind, exc
+            )
+
+
+def entry_embed(entry: ModLogEntry) -> discord.Embed:
+    embed = discord.Embed(title=entry.title[:256], colour=entry.colour, url=entry.url)
+    for name, value in entry.fields[:25]:
+        embed.add_field(
+            name=name[:256], value=value[:1024] or "—", inline=name not in ("Prompt", "Before", "After")
+        )
+    if entry.image_url:
+        embed.set_thumbnail(url=entry.image_url)
+    embed.timestamp = discord.utils.utcnow()
+    return embed
+
+
+class ModLoggingPresenter:
+    """Wraps the job presenter: after a result is posted, a generation entry goes to the mod log."""
+
+    def __init__(self, inner: JobPresenter, bot: PaletteBot) -> None:
+        self._inner = inner
+        self._bot = bot
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def queued(self, job: JobRecord, position: int | None) -> None:
+        await self._inner.queued(job, position)
+
+    async def started(self, job: JobRecord) -> None:
+        await self._inner.started(job)
+
+    async def failed(self, job: JobRecord, error: Any) -> None:
+        await self._inner.failed(job, error)
+
+    async def deliver(self, job: JobRecord, outcome: GenerationOutcome) -> Delivery:
+        delivery = await self._inner.deliver(job, outcome)
+        if job.guild_id is not None:
+            try:
+                url = embeds.jump_url(job.guild_id, delivery.channel_id, delivery.message_id)
+                self._bot.moderation.emit(
+                    modlog.generation(
+                        job.guild_id,
+                        user_id=job.user_id,
+                        prompt=job.prompt,
+                        model=embeds.model_label(job.model),
+                        kind=job.kind,
+                        job_id=job.id,
+                        url=url,
+                    )
+                )
+            except Exception:
+                log.exception("job %s: could not queue the mod-log entry", job.id)
+        return delivery
+
+
+# ------------------------------------------------------------------ reports and moderator buttons
+
+MOD_ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
+    "delete": ("Delete result", "🗑️", discord.ButtonStyle.danger),
+    "ban": ("Ban author (7 days)", "⛔", discord.ButtonStyle.danger),
+}
+
+
+class ModActionButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"palette:mod:(?P<action>delete|ban):(?P<job_id>[0-9]{1,19})",
+):
+    """A moderator's button on a report in the mod log (persistent across restarts)."""
+
+    def __init__(self, action: str, job_id: int) -> None:
+        label, emoji, style = MOD_ACTIONS[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, custom_id=f"palette:mod:{action}:{job_id}"
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> ModActionButton:
+        return cls(match["action"], int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: PaletteBot = interaction.client  # type: ignore[assignment]
+        try:
+            await moderator_action(bot, interaction, self.action, self.job_id)
+        except Exception as exc:
+            await bot.report_error(interaction, exc)
+
+
+def report_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in MOD_ACTIONS:
+        view.add_item(ModActionButton(action, job_id))
+    return view
+
+
+async def report_result(bot: PaletteBot, interaction: discord.Interaction, job: JobRecord) -> None:
+    """The Report button: record it, tell the mod log, thank the reporter privately."""
+    if interaction.guild_id is None:
+        raise ValidationError("Reports are for results posted in servers.")
+    if interaction.user.id == job.user_id:
+        raise ValidationError("That's your own image; use Delete instead.")
+    await bot.moderation.report(
+        interaction.guild_id, job_id=job.id, reporter_id=interaction.user.id, reported_id=job.user_id
+    )
+    message_id = interaction.message.id if interaction.message else job.result_message_id
+    bot.moderation.emit(
+        modlog.report(
+            interaction.guild_id,
+            reporter_id=interaction.user.id,
+            user_id=job.user_id,
+            job_id=job.id,
+            prompt=job.prompt,
+            model=embeds.model_label(job.model),
+            url=embeds.jump_url(interaction.guild_id, interaction.channel_id, message_id),
+        )
+    )
+    await interaction.response.send_message(
+        "Thanks — the moderators have been told about this image.", ephemeral=True
+    )
+
+
+async def moderator_action(
+    bot: PaletteBot, interaction: discord.Interaction, action: str, job_id: int
+) -> None:
+    if interaction.guild_id is None:
+        raise ValidationError("That only works in a server.")
+    policy = await bot.db.moderation.get_policy(interaction.guild_id)
+    if not is_moderator(interaction, policy):
+        raise ValidationError("Only moderators can do that.")
+    job = await bot.db.jobs.get_job(job_id)
+    if job is None or job.guild_id != interaction.guild_id:
+        raise ValidationError("That generation is no longer in Palette's records.")
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    now = bot.moderation.clock()
+    if action == "delete":
+        deleted = await delete_job_messages(bot, job)
+        await bot.db.moderation.resolve_reports(job.id, "deleted", now)
+        bot.moderation.emit(
+            modlog.deleted_result(
+                job.guild_id, job_id=job.id, user_id=job.user_id, actor_id=interaction.user.id
+            )
+        )
+        text = "Deleted the result." if deleted else "The result was already gone."
+    else:
+        ban = await bot.moderation.ban(
+            job.guild_id,
+            job.user_id,
+            actor_id=interaction.user.id,
+            duration=float(REPORT_BAN_SECONDS),
+            reason=f"reported result (job {job.id})",
+        )
+        await bot.db.moderation.resolve_reports(job.id, "banned", now)
+        text = f"<@{job.user_id}> can't generate here until <t:{int(ban.expires_at or 0)}:f>."
+    await interaction.followup.send(text, ephemeral=True)
+
+
+async def delete_job_messages(bot: PaletteBot, job: JobRecord) -> int:
+    """Delete the messages carrying a job's results; returns how many were deleted."""
+    targets: set[tuple[int, int]] = set()
+    if job.channel_id and job.result_message_id:
+        targets.add((job.channel_id, job.result_message_id))
+    for result in await bot.db.history.results_for_job(job.id):
+        if result.channel_id and result.message_id:
+            targets.add((result.channel_id, result.message_id))
+    deleted = 0
+    for channel_id, message_id in targets:
+        if await delete_message(bot, channel_id, message_id):
+            deleted += 1
+    return deleted
+
+
+async def delete_message(bot: PaletteBot, channel_id: int, message_id: int) -> bool:
+    try:
+        await bot.http.delete_message(channel_id, message_id, reason="Palette moderation")
+        return True
+    except discord.NotFound:
+        return False
+    except discord.HTTPException as exc:
+        log.warning("could not delete message %s in %s (%s)", message_id, channel_id, exc)
+        return False
