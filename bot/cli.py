@@ -201,7 +201,16 @@ async def _doctor(settings: Settings) -> int:
                 ok = False
                 continue
             if balance is None:
-                print(f"provider {name}: key set (this provider publishes no balance endpoint)")
+                try:
+                    access = await provider.check_access()
+                except PaletteError as exc:
+                    print(f"provider {name}: PROBLEM: {exc.message}")
+                    ok = False
+                    continue
+                if access:
+                    print(f"provider {name}: ok, key accepted (no balance endpoint is published)")
+                else:
+                    print(f"provider {name}: key set (this provider publishes no way to check it)")
             else:
                 free = ", ".join(f"{k}={v}" for k, v in balance.free_usages.items()) or "none"
                 print(f"provider {name}: ok, credits {balance.credits}, free uses: {free}")

@@ -233,3 +233,35 @@ async def test_check_ledger_and_backup(clean_env: Path, capsys: pytest.CaptureFi
         assert "NOT BALANCED" in out and "job 1" in out
     finally:
         del os.environ["DATABASE_URL"]
+
+
+async def test_doctor_checks_access_for_providers_without_a_balance(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fakes.providers.apimart import FakeApiMart
+    from tests.fakes.providers.mountsea import FakeMountsea
+
+    async with FakeApiMart() as apimart, FakeMountsea() as mountsea:
+        os.environ.update(
+            APIMART_API_KEY=apimart.key,
+            APIMART_BASE_URL=apimart.base_url,
+            MOUNTSEA_API_KEY="wrong-key",
+            MOUNTSEA_BASE_URL=mountsea.base_url,
+            DISCORD_TOKEN="x",
+        )
+        try:
+            code = await asyncio.to_thread(main, ["doctor"])
+        finally:
+            for name in (
+                "APIMART_API_KEY",
+                "APIMART_BASE_URL",
+                "MOUNTSEA_API_KEY",
+                "MOUNTSEA_BASE_URL",
+                "DISCORD_TOKEN",
+            ):
+                del os.environ[name]
+        assert apimart.submit_calls == 0 and mountsea.submit_calls == 0  # nothing generated, nothing paid
+    out = capsys.readouterr().out
+    assert "provider apimart: ok, key accepted" in out
+    assert "provider mountsea: PROBLEM" in out
+    assert code == 1

@@ -212,6 +212,17 @@ class ApiMartProvider(TaskProvider):
         path = TASK_PATH.format(task_id=quote(task_id, safe=""))
         return await self.fetch_task(task_id, path, params={"language": "en"})
 
+    async def check_access(self) -> bool:
+        """APIMart publishes no account endpoint: ask for a task that cannot exist. A 404 means the key
+        was accepted (authentication comes first); a 401/403 raises AuthError. Costs nothing."""
+        try:
+            await self.transport.request("GET", TASK_PATH.format(task_id="palette-access-check"), retry=False)
+        except InvalidRequest as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return True
+
     # --- wait ----------------------------------------------------------------------------------------------
 
     async def wait(

@@ -139,6 +139,13 @@ class ImageProvider(ABC):
         """The account balance, or None when the provider publishes no balance endpoint."""
         return None
 
+    async def check_access(self) -> bool | None:
+        """Whether our key is accepted (raises AuthError if not); None when nothing cheap can tell.
+
+        Never starts a generation. Providers with a balance endpoint are checked through it instead.
+        """
+        return None
+
     async def aclose(self) -> None:
         await self.transport.aclose()
 

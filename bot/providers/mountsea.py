@@ -356,6 +356,11 @@ class MountseaProvider(TaskProvider):
             log.debug("mountsea task %s: unknown status %r (ready=%r), still polling", task_id, raw, ready)
         return TaskStatus(TaskState.PENDING, raw_status=raw or None)
 
+    async def check_access(self) -> bool:
+        """``GET /hub/v1/models?capability=image`` (the documented first step of the workflow)."""
+        await self.transport.request("GET", "hub/v1/models", params={"capability": "image"}, retry=False)
+        return True
+
     async def _get_task(self, task_id: str) -> Any:
         path = TASK_PATH.format(task_id=quote(task_id, safe=""))
         return await self.fetch_task(task_id, path)

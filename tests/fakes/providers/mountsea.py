@@ -222,6 +222,7 @@ class FakeMountsea:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/hub/v1/image", self._submit)
         app.router.add_get("/hub/v1/tasks/{task_id}", self._poll)
+        app.router.add_get("/hub/v1/models", self._models)
         app.router.add_get("/files/{name}", self._file)
         self.server = FakeServer(app)
 
@@ -367,6 +368,14 @@ class FakeMountsea:
                 except ValueError:
                     return "image_urls data URI is not valid base64"
         return None
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """``GET /hub/v1/models?capability=image``: the documented model browser (ids only here)."""
+        if not self._authorized(request):
+            return _error(401, "Invalid or missing API key", "unauthorized")
+        capability = request.query.get("capability")
+        models = [{"id": name, "capability": "image"} for name in DOC_MODELS if capability in (None, "image")]
+        return web.json_response({"data": models})
 
     async def _poll(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
