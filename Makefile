@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-# The benchmark of the real bot process against the loopback fakes (README, "Performance"); ~4 min on 2 cores.
+# The benchmark of the real bot process against the loopback fakes (README, "Performance"); ~3 min on 2 cores.
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -1,6 +1,6 @@
 """``python -m bench``: run the scenarios, print one table, write the figures as JSON.
 
-python -m bench                      every scenario (about 3-4 minutes on 2 cores)
+python -m bench                      every scenario (about 3 minutes on 2 cores)
 python -m bench --quick              smaller runs, a smoke test of the machinery
 python -m bench --scenario load_1k   one scenario (repeatable)
 python -m bench --out path.json      where to write the JSON (default bench/results.json)
@@ -57,6 +57,8 @@ async def run(names: Sequence[str], quick: bool) -> tuple[list[Figure], dict[str
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # Stopping the bot mid-upload (end of the burst) resets connections; the fakes' server logs each one.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     names = args.scenario or list(SCENARIOS)
     started = time.monotonic()
     figures, details = asyncio.run(run(names, args.quick))
