@@ -38,6 +38,8 @@ class ModLogEntry:
     image_url: str | None = None
     #: A report: the job whose result the moderator buttons act on.
     report_job_id: int | None = None
+    #: Channels that get the entry besides the current mod log (the old one, when the mod log moves).
+    also_to: tuple[int, ...] = ()
     extra: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -107,12 +109,15 @@ def report(
     )
 
 
-def policy_change(guild_id: int, *, actor_id: int, what: str, before: str, after: str) -> ModLogEntry:
+def policy_change(
+    guild_id: int, *, actor_id: int, what: str, before: str, after: str, also_to: tuple[int, ...] = ()
+) -> ModLogEntry:
     return ModLogEntry(
         guild_id,
         "policy",
         f"⚙️ Policy changed: {what}",
         (("By", f"<@{actor_id}>"), ("Before", clip(before)), ("After", clip(after))),
+        also_to=also_to,
     )
 
 

@@ -217,6 +217,8 @@ class ModerationService:
         old = {k: getattr(before, k) for k in changes}
         new = {k: getattr(after, k) for k in changes}
         if old != new:
+            # Moving or switching off the mod log is announced in the old channel too.
+            moved = before.modlog_channel_id if before.modlog_channel_id != after.modlog_channel_id else None
             self.emit(
                 modlog.policy_change(
                     guild_id,
@@ -224,6 +226,7 @@ class ModerationService:
                     what=what,
                     before=describe_values(old),
                     after=describe_values(new),
+                    also_to=(moved,) if moved else (),
                 )
             )
         return after

@@ -125,25 +125,38 @@ class ModLogSender:
     async def _send(self, entry: ModLogEntry) -> None:
         try:
             policy = await self.bot.db.moderation.get_policy(entry.guild_id)
-            if policy.modlog_channel_id is None:
-                return
-            channel = self.bot.get_channel(policy.modlog_channel_id)
-            if channel is None:
-                channel = await self.bot.fetch_channel(policy.modlog_channel_id)
-            if not isinstance(channel, discord.abc.Messageable):
-                return
-            view = (
-                report_view(entry.report_job_id) if entry.report_job_id is not None else discord.utils.MISSING
-            )
-            await channel.send(
-                embed=entry_embed(entry), view=view, allowed_mentions=discord.AllowedMentions.none()
-            )
-            self.sent += 1
         except Exception as exc:
             self.failed += 1
-            log.warning(
-                "mod log for guild %s: could not post a %s entry (%s)", entry.guild_id, entry.kind, exc
-            )
+            log.warning("mod log for guild %s: could not read the policy (%s)", entry.guild_id, exc)
+            return
+        targets = dict.fromkeys(c for c in (policy.modlog_channel_id, *entry.also_to) if c is not None)
+        for channel_id in targets:
+            try:
+                await self._post(channel_id, entry)
+                self.sent += 1
+            except Exception as exc:
+                self.failed += 1
+                log.warning(
+                    "mod log for guild %s: could not post a %s entry in %s (%s)",
+                    entry.guild_id,
+                    entry.kind,
+                    channel_id,
+                    exc,
+                )
+
+    async def _post(self, channel_id: int, entry: ModLogEntry) -> None:
+        channel = self.bot.get_channel(channel_id)
+        if channel is None:
+            channel = await self.bot.fetch_channel(channel_id)
+        if not isinstance(channel, discord.abc.Messageable):
+            raise TypeError(f"channel {channel_id} cannot receive messages")
+        # Never post one server's moderation data in another server's channel.
+        if getattr(getattr(channel, "guild", None), "id", entry.guild_id) != entry.guild_id:
+            raise PermissionError(f"channel {channel_id} is not in guild {entry.guild_id}")
+        view = report_view(entry.report_job_id) if entry.report_job_id is not None else discord.utils.MISSING
+        await channel.send(
+            embed=entry_embed(entry), view=view, allowed_mentions=discord.AllowedMentions.none()
+        )
 
 
 def entry_embed(entry: ModLogEntry) -> discord.Embed:
@@ -328,3 +341,28 @@ async def delete_message(bot: PaletteBot, channel_id: int, message_id: int) -> b
     except discord.HTTPException as exc:
         log.warning("could not delete message %s in %s (%s)", message_id, channel_id, exc)
         return False
+
+
+class ConfirmView(discord.ui.View):
+    """Confirm / Cancel, for the person who asked only."""
+
+    def __init__(self, *, owner_id: int, on_confirm: Any, confirm_label: str, name: str) -> None:
+        super().__init__(timeout=120)
+        self.owner_id = owner_id
+        self._on_confirm = on_confirm
+        self.confirm.label = confirm_label
+        self.confirm.custom_id = f"palette:{name}:confirm"
+        self.cancel.custom_id = f"palette:{name}:cancel"
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.owner_id
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[ConfirmView]) -> None:
+        self.stop()
+        await self._on_confirm(interaction)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[ConfirmView]) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Cancelled; nothing was deleted.", view=None)

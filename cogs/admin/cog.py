@@ -19,7 +19,7 @@ from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
 from bot.moderation.service import summarize
 from bot.presentation import embeds
-from bot.presentation.moderation import ModActionButton, delete_message
+from bot.presentation.moderation import ConfirmView, ModActionButton, delete_message
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
@@ -422,37 +422,13 @@ class AdminCog(commands.Cog):
                 + (f"; {failed} were already gone or could not be deleted." if failed else ".")
             )
 
-        view = ConfirmView(owner_id=actor, on_confirm=confirmed)
+        view = ConfirmView(owner_id=actor, on_confirm=confirmed, confirm_label="Delete them", name="purge")
         await interaction.response.send_message(
             f"Delete {len(posted)} message(s) with images made for {user.mention}? This can't be undone.",
             view=view,
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
-
-
-class ConfirmView(discord.ui.View):
-    """Confirm / Cancel, for the person who asked only."""
-
-    def __init__(self, *, owner_id: int, on_confirm: Any) -> None:
-        super().__init__(timeout=120)
-        self.owner_id = owner_id
-        self._on_confirm = on_confirm
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.owner_id
-
-    @discord.ui.button(
-        label="Delete them", style=discord.ButtonStyle.danger, custom_id="palette:purge:confirm"
-    )
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[ConfirmView]) -> None:
-        self.stop()
-        await self._on_confirm(interaction)
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="palette:purge:cancel")
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[ConfirmView]) -> None:
-        self.stop()
-        await interaction.response.edit_message(content="Cancelled; nothing was deleted.", view=None)
 
 
 def fmt(value: int | None) -> str:

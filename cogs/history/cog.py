@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.presentation import embeds
+from bot.presentation.moderation import ConfirmView
 from bot.presentation.views import HistoryView
 
 if TYPE_CHECKING:
@@ -36,3 +37,24 @@ class HistoryCog(commands.Cog):
         embed, pages = await render(0)
         view = HistoryView(owner_id=user_id, page=0, pages=pages, render=render)
         await interaction.followup.send(embed=embed, view=view, ephemeral=True)
+
+    @app_commands.command(name="history-clear", description="Delete your prompts and results from Palette")
+    async def history_clear(self, interaction: discord.Interaction) -> None:
+        user_id = interaction.user.id
+
+        async def confirmed(click: discord.Interaction) -> None:
+            cleared = await self.bot.db.history.delete_user_data(user_id)
+            await click.response.edit_message(
+                content=f"🧹 Cleared {cleared} generation(s) from Palette's records. "
+                "The images already posted stay in their channels (use their Delete button).",
+                view=None,
+            )
+
+        view = ConfirmView(
+            owner_id=user_id, on_confirm=confirmed, confirm_label="Clear my history", name="forget"
+        )
+        await interaction.response.send_message(
+            "Delete your prompts, options and result records from Palette? Usage counts stay (for quotas).",
+            view=view,
+            ephemeral=True,
+        )
