@@ -209,3 +209,12 @@ async def test_history_clear_removes_the_users_data(palette: Palette) -> None:
         await palette.bot.db.fetchval("SELECT COUNT(*) FROM results WHERE user_id = ?", (palette.alice.id,))
         == 0
     )
+
+
+async def test_a_broken_mod_log_never_breaks_a_job(palette: Palette) -> None:
+    await palette.bot.moderation.update_policy(palette.guild.id, 1, "test", modlog_channel_id=123456789)
+    await palette.result_message(await palette.imagine(palette.alice, "a fox"))
+    await palette.idle()
+    await palette.bot.modlog.drain()
+    assert palette.bot.modlog.failed >= 1 and palette.bot.modlog.sent == 0
+    assert (await palette.bot.db.jobs.ledger_balance()).committed == 1
