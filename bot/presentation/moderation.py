@@ -124,7 +124,8 @@ class ModLogSender:
 
     async def _send(self, entry: ModLogEntry) -> None:
         try:
-            policy = await self.bot.db.moderation.get_policy(entry.guild_id)
+            policy = await self.bot.moderation.policy(entry.guild_id)
+            assert policy is not None
         except Exception as exc:
             self.failed += 1
             log.warning("mod log for guild %s: could not read the policy (%s)", entry.guild_id, exc)
@@ -287,7 +288,7 @@ async def moderator_action(
 ) -> None:
     if interaction.guild_id is None:
         raise ValidationError("That only works in a server.")
-    policy = await bot.db.moderation.get_policy(interaction.guild_id)
+    policy = await bot.moderation.policy(interaction.guild_id)
     if not is_moderator(interaction, policy):
         raise ValidationError("Only moderators can do that.")
     job = await bot.db.jobs.get_job(job_id)

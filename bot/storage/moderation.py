@@ -236,6 +236,11 @@ class SqliteModerationRepository:
         )
         return None if row is None else Ban(*row[:5], bool(row[5]), row[6])
 
+    async def bans(self, guild_id: int) -> list[Ban]:
+        """Every ban of the server, expired ones included (callers compare ``expires_at`` with now)."""
+        rows = await self._db.fetchall(f"SELECT {_BAN_COLUMNS} FROM bans WHERE guild_id = ?", (guild_id,))
+        return [Ban(*row[:5], bool(row[5]), row[6]) for row in rows]
+
     async def ban(self, ban: Ban) -> None:
         await self._db.execute(
             f"INSERT OR REPLACE INTO bans ({_BAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
