@@ -594,3 +594,31 @@ async def test_async_wrappers_run_in_a_worker_thread(
     assert result == expected
     assert len(calls) == 1
     assert calls[0] != loop_thread
+
+
+def test_verify_result_catches_truncation_without_decoding() -> None:
+    from bot.images import verify_result
+
+    for fmt, mime in (
+        ("PNG", "image/png"),
+        ("JPEG", "image/jpeg"),
+        ("WEBP", "image/webp"),
+        ("GIF", "image/gif"),
+    ):
+        img = Image.frombytes("RGB", (64, 48), os.urandom(64 * 48 * 3))
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        data = buf.getvalue()
+        info = verify_result(data, max_pixels=10_000)
+        assert (info.mime_type, info.width, info.height) == (mime, 64, 48)
+        for cut in (len(data) - 1, len(data) // 2):
+            with pytest.raises(InvalidImage):
+                verify_result(data[:cut], max_pixels=10_000)
+    png = io.BytesIO()
+    Image.new("RGB", (200, 200)).save(png, "PNG")
+    with pytest.raises(InvalidImage):
+        verify_result(png.getvalue(), max_pixels=100 * 100)
+    corrupt = bytearray(png.getvalue())
+    corrupt[40] ^= 0xFF  # inside a chunk: its CRC no longer matches
+    with pytest.raises(InvalidImage):
+        verify_result(bytes(corrupt), max_pixels=10**6)

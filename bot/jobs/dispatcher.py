@@ -26,7 +26,11 @@ class QueuedJob:
 
 
 class Dispatcher:
-    def __init__(self, run_job: Callable[[int], Awaitable[None]], capacity: dict[str, int]) -> None:
+    def __init__(
+        self, run_job: Callable[[int, Callable[[], None]], Awaitable[None]], capacity: dict[str, int]
+    ) -> None:
+        """``run_job(job_id, release)`` runs one job and may call ``release()`` once it no longer needs
+        its provider slot (before posting the result), so the next job can start."""
         self._run_job = run_job
         self.capacity = dict(capacity)
         self.in_flight: dict[str, int] = dict.fromkeys(capacity, 0)
@@ -102,16 +106,25 @@ class Dispatcher:
                 self._tasks.add(task)
 
     async def _run(self, job: QueuedJob) -> None:
+        released = False
+
+        def release() -> None:
+            """The job is done with its provider (posting the result needs no provider slot)."""
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight[job.provider] -= 1
+                self._wake.set()
+
         try:
-            await self._run_job(job.job_id)
+            await self._run_job(job.job_id, release)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("job %s crashed in the runner", job.job_id)
         finally:
-            self.in_flight[job.provider] -= 1
+            release()
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
-            self._wake.set()
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop starting jobs; wait up to ``grace`` seconds for running ones, then cancel them."""

@@ -26,6 +26,8 @@ from bot.storage import Database, JobRecord, NewJob, NewReference, NewResult
 
 log = logging.getLogger(__name__)
 
+DELIVERY_CONCURRENCY = 8
+
 
 @dataclass(frozen=True)
 class JobOrigin:
@@ -95,6 +97,8 @@ class JobService:
         self.clock = clock
         capacity = {name: generator.settings.provider(name).concurrency for name in generator.providers}  # type: ignore[arg-type]
         self.dispatcher = Dispatcher(self._run, capacity)
+        # Posting re-encodes and uploads images: bound how many run at once (memory, CPU).
+        self._delivery_slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
         self.accepting = True
 
     # ------------------------------------------------------------------ accepting
@@ -165,7 +169,7 @@ class JobService:
             )
         )
 
-    async def _run(self, job_id: int) -> None:
+    async def _run(self, job_id: int, release_slot: Callable[[], None] = lambda: None) -> None:
         job = await self.db.jobs.get_job(job_id)
         if job is None or job.status not in ("queued", "running"):
             return
@@ -198,8 +202,10 @@ class JobService:
             log.exception("job %s failed unexpectedly", job.id)
             await self._fail(job, ProviderError("Something went wrong while generating."))
             return
+        release_slot()  # the provider is done with this job: the next one may start while we post
         try:
-            delivery = await self.presenter.deliver(job, outcome)
+            async with self._delivery_slots:
+                delivery = await self.presenter.deliver(job, outcome)
         except PaletteError as exc:
             await self._fail(job, exc)
             return

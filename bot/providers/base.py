@@ -28,13 +28,15 @@ from bot.errors import (
     ResultDownloadError,
     TaskFailed,
 )
-from bot.images import inspect_image_async, sniff_mime
+from bot.images import sniff_mime, verify_result, verify_result_async
 from bot.providers.transport import Transport
 
 log = logging.getLogger(__name__)
 
 # Generated images are at most 4K (about 16.8 MP at 4096x4096); leave room for odd ratios.
 RESULT_MAX_PIXELS = 64_000_000
+# Checking a small image costs less than handing it to a thread.
+INLINE_CHECK_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,11 @@ class ImageProvider(ABC):
                 detail=f"declared {declared_mime!r}, {len(data)} bytes",
             )
         try:
-            # A full decode, not just the header: a truncated image is a provider fault, not a result.
-            info = await inspect_image_async(data, max_bytes=len(data), max_pixels=RESULT_MAX_PIXELS)
+            # A truncated image is a provider fault, not a result (checked without decoding pixels).
+            if len(data) > INLINE_CHECK_MAX:
+                info = await verify_result_async(data, max_pixels=RESULT_MAX_PIXELS)
+            else:
+                info = verify_result(data, max_pixels=RESULT_MAX_PIXELS)
         except Exception as exc:
             raise ResultDownloadError(
                 "The provider returned an image that cannot be read.", provider=self.name, detail=str(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from bot.jobs.dispatcher import Dispatcher, QueuedJob
 
@@ -11,13 +12,13 @@ async def test_round_robin_across_users_and_provider_caps() -> None:
     order: list[int] = []
     running = {"p": 0}
     peak = {"p": 0}
-    release = asyncio.Event()
+    gate = asyncio.Event()
 
-    async def run(job_id: int) -> None:
+    async def run(job_id: int, release: Callable[[], None]) -> None:
         order.append(job_id)
         running["p"] += 1
         peak["p"] = max(peak["p"], running["p"])
-        await release.wait()
+        await gate.wait()
         running["p"] -= 1
 
     dispatcher = Dispatcher(run, {"p": 2})
@@ -32,7 +33,7 @@ async def test_round_robin_across_users_and_provider_caps() -> None:
     dispatcher.start()
     await asyncio.sleep(0.05)
     assert order == [1, 7]  # capped at 2 in flight
-    release.set()
+    gate.set()
     for _ in range(100):
         if len(order) == 10 and dispatcher.running == 0:
             break
@@ -46,7 +47,7 @@ async def test_a_full_provider_does_not_block_another_providers_jobs() -> None:
     started: list[int] = []
     gate = asyncio.Event()
 
-    async def run(job_id: int) -> None:
+    async def run(job_id: int, release: Callable[[], None]) -> None:
         started.append(job_id)
         await gate.wait()
 
@@ -67,7 +68,7 @@ async def test_a_crashing_job_frees_its_slot_and_stop_cancels_running_jobs() -> 
     calls: list[int] = []
     cancelled = asyncio.Event()
 
-    async def run(job_id: int) -> None:
+    async def run(job_id: int, release: Callable[[], None]) -> None:
         calls.append(job_id)
         if job_id == 1:
             raise RuntimeError("boom")
@@ -86,3 +87,25 @@ async def test_a_crashing_job_frees_its_slot_and_stop_cancels_running_jobs() -> 
     await dispatcher.stop(grace=0.01)
     assert cancelled.is_set()
     assert dispatcher.running == 0
+
+
+async def test_releasing_the_slot_early_lets_the_next_job_start_while_posting() -> None:
+    started: list[int] = []
+    posting = asyncio.Event()
+
+    async def run(job_id: int, release: Callable[[], None]) -> None:
+        started.append(job_id)
+        release()  # provider done
+        release()  # idempotent
+        await posting.wait()  # still "posting"
+
+    dispatcher = Dispatcher(run, {"p": 1})
+    for job_id in (1, 2, 3):
+        dispatcher.enqueue(QueuedJob(job_id, job_id, "p"))
+    dispatcher.start()
+    await asyncio.sleep(0.05)
+    assert started == [1, 2, 3] and dispatcher.in_flight["p"] == 0
+    posting.set()
+    await asyncio.sleep(0.02)
+    await dispatcher.stop()
+    assert dispatcher.in_flight["p"] == 0
