@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 
@@ -211,24 +211,30 @@ class DiscordPresenter:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _channel_send(self, job: JobRecord, **kwargs: object) -> discord.Message | None:
-        if job.channel_id is None:
-            return None
-        channel = self.bot.get_channel(job.channel_id)
-        if channel is None:
+    async def _channel_send(self, job: JobRecord, **kwargs: Any) -> discord.Message | None:
+        """Post in the job's channel with a mention; in a DM when the channel is gone or closed to us."""
+        mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)], everyone=False, roles=False)
+        channel: Any = None
+        if job.channel_id is not None:
+            channel = self.bot.get_channel(job.channel_id)
+            if channel is None:
+                with contextlib.suppress(discord.HTTPException):
+                    channel = await self.bot.fetch_channel(job.channel_id)
+        if isinstance(channel, discord.abc.Messageable):
             try:
-                channel = await self.bot.fetch_channel(job.channel_id)
-            except discord.HTTPException:
-                channel = None
-        if channel is None or not isinstance(channel, discord.abc.Messageable):
-            user = await self.bot.fetch_user(job.user_id)
-            channel = await user.create_dm()
-        return await channel.send(
-            allowed_mentions=discord.AllowedMentions(
-                users=[discord.Object(job.user_id)], everyone=False, roles=False
-            ),
-            **kwargs,  # type: ignore[arg-type]
-        )
+                return await channel.send(allowed_mentions=mentions, **kwargs)
+            except discord.Forbidden as exc:
+                log.info(
+                    "job %s: cannot post in channel %s (%s); sending a DM", job.id, job.channel_id, exc.code
+                )
+                note = (
+                    "I couldn't post in that channel (missing permission: Send Messages, Attach Files or "
+                    "Embed Links), so here it is."
+                )
+                kwargs["content"] = f"{note}\n{kwargs.get('content') or ''}".strip()
+        user = await self.bot.fetch_user(job.user_id)
+        dm = await user.create_dm()
+        return await dm.send(allowed_mentions=mentions, **kwargs)
 
     def _forget(self, job_id: int) -> None:
         for state in (self._stage, self._locks, self._status_ids, self._ready):

@@ -248,3 +248,17 @@ async def test_provider_timeout_fails_over_without_resending(tmp_path: Path) -> 
         message = await palette.result_message(await palette.imagine(palette.alice, "too slow"))
         assert palette.listenhub.calls["generate"] == 1  # maybe billed: never resent
         assert "via mountsea" in message.embeds[0]["footer"]["text"]
+
+
+async def test_result_goes_to_a_dm_when_the_channel_is_closed_to_the_bot(palette: Palette) -> None:
+    import discord
+
+    palette.listenhub.processing_delay = 0.5
+    ix = await palette.imagine(palette.alice, "private delivery")
+    await ix.wait_for(lambda i: bool(i.original and "Generating" in (i.original.content or "")), timeout=10)
+    palette.fake.expire_token(ix)  # no interaction webhook any more
+    palette.fake.set_bot_permissions(palette.channel, discord.Permissions(view_channel=True).value)
+    message = await palette.fake.wait_for_message(lambda m: bool(m.files), timeout=15)
+    dm = palette.fake.channels[message.channel_id]
+    assert dm.guild_id is None and "couldn't post in that channel" in message.content
+    assert (await palette.job_of(message)).committed == 1
