@@ -146,3 +146,33 @@ async def test_sigkill_with_30_jobs_in_flight_then_restart(tmp_path: Path) -> No
         assert check.returncode == 0, check.stdout + check.stderr
         text = log.read_text()
         assert listenhub.api_key not in text and mountsea.key not in text and fake.bot_token not in text
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_finishes_running_work_refuses_new_commands_and_exits_cleanly(tmp_path: Path) -> None:
+    async with FakeDiscord() as fake, FakeListenHub() as listenhub, FakeMountsea() as mountsea:
+        listenhub.processing_delay = 1.5
+        guild = fake.add_guild(name="Shutdown Test")
+        channel = guild.channels[0]
+        user = fake.add_user(name="u")
+        fake.add_member(guild, user)
+        env = bot_env(fake, listenhub, mountsea, tmp_path / "palette.db")
+        env["SHUTDOWN_GRACE"] = "10"
+        log = tmp_path / "bot.log"
+        log.write_text("=== start 1\n")
+        async with bot_process(env, tmp_path, log) as proc:
+            running = await fake.invoke_slash(user, channel, "imagine", options={"prompt": "almost done"})
+            for _ in range(200):
+                if listenhub.in_flight:
+                    break
+                await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            late = await fake.invoke_slash(user, channel, "imagine", options={"prompt": "too late"})
+            response = await late.wait_for_response(timeout=5)
+            assert late.ephemeral and "restarting" in response["data"]["content"]
+            code = await asyncio.to_thread(proc.wait, 20)
+        assert code == 0
+        assert running.original is not None and running.original.files  # finished within the grace period
+        assert listenhub.calls["generate"] == 1
+        assert "Traceback" not in log.read_text()
