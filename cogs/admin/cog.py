@@ -299,6 +299,16 @@ class AdminCog(commands.Cog):
         )
         await self.reply(interaction, f"✅ Auto-ban: {text}.")
 
+    @palette.command(
+        name="status", description="Provider health (circuit breakers, errors, latency) and queue depth"
+    )
+    async def status(self, interaction: discord.Interaction) -> None:
+        generator = self.bot.generator
+        snapshots = [generator.health[name].snapshot() for name in sorted(generator.health)]
+        dispatcher = self.bot.jobs.dispatcher
+        embed = embeds.status_embed(snapshots, queued=dispatcher.queued, running=dispatcher.running)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
     @palette.command(name="settings", description="Show the whole Palette policy of this server")
     async def settings(self, interaction: discord.Interaction) -> None:
         guild_id, _ = self.ids(interaction)
