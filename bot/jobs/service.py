@@ -99,6 +99,7 @@ class JobService:
         self.dispatcher = Dispatcher(self._run, capacity)
         # Posting re-encodes and uploads images: bound how many run at once (memory, CPU).
         self._delivery_slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+        self._background: set[asyncio.Task[None]] = set()
         self.accepting = True
 
     # ------------------------------------------------------------------ accepting
@@ -183,7 +184,8 @@ class JobService:
         except PaletteError as exc:
             await self._fail(job, exc)
             return
-        await self._safe(self.presenter.started(job))
+        # Progress is shown in the background: the provider call does not wait for Discord.
+        self._spawn(self._safe(self.presenter.started(job)))
 
         async def on_task(provider: str, provider_model: str, task_id: str) -> None:
             await self.db.jobs.set_task(job.id, provider, provider_model, task_id)
@@ -246,6 +248,11 @@ class JobService:
         )
         if finished:
             await self._safe(self.presenter.failed(job, error))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _safe(self, coro: Any) -> None:
         """Progress messages are best effort: a failed edit must not fail the job."""
