@@ -17,7 +17,14 @@ from typing import Any, Self, TypeVar
 from aiohttp import web
 
 from . import errors, rest
-from .gateway import INTENT_GUILD_MEMBERS, INTENT_MESSAGE_CONTENT, GatewayHub, GatewaySession
+from .gateway import (
+    INTENT_DIRECT_MESSAGES,
+    INTENT_GUILD_MEMBERS,
+    INTENT_GUILD_MESSAGES,
+    INTENT_MESSAGE_CONTENT,
+    GatewayHub,
+    GatewaySession,
+)
 from .messages import Upload, apply_body, fill_mentions, make_attachment
 from .models import (
     ALL_PERMISSIONS,
@@ -702,6 +709,10 @@ class FakeDiscord:
     def _dispatch_message(self, event: str, msg: Message) -> None:
         session = self.gateway.session
         if session is None:
+            return
+        # Like Discord: message events only reach a client that asked for the matching intent.
+        needed = INTENT_GUILD_MESSAGES if msg.guild_id is not None else INTENT_DIRECT_MESSAGES
+        if session.intents is not None and not session.has_intent(needed):
             return
         data = msg.to_payload()
         if msg.guild_id is not None:
