@@ -7,7 +7,10 @@ COPY cogs ./cogs
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.12-slim
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DATABASE_URL=sqlite:////app/data/palette.db
+# MALLOC_ARENA_MAX=2: glibc gives every worker thread its own heap arena; images decoded in threads then
+# fragment memory (the benchmark measured ~15% lower peak RSS with 2 arenas).
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DATABASE_URL=sqlite:////app/data/palette.db \
+    MALLOC_ARENA_MAX=2
 COPY --from=build /install /usr/local
 RUN useradd --create-home --uid 10001 palette && mkdir -p /app/data && chown palette /app/data
 WORKDIR /app

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -214,6 +215,10 @@ class Harness:
         self.provider._release.set()
         await self.provider.server.stop()
         await self.discord.stop()
+        keep = os.environ.get("BENCH_KEEP_LOGS")  # a folder: keep the bot's log of each run there
+        if keep:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(keep_log, self.bot.log_path, Path(keep))
         self._tmp.cleanup()
 
     # ------------------------------------------------------------------ driving
@@ -248,3 +253,8 @@ class Harness:
 
         with contextlib.suppress(TimeoutError):
             await self.discord.wait_for_state(acked, timeout, "every interaction acknowledged")
+
+
+def keep_log(log: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(log, folder / f"bot-{int(time.time() * 1000)}.log")
