@@ -41,6 +41,7 @@ class JobOrigin:
     upload_limit: int | None = None
     role_ids: tuple[int, ...] = ()
     nsfw_channel: bool = False
+    status_message_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class JobService:
             interaction_token=origin.interaction_token,
             interaction_created_at=origin.interaction_created_at,
             parent_job_id=parent_job_id,
+            status_message_id=origin.status_message_id,
             references=[
                 NewReference(position=i, mime_type=r.mime_type, data=r.data, url=r.url)
                 for i, r in enumerate(plan.references)
@@ -204,9 +206,11 @@ class JobService:
             log.exception("job %s failed unexpectedly", job.id)
             await self._fail(job, ProviderError("Something went wrong while generating."))
             return
-        release_slot()  # the provider is done with this job: the next one may start while we post
         try:
             async with self._delivery_slots:
+                # Hand the provider slot on only once posting can start: finished images waiting to be
+                # posted would otherwise pile up in memory while new provider calls start.
+                release_slot()
                 delivery = await self.presenter.deliver(job, outcome)
         except PaletteError as exc:
             await self._fail(job, exc)

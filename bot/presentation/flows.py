@@ -59,6 +59,7 @@ class Flows:
             upload_limit=upload_limit(interaction),
             role_ids=roles,
             nsfw_channel=nsfw,
+            status_message_id=interaction.extras.get("status_message_id"),
         )
 
     def check_attachments(self, attachments: Sequence[discord.Attachment]) -> None:
@@ -95,7 +96,10 @@ class Flows:
 
     async def defer(self, interaction: discord.Interaction) -> None:
         if not interaction.response.is_done():
-            await interaction.response.defer(thinking=True)
+            callback = await interaction.response.defer(thinking=True)
+            # Discord names the "thinking" message it created: the job's status message from the start.
+            if callback is not None and callback.message_id is not None:
+                interaction.extras["status_message_id"] = callback.message_id
             # The error handler replaces a public "thinking" message with an ephemeral error.
             interaction.extras["public_defer"] = True
 
@@ -137,6 +141,10 @@ class Flows:
             spec = replace(spec, references=references)
         job = await jobs.submit(spec, self.origin(interaction), kind=kind, parent_job_id=parent_job_id)
         position = jobs.position(job.id)
+        if job.status_message_id is not None:
+            # The status message is already on the job: say "queued" in the background.
+            self.bot.presenter.show_queued(job, embeds.queued_text(job, position))
+            return job
         message: discord.Message | None = None
         try:
             message = await interaction.edit_original_response(content=embeds.queued_text(job, position))

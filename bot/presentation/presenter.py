@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ class DiscordPresenter:
         self._status_ids: dict[int, int] = {}
         self._ready: dict[int, asyncio.Event] = {}
         self._started_shown: set[int] = set()
+        self._encoders = asyncio.Semaphore(os.cpu_count() or 2)
+        self._background: set[asyncio.Task[None]] = set()
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
@@ -87,6 +90,26 @@ class DiscordPresenter:
             await webhook.edit_message(message_id, content=embeds.started_text(job, time.time()))
         except discord.HTTPException as exc:  # progress is best effort
             log.info("job %s: could not show progress (%s)", job.id, exc)
+
+    def show_queued(self, job: JobRecord, content: str) -> None:
+        """Edit the status message to "queued" in the background, unless the job has moved on."""
+
+        async def edit() -> None:
+            async with self._lock(job.id):
+                if self._stage.get(job.id, -1) != 0:  # started, finished (forgotten) or never queued
+                    return
+                webhook = self._webhook(job)
+                if webhook is None or job.status_message_id is None:
+                    return
+                try:
+                    await webhook.edit_message(job.status_message_id, content=content)
+                except discord.HTTPException as exc:  # progress is best effort
+                    log.info("job %s: could not show the queued status (%s)", job.id, exc)
+
+        self._stage.setdefault(job.id, 0)
+        task = asyncio.create_task(edit())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _status_message_id(self, job: JobRecord, *, wait: bool) -> int | None:
         """The status message to edit; with ``wait``, give the command handler a moment to report it."""
@@ -134,9 +157,7 @@ class DiscordPresenter:
         files: list[tuple[EncodedImage, str]] = []
         try:
             for attempt in range(UPLOAD_ATTEMPTS):
-                fitted = await asyncio.gather(
-                    *(fit_for_upload_async(image.data, limit_bytes=budget) for image in outcome.images)
-                )
+                fitted = await asyncio.gather(*(self._fit(image.data, budget) for image in outcome.images))
                 names = [f"palette-{job.id}-{i}.{f.extension}" for i, f in enumerate(fitted, 1)]
                 embed = embeds.result_embed(
                     job,
@@ -175,6 +196,13 @@ class DiscordPresenter:
             for (f, name), digest in zip(files, hashes, strict=True)
         ]
         return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
+
+    async def _fit(self, data: bytes, budget: int) -> EncodedImage:
+        """Re-encoding decodes the whole image (50 MB of pixels at 4K): at most one per core at a time."""
+        if len(data) <= budget:
+            return await fit_for_upload_async(data, limit_bytes=budget)  # header only, no decoding
+        async with self._encoders:
+            return await fit_for_upload_async(data, limit_bytes=budget)
 
     async def _post_result(
         self,

@@ -71,10 +71,10 @@ ORDER BY created_at LIMIT ?
 _INSERT_JOB_SQL = f"""
 INSERT INTO jobs (
     user_id, guild_id, channel_id, kind, model, prompt, params, count, status, reserved,
-    interaction_token, interaction_created_at, parent_job_id, created_at
+    interaction_token, interaction_created_at, status_message_id, parent_job_id, created_at
 )
 SELECT :user_id, :guild_id, :channel_id, :kind, :model, :prompt, :params, :count, 'queued', :count,
-       :interaction_token, :interaction_created_at, :parent_job_id, :now
+       :interaction_token, :interaction_created_at, :status_message_id, :parent_job_id, :now
 WHERE :data_version IS NULL OR (SELECT data_version FROM pragma_data_version()) = :data_version
 RETURNING {JOB_COLUMNS}
 """
@@ -273,6 +273,7 @@ class SqliteJobRepository:
             "params": new_job.params_json, "count": new_job.count,
             "interaction_token": new_job.interaction_token,
             "interaction_created_at": new_job.interaction_created_at,
+            "status_message_id": new_job.status_message_id,
             "parent_job_id": new_job.parent_job_id, "now": now,
         }  # fmt: skip
         limited = limits != _UNLIMITED

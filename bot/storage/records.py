@@ -118,6 +118,8 @@ class NewJob:
     interaction_token: str | None = None
     interaction_created_at: float | None = None
     parent_job_id: int | None = None
+    # The message that shows the job's progress (the deferred interaction response), when known.
+    status_message_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.count < 1:
