@@ -175,8 +175,7 @@ def status_embed(snapshots: Sequence[HealthSnapshot], *, queued: int, running: i
         embed.add_field(
             name=f"{icons.get(snap.state, '⚪')} {snap.provider}",
             value=(
-                f"breaker {snap.state} · errors {snap.error_rate:.0%} of last {snap.calls} · "
-                f"median {latency}"
+                f"breaker {snap.state} · errors {snap.error_rate:.0%} of last {snap.calls} · median {latency}"
             ),
             inline=False,
         )
