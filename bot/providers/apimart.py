@@ -41,6 +41,7 @@ from bot.providers.base import (
     TaskState,
     TaskStatus,
 )
+from bot.providers.parsing import SAFETY_RE, shape
 from bot.providers.transport import DETAIL_LIMIT, b64encode_async, error_text
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ COMPLETED_STATUSES = frozenset({"completed", "succeeded", "success"})
 
 #: A few malformed 2xx poll bodies in a row are tolerated (a poll is a GET: repeating it is harmless).
 
-# Words in a failure or 400 text that mean the provider's safety system declined the request.
-_SAFETY_RE = re.compile(
-    r"safety|moderation|policy|prohibited|sensitive|nsfw|content[\s_-]?filter|违规|敏感", re.IGNORECASE
-)
 # APIMart looks like a new-api/one-api gateway, which reports an empty account as 403
 # "insufficient_user_quota" / "用户额度不足" rather than 402; OpenAI-style gateways use
 # 429 "insufficient_quota".
@@ -101,7 +98,7 @@ class ApiMartProvider(TaskProvider):
         text = _error_words(body)
         if status < 500 and text and _NO_BALANCE_RE.search(text):
             return OutOfCredits(provider=PROVIDER, status=status, detail=error_text(body) or text)
-        if status in (400, 422) and text and _SAFETY_RE.search(text):
+        if status in (400, 422) and text and SAFETY_RE.search(text):
             return ContentRefused(provider=PROVIDER, status=status, detail=error_text(body) or text)
         return None
 
@@ -113,9 +110,9 @@ class ApiMartProvider(TaskProvider):
         _raise_for_envelope(answer)
         task_id = _task_id_of(answer)
         if not task_id:
-            log.debug("apimart submit answer without a task id: %r", _shape(answer))
+            log.debug("apimart submit answer without a task id: %r", shape(answer))
             raise ProviderUnavailable(
-                "The provider did not return a task id.", provider=PROVIDER, detail=_shape(answer)
+                "The provider did not return a task id.", provider=PROVIDER, detail=shape(answer)
             )
         return task_id
 
@@ -186,16 +183,16 @@ class ApiMartProvider(TaskProvider):
             # Tolerate a bare task object (no envelope).
             data = answer if isinstance(answer, Mapping) and "status" in answer else None
         if data is None:
-            log.debug("apimart poll %s: unexpected shape %r", task_id, _shape(answer))
+            log.debug("apimart poll %s: unexpected shape %r", task_id, shape(answer))
             raise ProviderUnavailable(
-                "The provider sent a malformed task status.", provider=PROVIDER, detail=_shape(answer)
+                "The provider sent a malformed task status.", provider=PROVIDER, detail=shape(answer)
             )
         raw = str(data.get("status") or "").strip().lower()
         progress = _progress(data.get("progress"))
         if raw in COMPLETED_STATUSES:
             outputs = _result_urls(data.get("result"))
             if not outputs:
-                log.debug("apimart task %s completed without urls: %r", task_id, _shape(data))
+                log.debug("apimart task %s completed without urls: %r", task_id, shape(data))
             return TaskStatus(TaskState.DONE, outputs=outputs, progress=1.0, raw_status=raw)
         if raw == "failed":
             raise _failure(data, task_id)
@@ -286,7 +283,7 @@ def classify_code(code: int, text: str | None, *, words: str | None = None) -> P
         return RateLimited(**kw)
     if code >= 500:
         return ProviderUnavailable(**kw)
-    if _SAFETY_RE.search(words):
+    if SAFETY_RE.search(words):
         return ContentRefused(**kw)
     return InvalidRequest(f"The provider rejected the request: {text}" if text else None, **kw)
 
@@ -369,23 +366,10 @@ def _failure(data: Mapping[str, Any], task_id: str) -> ProviderError:
         words = reason
     reason = reason[:DETAIL_LIMIT]
     detail = f"{task_id}: {reason}" if reason else task_id
-    if _SAFETY_RE.search(words):
+    if SAFETY_RE.search(words):
         return ContentRefused(provider=PROVIDER, detail=detail)
     message = f"The provider could not generate the image: {reason[:200]}" if reason else None
     return TaskFailed(message, provider=PROVIDER, detail=detail)
-
-
-def _shape(value: Any, depth: int = 0) -> str:
-    """A short description of a JSON value for logs (keys and types, never megabytes of base64)."""
-    if depth > 2:
-        return "…"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_shape(v, depth + 1)}" for k, v in list(value.items())[:12]) + "}"
-    if isinstance(value, list):
-        return f"[{len(value)}: {_shape(value[0], depth + 1)}]" if value else "[]"
-    if isinstance(value, str):
-        return repr(value[:60])
-    return repr(value)
 
 
 __all__ = ["ApiMartProvider", "classify_code"]

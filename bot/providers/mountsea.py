@@ -36,6 +36,7 @@ from bot.errors import (
     TaskFailed,
 )
 from bot.providers.base import ProviderRequest, Reference, TaskProvider, TaskState, TaskStatus
+from bot.providers.parsing import SAFETY_RE, shape
 from bot.providers.transport import DETAIL_LIMIT, b64encode_async, error_text
 
 log = logging.getLogger(__name__)
@@ -165,10 +166,6 @@ def _parse_ratio(aspect_ratio: str) -> tuple[int, int]:
 
 # --- errors -------------------------------------------------------------------------------------------------
 
-# Words in error_code/error_message that mean the provider's safety system declined the request.
-_SAFETY_RE = re.compile(
-    r"safety|moderation|policy|prohibited|sensitive|nsfw|content[\s_-]?filter|flagged|violat", re.IGNORECASE
-)
 # ("insufficient permissions" must stay an AuthError, so "insufficient" alone is not enough.)
 _NO_BALANCE_RE = re.compile(
     r"insufficient[\s_-]*(?:balance|credits?|quota|funds?)|not enough (?:balance|credits?|quota)"
@@ -196,7 +193,7 @@ class MountseaProvider(TaskProvider):
         detail = error_text(body) or (words[:DETAIL_LIMIT] if words else None)
         if status < 500 and words and _NO_BALANCE_RE.search(words):
             return OutOfCredits(provider=PROVIDER, status=status, detail=detail)
-        if status in (400, 422) and words and _SAFETY_RE.search(words):
+        if status in (400, 422) and words and SAFETY_RE.search(words):
             return ContentRefused(provider=PROVIDER, status=status, detail=detail)
         return None
 
@@ -207,11 +204,11 @@ class MountseaProvider(TaskProvider):
         answer = await self._post_submit(body)
         task_id = _task_id_of(answer)
         if not task_id:
-            log.debug("mountsea submit answer without a task id: %r", _shape(answer))
+            log.debug("mountsea submit answer without a task id: %r", shape(answer))
             raise ProviderUnavailable(
                 "The provider did not return a task id.",
                 provider=PROVIDER,
-                detail=error_text(answer) or _shape(answer),
+                detail=error_text(answer) or shape(answer),
             )
         return task_id
 
@@ -327,9 +324,9 @@ class MountseaProvider(TaskProvider):
         answer = await self._get_task(task_id)
         task = _unwrap_task(answer)
         if task is None:
-            log.debug("mountsea poll %s: unexpected shape %r", task_id, _shape(answer))
+            log.debug("mountsea poll %s: unexpected shape %r", task_id, shape(answer))
             raise ProviderUnavailable(
-                "The provider sent a malformed task status.", provider=PROVIDER, detail=_shape(answer)
+                "The provider sent a malformed task status.", provider=PROVIDER, detail=shape(answer)
             )
         raw = str(task.get("status") or "").strip().lower()
         ready = task.get("ready")
@@ -349,7 +346,7 @@ class MountseaProvider(TaskProvider):
         if raw == "completed" and ready is not False:
             outputs = _collect_outputs(task.get("data"))
             if not outputs:
-                log.debug("mountsea task %s completed without outputs: %r", task_id, _shape(task))
+                log.debug("mountsea task %s completed without outputs: %r", task_id, shape(task))
             return TaskStatus(TaskState.DONE, outputs=outputs, progress=1.0, raw_status=raw)
         if raw not in ("pending", "processing", "completed"):
             # Not a documented status: keep polling (the deadline still bounds the wait), but say so.
@@ -459,24 +456,11 @@ def _failure(task: Mapping[str, Any], task_id: str) -> ProviderError:
     """A failed task: ContentRefused when error_code/error_message name a safety decision."""
     words = _error_words({k: task.get(k) for k in ("error_code", "error_message", "error", "message")})
     detail = _reason_detail(task, task_id)
-    if _SAFETY_RE.search(words):
+    if SAFETY_RE.search(words):
         return ContentRefused(provider=PROVIDER, detail=detail)
     reason = error_text({k: task.get(k) for k in ("error_message", "error", "message")}) or ""
     message = f"The provider could not generate the image: {reason[:200]}" if reason else None
     return TaskFailed(message, provider=PROVIDER, detail=detail)
-
-
-def _shape(value: Any, depth: int = 0) -> str:
-    """A short description of a JSON value for logs (keys and types, never megabytes of base64)."""
-    if depth > 2:
-        return "…"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_shape(v, depth + 1)}" for k, v in list(value.items())[:12]) + "}"
-    if isinstance(value, list):
-        return f"[{len(value)}: {_shape(value[0], depth + 1)}]" if value else "[]"
-    if isinstance(value, str):
-        return repr(value[:60])
-    return repr(value)
 
 
 __all__ = ["MODELS", "ModelSchema", "MountseaProvider", "gpt_image_size", "gpt_size_allowed"]
