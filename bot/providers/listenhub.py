@@ -39,6 +39,7 @@ from bot.providers.base import (
     ProviderResult,
     Reference,
 )
+from bot.providers.parsing import InlinePayloads
 from bot.providers.transport import (
     DETAIL_LIMIT,
     b64decode_async,
@@ -236,8 +237,9 @@ class ListenHubProvider(ImageProvider):
         """One call, one image (the catalog's ``max_per_call`` is 1; the orchestrator splits counts)."""
         started = time.monotonic()
         body = await self.build_body(request)
-        response = await self.transport.request("POST", GENERATE_PATH, json_body=body)
-        images = await self._parse_images(response)
+        # A 4K image is ~30 MB of base64 JSON: decode it while it streams in rather than holding it all.
+        response, payloads = await self.transport.request_streaming("POST", GENERATE_PATH, json_body=body)
+        images = await self._parse_images(response, payloads)
         model = body["model"]
         cost = price_credits(model, request.resolution)
         return ProviderResult(
@@ -280,7 +282,7 @@ class ListenHubProvider(ImageProvider):
             return {"inlineData": {"data": await b64encode_async(ref.data), "mimeType": ref.mime_type}}
         return {"fileData": {"fileUri": ref.url, "mimeType": ref.mime_type}}
 
-    async def _parse_images(self, body: Any) -> list[GeneratedImage]:
+    async def _parse_images(self, body: Any, payloads: InlinePayloads | None = None) -> list[GeneratedImage]:
         responses = list(_response_objects(body))
         image_parts: list[tuple[Mapping[str, Any], bool]] = []  # (inlineData, is a "thought" draft)
         texts: list[str] = []
@@ -326,7 +328,7 @@ class ListenHubProvider(ImageProvider):
         # them only if the answer has nothing else.
         final = [inline for inline, thought in image_parts if not thought] or [i for i, _ in image_parts]
         if final:
-            return await self._decode_images(final)
+            return await self._decode_images(final, payloads)
 
         if block_reasons or has_candidates:
             refusal = [f"blockReason={r}" for r in block_reasons] + [
@@ -367,14 +369,17 @@ class ListenHubProvider(ImageProvider):
             detail=_trim(repr(body)) if body is not None else "empty body",
         )
 
-    async def _decode_images(self, parts: list[Mapping[str, Any]]) -> list[GeneratedImage]:
+    async def _decode_images(
+        self, parts: list[Mapping[str, Any]], payloads: InlinePayloads | None = None
+    ) -> list[GeneratedImage]:
         async def one(inline: Mapping[str, Any]) -> GeneratedImage:
             data = inline.get("data")
             if not isinstance(data, str):
                 raise ProviderUnavailable(
                     "The provider sent a malformed response.", provider=self.name, detail="inlineData.data"
                 )
-            raw = await b64decode_async(data, provider=self.name)
+            streamed = payloads.payload(data) if payloads is not None else None
+            raw = streamed if streamed is not None else await b64decode_async(data, provider=self.name)
             declared = _get(inline, "mimeType", "mime_type")
             return await self._image_from_bytes(raw, declared if isinstance(declared, str) else None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,3 +25,98 @@ def shape(value: Any, depth: int = 0) -> str:
     if isinstance(value, str):
         return repr(value[:60])
     return repr(value)
+
+
+class InlinePayloads:
+    """Reads a JSON answer as it streams in, decoding long base64 ``"data"`` strings on the fly.
+
+    A 4K image inlined as base64 is ~30 MB of JSON. Parsing it whole means holding the body, a 30 MB
+    string and the decoded image at once (and a long GIL-holding parse). Here each ``"data": "<base64>"``
+    value of at least ``min_payload`` characters is decoded in small blocks while it arrives and replaced
+    in the remaining JSON (the *skeleton*, a few hundred bytes) by a marker that :meth:`payload` resolves.
+    Shorter ``"data"`` strings stay in the skeleton untouched. JSON escapes for slashes and line breaks
+    are accepted.
+    """
+
+    MARKER = "\x00palette-payload:"
+    _KEY = re.compile(rb'"data"\s*:\s*"')
+    _WHITESPACE = b" \t\r\n"
+    # JSON escapes a base64 text may carry: escaped slashes, and line breaks of wrapped base64.
+    _ESCAPES = ((b"\\/", b"/"), (b"\\n", b""), (b"\\r", b""), (b"\\t", b""))
+
+    def __init__(self, *, min_payload: int = 4096) -> None:
+        self.min_payload = min_payload
+        self._skeleton = bytearray()
+        self._pending = b""
+        self._inside = False
+        self._raw = bytearray()  # the current value's text while it may still be a short string
+        self._long = False  # the current value reached min_payload: it is being decoded
+        self._carry = b""  # base64 characters not yet a multiple of 4
+        self._decoded = bytearray()
+        self._payloads: list[bytes] = []
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk
+        self._pending = b""
+        while data:
+            if not self._inside:
+                match = self._KEY.search(data)
+                if match is None:
+                    keep = min(len(data), 32)  # a key split across chunks
+                    self._skeleton += data[:-keep]
+                    self._pending = data[-keep:]
+                    return
+                self._skeleton += data[: match.end()]
+                data = data[match.end() :]
+                self._inside = True
+                continue
+            end = data.find(b'"')
+            piece, data = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
+            if piece.endswith(b"\\") and end < 0:  # an escape split across chunks
+                self._pending, piece = piece[-1:], piece[:-1]
+            self._take(piece)
+            if end >= 0:
+                self._close_value()
+
+    def _take(self, piece: bytes) -> None:
+        if not self._long:
+            self._raw += piece
+            if len(self._raw) < self.min_payload:
+                return
+            self._long = True
+            piece, self._raw = bytes(self._raw), bytearray()
+        if self.error is not None:
+            return
+        for escape, plain in self._ESCAPES:
+            piece = piece.replace(escape, plain)
+        text = self._carry + piece.translate(None, self._WHITESPACE)
+        usable = len(text) - len(text) % 4
+        try:
+            self._decoded += binascii.a2b_base64(text[:usable], strict_mode=True)
+        except binascii.Error as exc:
+            self.error = str(exc)
+        self._carry = text[usable:]
+
+    def _close_value(self) -> None:
+        self._inside = False
+        if not self._long:  # a short string: leave it as it was
+            self._skeleton += bytes(self._raw) + b'"'
+        else:
+            if self._carry and self.error is None:
+                self.error = f"truncated base64 ({len(self._carry)} characters left over)"
+            marker = f"{self.MARKER}{len(self._payloads)}".encode().replace(b"\x00", b"\\u0000")
+            self._skeleton += marker + b'"'
+            self._payloads.append(bytes(self._decoded))
+        self._raw, self._carry, self._decoded, self._long = bytearray(), b"", bytearray(), False
+
+    def skeleton(self) -> bytes:
+        """The answer without its payloads (call after the last :meth:`feed`). An answer that ended in the
+        middle of a string gives invalid JSON, as it was."""
+        return bytes(self._skeleton) + self._pending + (bytes(self._raw) if self._inside else b"")
+
+    def payload(self, value: object) -> bytes | None:
+        """The decoded bytes behind a marker string from the skeleton; None for any other value."""
+        if isinstance(value, str) and value.startswith(self.MARKER):
+            return self._payloads[int(value[len(self.MARKER) :])]
+        return None

@@ -43,6 +43,7 @@ from bot.errors import (
     ResultDownloadError,
 )
 from bot.logs import REDACTED
+from bot.providers.parsing import InlinePayloads
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,27 @@ class Transport:
         Bodies that are not JSON on a 2xx raise :class:`ProviderUnavailable` (not retried here: a
         generation may already have been charged, so the job layer decides).
         """
+        async for attempt in self._retrying(retry):
+            with attempt:
+                response = await self._send_once(method, path, json_body, data, files, params)
+        return await self._decode(response)
+
+    async def request_streaming(
+        self, method: str, path: str, *, json_body: Any = None, retry: bool = True
+    ) -> tuple[Any, InlinePayloads]:
+        """Like :meth:`request` for answers that inline images as base64: the payloads are decoded while
+        the answer streams in (see :class:`InlinePayloads`), so the whole body is never held at once.
+
+        Returns the JSON skeleton and the payloads that its marker strings resolve to.
+        """
+        async for attempt in self._retrying(retry):
+            with attempt:
+                return await self._stream_once(method, path, json_body)
+        raise AssertionError("unreachable: the retry loop returns or raises")
+
+    def _retrying(self, retry: bool) -> AsyncRetrying:
         attempts = (self.retry.max_retries + 1) if retry else 1
-        retrying = AsyncRetrying(
+        return AsyncRetrying(
             stop=stop_after_attempt(attempts),
             wait=lambda state: self.retry.delay(
                 state.attempt_number, state.outcome.exception() if state.outcome else None
@@ -245,10 +265,61 @@ class Transport:
             retry=retry_if_exception(_is_retryable),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                response = await self._send_once(method, path, json_body, data, files, params)
-        return await self._decode(response)
+
+    def _transport_error(self, method: str, exc: httpx.HTTPError) -> ProviderError:
+        error: ProviderError
+        if isinstance(exc, httpx.TimeoutException):
+            error = ProviderTimeout(provider=self.provider, detail=type(exc).__name__)
+        else:
+            error = ProviderUnavailable(provider=self.provider, detail=type(exc).__name__)
+        error.maybe_charged = _maybe_sent(method, exc)
+        return error
+
+    def _status_error(self, response: httpx.Response, method: str, path: str) -> ProviderError:
+        body = _body_of(response, self._scrub)
+        error = self._scrubbed(
+            (self.error_hook(response, body) if self.error_hook else None)
+            or classify_status(self.provider, response, body)
+        )
+        log.debug("%s %s %s -> %s (%s)", self.provider, method, path, response.status_code, error.detail)
+        return error
+
+    async def _stream_once(self, method: str, path: str, json_body: Any) -> tuple[Any, InlinePayloads]:
+        payloads = InlinePayloads()
+        try:
+            async with self.client.stream(method, path.lstrip("/"), json=json_body) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise self._status_error(response, method, path)
+                status = response.status_code
+                async for chunk in response.aiter_bytes():
+                    payloads.feed(chunk)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise self._transport_error(method, exc) from exc
+        skeleton = payloads.skeleton()
+        error: ProviderError | None = None
+        body: Any = None
+        try:
+            body = json.loads(skeleton) if skeleton.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            error = ProviderUnavailable(
+                "The provider sent a malformed response.",
+                provider=self.provider,
+                status=status,
+                detail=self._scrub(skeleton[:DETAIL_LIMIT].decode("utf-8", "replace")),
+            )
+        if error is None and payloads.error is not None:
+            error = ProviderUnavailable(
+                "The provider sent a truncated or corrupt image.",
+                provider=self.provider,
+                detail=payloads.error,
+            )
+        if error is not None:
+            # A 2xx answer: the generation may have been billed, so it is not resent here (the job
+            # layer decides), just as request() does not retry a body it cannot decode.
+            error.maybe_charged = True
+            raise error
+        return body, payloads
 
     async def _send_once(
         self, method: str, path: str, json_body: Any, data: Any, files: Any, params: Any
@@ -258,23 +329,11 @@ class Transport:
             response = await self.client.request(
                 method, url, json=json_body, data=data, files=files, params=params
             )
-        except httpx.TimeoutException as exc:
-            error: ProviderError = ProviderTimeout(provider=self.provider, detail=type(exc).__name__)
-            error.maybe_charged = _maybe_sent(method, exc)
-            raise error from exc
-        except httpx.TransportError as exc:
-            error = ProviderUnavailable(provider=self.provider, detail=type(exc).__name__)
-            error.maybe_charged = _maybe_sent(method, exc)
-            raise error from exc
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise self._transport_error(method, exc) from exc
         # httpx has read and closed the body already (no streaming), so sleeping afterwards holds nothing.
-        body = _body_of(response, self._scrub) if response.is_error else None
         if response.is_error:
-            error = self._scrubbed(
-                (self.error_hook(response, body) if self.error_hook else None)
-                or classify_status(self.provider, response, body)
-            )
-            log.debug("%s %s %s -> %s (%s)", self.provider, method, path, response.status_code, error.detail)
-            raise error
+            raise self._status_error(response, method, path)
         return response
 
     async def _decode(self, response: httpx.Response) -> Any:

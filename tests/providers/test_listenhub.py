@@ -594,3 +594,15 @@ async def test_50_concurrent_generations_share_one_client(
     # Requests overlapped, but never on more sockets than the one pool allows.
     assert 1 < fake.max_in_flight <= 16
     assert 1 < len(fake.peers) <= 16
+
+
+async def test_large_inline_images_are_decoded_while_streaming(
+    fake: FakeListenHub, provider: ListenHubProvider
+) -> None:
+    from tests.fakes.http import noisy_png
+
+    big = noisy_png(200, 200)  # ~120 KB: well over the streaming threshold
+    fake.make_image = lambda width, height: big  # type: ignore[method-assign]
+    result = await provider.generate(request())
+    assert [image.data for image in result.images] == [big]
+    assert (result.images[0].width, result.images[0].height) == (200, 200)
