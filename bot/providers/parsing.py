@@ -88,8 +88,9 @@ class InlinePayloads:
             piece, self._raw = bytes(self._raw), bytearray()
         if self.error is not None:
             return
-        for escape, plain in self._ESCAPES:
-            piece = piece.replace(escape, plain)
+        if b"\\" in piece:
+            for escape, plain in self._ESCAPES:
+                piece = piece.replace(escape, plain)
         text = self._carry + piece.translate(None, self._WHITESPACE)
         usable = len(text) - len(text) % 4
         try:
