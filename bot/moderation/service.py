@@ -148,11 +148,21 @@ class ModerationService:
         return policy
 
     def adjust(
-        self, policy: GuildPolicy | None, ctx: RequestContext, spec: Any, *, model_chosen: bool
+        self,
+        policy: GuildPolicy | None,
+        ctx: RequestContext,
+        spec: Any,
+        *,
+        model_chosen: bool,
+        references: int = 0,
     ) -> Any:
-        """The server's default model when the user did not pick one; strict safety where required."""
+        """The server's default model when the user did not pick one (and it can take the request's
+        reference images: an edit keeps the bot's edit-capable choice otherwise); strict safety where
+        required."""
         if policy is not None and not model_chosen and policy.default_model:
-            spec = replace(spec, model=policy.default_model)
+            default = get_model(policy.default_model)
+            if default is not None and default.max_references >= references:
+                spec = replace(spec, model=policy.default_model)
         if strict_safety_for(policy, ctx):
             spec = replace(spec, strict_safety=True)
         return spec

@@ -121,10 +121,10 @@ class Flows:
             raise Restarting()
         check_bot_permissions(interaction)
         # Server policy (issue 4): ban, DMs, channel, default model, strict safety outside NSFW channels.
-        gate, spec = await moderation.admit(
-            self.bot, interaction, spec, kind=kind, parent_job_id=parent_job_id
-        )
         n_refs = len(attachments) + len(urls) + len(blobs)
+        gate, spec = await moderation.admit(
+            self.bot, interaction, spec, kind=kind, parent_job_id=parent_job_id, references=n_refs
+        )
         # Validate options with placeholder references, so a wrong ratio is answered before we defer.
         placeholder = tuple(Reference(mime_type="image/png", url="about:blank") for _ in range(n_refs))
         plan = jobs.plan(replace(spec, references=placeholder))

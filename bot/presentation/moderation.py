@@ -62,13 +62,19 @@ class Gate:
 
 
 async def admit(
-    bot: PaletteBot, interaction: discord.Interaction, spec: Any, *, kind: str, parent_job_id: int | None
+    bot: PaletteBot,
+    interaction: discord.Interaction,
+    spec: Any,
+    *,
+    kind: str,
+    parent_job_id: int | None,
+    references: int = 0,
 ) -> tuple[Gate, Any]:
     """Ban, DMs, channel; the server's default model and strict safety applied to ``spec``."""
     ctx = request_context(interaction)
     policy = await bot.moderation.admit(ctx)
     chosen = bool(interaction.extras.get("model_chosen", False)) or parent_job_id is not None
-    spec = bot.moderation.adjust(policy, ctx, spec, model_chosen=chosen)
+    spec = bot.moderation.adjust(policy, ctx, spec, model_chosen=chosen, references=references)
     return Gate(ctx, policy), spec
 
 

@@ -55,3 +55,22 @@ async def test_checks_read_memory_and_changes_apply_at_once() -> None:
             await service.admit(ctx)
     finally:
         await db.close()
+
+
+async def test_server_default_model_only_when_it_can_take_the_references() -> None:
+    from dataclasses import replace
+
+    from bot.generation import GenerationSpec
+    from bot.storage import GuildPolicy
+
+    db = await open_database(":memory:")
+    try:
+        service = ModerationService(db.moderation, make_settings())
+        policy = replace(GuildPolicy(guild_id=GUILD), default_model="gpt-image-2")  # takes 4 references
+        ctx = RequestContext(user_id=7, guild_id=GUILD, channel_id=1, nsfw_channel=True)
+        spec = GenerationSpec(model="nano-banana-pro", prompt="p")
+        assert service.adjust(policy, ctx, spec, model_chosen=False, references=2).model == "gpt-image-2"
+        assert service.adjust(policy, ctx, spec, model_chosen=False, references=6).model == "nano-banana-pro"
+        assert service.adjust(policy, ctx, spec, model_chosen=True).model == "nano-banana-pro"
+    finally:
+        await db.close()
