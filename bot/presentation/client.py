@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -85,6 +86,7 @@ class PaletteBot(commands.Bot):
         self.flows = Flows(self)
         self.sync_only = sync_only
         self.synced: bool | None = None
+        self._gc_frozen = False
 
     # ------------------------------------------------------------------ start-up
 
@@ -104,6 +106,12 @@ class PaletteBot(commands.Bot):
             await self.close()
             return
         assert self.user is not None
+        # Everything loaded so far (modules, caches) lives as long as the process: keep it out of the
+        # cyclic collector's full passes, which otherwise rescan it while jobs churn through objects.
+        if not self._gc_frozen:  # once: on_ready fires again after reconnects
+            self._gc_frozen = True
+            gc.collect()
+            gc.freeze()
         url = discord.utils.oauth_url(
             self.application_id or self.user.id,
             permissions=BOT_PERMISSIONS,
