@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import pybase64
+
 #: Words in a failure or error text that mean the provider's safety system declined the request.
 SAFETY_RE = re.compile(
     r"safety|moderation|policy|prohibited|sensitive|nsfw|content[\s_-]?filter|flagged|violat|违规|敏感",
@@ -94,8 +96,9 @@ class InlinePayloads:
         text = self._carry + piece.translate(None, self._WHITESPACE)
         usable = len(text) - len(text) % 4
         try:
-            self._decoded += binascii.a2b_base64(text[:usable], strict_mode=True)
-        except binascii.Error as exc:
+            # pybase64 (SIMD) decodes ~13x faster than binascii: this runs on the event loop.
+            self._decoded += pybase64.b64decode(text[:usable], validate=True)
+        except (binascii.Error, ValueError) as exc:
             self.error = str(exc)
         self._carry = text[usable:]
 

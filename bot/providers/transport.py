@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import ipaddress
 import json
@@ -28,6 +27,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import pybase64
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
@@ -373,7 +373,7 @@ async def decode_data_uri(uri: str, *, provider: str = "") -> tuple[bytes, str |
 async def b64decode_async(payload: str, *, provider: str = "") -> bytes:
     """Strict base64 decoding off the event loop; truncated or corrupt data is a provider fault."""
     try:
-        return await asyncio.to_thread(base64.b64decode, payload, validate=True)
+        return await asyncio.to_thread(pybase64.b64decode, payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ProviderUnavailable(
             "The provider sent a truncated or corrupt image.", provider=provider, detail=str(exc)
@@ -381,7 +381,7 @@ async def b64decode_async(payload: str, *, provider: str = "") -> bytes:
 
 
 async def b64encode_async(data: bytes) -> str:
-    return await asyncio.to_thread(lambda: base64.b64encode(data).decode("ascii"))
+    return await asyncio.to_thread(pybase64.b64encode_as_string, data)
 
 
 def _is_public(address: str) -> bool:
