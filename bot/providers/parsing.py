@@ -43,6 +43,7 @@ class InlinePayloads:
     MARKER = "\x00palette-payload:"
     _KEY = re.compile(rb'"data"\s*:\s*"')
     _WHITESPACE = b" \t\r\n"
+    _WHITESPACE_BYTES = (b" ", b"\t", b"\r", b"\n")
     # JSON escapes a base64 text may carry: escaped slashes, and line breaks of wrapped base64.
     _ESCAPES = ((b"\\/", b"/"), (b"\\n", b""), (b"\\r", b""), (b"\\t", b""))
 
@@ -93,11 +94,13 @@ class InlinePayloads:
         if b"\\" in piece:
             for escape, plain in self._ESCAPES:
                 piece = piece.replace(escape, plain)
-        text = self._carry + piece.translate(None, self._WHITESPACE)
+        if any(ws in piece for ws in self._WHITESPACE_BYTES):  # wrapped base64 (rare): unwrap
+            piece = piece.translate(None, self._WHITESPACE)
+        text = self._carry + piece if self._carry else piece
         usable = len(text) - len(text) % 4
         try:
             # pybase64 (SIMD) decodes ~13x faster than binascii: this runs on the event loop.
-            self._decoded += pybase64.b64decode(text[:usable], validate=True)
+            self._decoded += pybase64.b64decode(text if usable == len(text) else text[:usable], validate=True)
         except (binascii.Error, ValueError) as exc:
             self.error = str(exc)
         self._carry = text[usable:]
