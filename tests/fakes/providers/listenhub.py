@@ -17,14 +17,13 @@ import io
 import itertools
 import json
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from PIL import Image
 
 from tests.fakes.http import FakeServer, RecordedRequest, png_bytes
+from tests.fakes.providers.common import Scripted, ScriptQueue, image_dimensions
 
 API_KEY = "lh-test-key-0123456789"
 BASE_PATH = "/openapi"
@@ -80,27 +79,6 @@ def busy_body(
     return {"code": 50301, "message": "busy", nest: meta}
 
 
-def image_dimensions(size: str, ratio: str | None, scale: float) -> tuple[int, int]:
-    """Pixel size for ``imageSize`` x ``aspectRatio`` (long side = size x scale); ``None`` ratio = 1:1."""
-    long_side = max(8, round(SIZES[size] * scale))
-    w, h = (int(x) for x in (ratio or "1:1").split(":"))
-    if w >= h:
-        return long_side, max(1, round(long_side * h / w))
-    return max(1, round(long_side * w / h)), long_side
-
-
-@dataclass
-class Scripted:
-    """One queued answer. ``kind``: response | delay | truncated | malformed."""
-
-    kind: str
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    times: int | None = 1  # None: forever
-
-
 class FakeListenHub:
     """The fake API. Use as ``async with FakeListenHub() as fake`` and point the bot at ``fake.base_url``."""
 
@@ -125,7 +103,7 @@ class FakeListenHub:
         self.max_in_flight = 0
         #: Client (host, port) pairs seen: one per TCP connection the client opened.
         self.peers: set[tuple[str, int]] = set()
-        self._queue: deque[Scripted] = deque()
+        self._queue = ScriptQueue()
         self._colors = itertools.count(1)
         self._release = asyncio.Event()
 
@@ -195,14 +173,7 @@ class FakeListenHub:
         self._queue.append(Scripted("malformed"))
 
     def _next_script(self) -> Scripted | None:
-        if not self._queue:
-            return None
-        item = self._queue[0]
-        if item.times is not None:
-            item.times -= 1
-            if item.times <= 0:
-                self._queue.popleft()
-        return item
+        return self._queue.take()
 
     # --- handlers -------------------------------------------------------------------------------------------
 
@@ -251,7 +222,9 @@ class FakeListenHub:
 
         body = rec.json
         config = body.get("imageConfig") or {}
-        width, height = image_dimensions(config.get("imageSize", "2K"), config.get("aspectRatio"), self.scale)
+        width, height = image_dimensions(
+            SIZES[config.get("imageSize", "2K")], config.get("aspectRatio"), self.scale
+        )
         encoded = base64.b64encode(self.make_image(width, height)).decode("ascii")
         if scripted is not None and scripted.kind == "truncated":
             encoded = encoded[: len(encoded) // 2 + 1]  # odd length: not valid base64 any more

@@ -16,13 +16,14 @@ import itertools
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from PIL import Image
 
 from tests.fakes.http import FakeServer, RecordedRequest, png_bytes
+from tests.fakes.providers.common import Scripted, ScriptQueue, image_dimensions
 
 API_KEY = "sk-nbp-test-key-abcdef"
 GENERATE_PATH = "/api/ai/nano-banana/generate"
@@ -31,26 +32,6 @@ SIZES = {"1k": 1024, "2k": 2048, "4k": 4096}
 RATIOS = {"1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9"}
 MAX_REFERENCES = 8  # Standard plan (API access needs Standard or Pro)
 MAX_IMAGE_BYTES = 2_500_000
-
-
-def image_dimensions(size: str, ratio: str | None, scale: float) -> tuple[int, int]:
-    long_side = max(8, round(SIZES[size] * scale))
-    w, h = (int(x) for x in (ratio or "1:1").split(":"))
-    if w >= h:
-        return long_side, max(1, round(long_side * h / w))
-    return max(1, round(long_side * w / h)), long_side
-
-
-@dataclass
-class Scripted:
-    """One queued answer. ``kind``: response | delay | malformed."""
-
-    kind: str
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    times: int | None = 1  # None: forever
 
 
 @dataclass
@@ -89,7 +70,7 @@ class FakeNanoBananaPro:
         self.max_in_flight = 0
         self.peers: set[tuple[str, int]] = set()
         self.files: dict[str, StoredFile] = {}
-        self._queue: deque[Scripted] = deque()
+        self._queue = ScriptQueue()
         self._result_modes: deque[str] = deque()
         self._ids = itertools.count(1)
         self._release = asyncio.Event()
@@ -144,14 +125,7 @@ class FakeNanoBananaPro:
         return f"{self.base_url}/files/{name}"
 
     def _next_script(self) -> Scripted | None:
-        if not self._queue:
-            return None
-        item = self._queue[0]
-        if item.times is not None:
-            item.times -= 1
-            if item.times <= 0:
-                self._queue.popleft()
-        return item
+        return self._queue.take()
 
     # --- handlers -------------------------------------------------------------------------------------------
 
@@ -201,7 +175,7 @@ class FakeNanoBananaPro:
             await self._sleep(self.processing_delay)
 
         size = fields.get("size", "1k")
-        width, height = image_dimensions(size, fields.get("aspectRatio"), self.scale)
+        width, height = image_dimensions(SIZES[size], fields.get("aspectRatio"), self.scale)
         mode = self._result_modes.popleft() if self._result_modes else "ok"
         image = self.make_image(width, height)
         if mode == "not_image":

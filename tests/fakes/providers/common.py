@@ -1,0 +1,42 @@
+"""Pieces the synchronous fake providers share: scripted answers and result image sizes."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def image_dimensions(nominal: int, ratio: str | None, scale: float) -> tuple[int, int]:
+    """Pixel size for a nominal size (1024 for 1K...) and ``W:H`` ratio: long side = nominal x scale."""
+    long_side = max(8, round(nominal * scale))
+    w, h = (int(x) for x in (ratio or "1:1").split(":"))
+    if w >= h:
+        return long_side, max(1, round(long_side * h / w))
+    return max(1, round(long_side * w / h)), long_side
+
+
+@dataclass
+class Scripted:
+    """One queued answer. ``kind``: response | delay | truncated | malformed."""
+
+    kind: str
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    times: int | None = 1  # None: forever
+
+
+class ScriptQueue(deque[Scripted]):
+    """Answers a test queued; each is used ``times`` times (None: for every later call)."""
+
+    def take(self) -> Scripted | None:
+        if not self:
+            return None
+        item = self[0]
+        if item.times is not None:
+            item.times -= 1
+            if item.times <= 0:
+                self.popleft()
+        return item
