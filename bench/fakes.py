@@ -21,7 +21,8 @@ from aiohttp import web
 from PIL import Image, ImageFilter
 
 from tests.fakes.discord import FakeDiscord, Message
-from tests.fakes.providers.listenhub import FakeListenHub, image_dimensions
+from tests.fakes.providers.common import image_dimensions
+from tests.fakes.providers.listenhub import SIZES, FakeListenHub
 
 
 def photo_png(width: int, height: int) -> bytes:
@@ -58,7 +59,7 @@ class BenchListenHub(FakeListenHub):
 
     def prepare(self, size: str, ratio: str = "1:1") -> None:
         """Build the answer for ``size`` now (a 4K PNG takes seconds to make)."""
-        self._body(*image_dimensions(size, ratio, self.scale))
+        self._body(*image_dimensions(SIZES[size], ratio, self.scale))
 
     def _body(self, width: int, height: int) -> bytes:
         key = (width, height)
@@ -89,7 +90,7 @@ class BenchListenHub(FakeListenHub):
                 return web.json_response({"code": 21007, "message": "Invalid API key"}, status=401)
             config = body.get("imageConfig") or {}
             size = config.get("imageSize", "2K")
-            width, height = image_dimensions(size, config.get("aspectRatio"), self.scale)
+            width, height = image_dimensions(SIZES[size], config.get("aspectRatio"), self.scale)
             await asyncio.sleep(self.latency)
             return web.Response(body=self._body(width, height), content_type="application/json")
         finally:
