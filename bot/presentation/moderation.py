@@ -185,12 +185,6 @@ class ModLoggingPresenter:
         self._inner = inner
         self._bot = bot
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def queued(self, job: JobRecord, position: int | None) -> None:
-        await self._inner.queued(job, position)
-
     async def started(self, job: JobRecord) -> None:
         await self._inner.started(job)
 
