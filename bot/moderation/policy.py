@@ -112,7 +112,12 @@ def check_where(settings: Settings, policy: GuildPolicy | None, ctx: RequestCont
         if not settings.allow_dms:
             raise DmsDisabled("Palette can't be used in direct messages. Use it in a server instead.")
         return
-    if policy is None or not policy.allowed_channels:
+    if policy is None:
+        return
+    here = {ctx.channel_id, ctx.parent_channel_id} - {None}
+    if here & set(policy.denied_channels):
+        raise ChannelNotAllowed("Palette is switched off in this channel. Try another one.")
+    if not policy.allowed_channels:
         return
     allowed = set(policy.allowed_channels)
     if ctx.channel_id in allowed or (ctx.parent_channel_id is not None and ctx.parent_channel_id in allowed):

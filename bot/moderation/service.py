@@ -393,6 +393,15 @@ def validate_policy(p: GuildPolicy) -> None:
         raise ValidationError("Auto-ban needs a count of 0 (off) or more and positive durations.")
 
 
+def describe_channels(policy: GuildPolicy) -> str:
+    """Where Palette may be used: an allow-list, or every channel but the switched-off ones."""
+    if policy.allowed_channels:
+        return describe_value("allowed_channels", policy.allowed_channels)
+    if policy.denied_channels:
+        return "all channels except " + describe_value("denied_channels", policy.denied_channels)
+    return "all channels"
+
+
 def describe_value(key: str, value: Any) -> str:
     if key in ("daily_limit", "hourly_limit"):
         return "server default" if value is None else ("unlimited" if value == 0 else str(value))
@@ -402,6 +411,8 @@ def describe_value(key: str, value: Any) -> str:
         return value or "any"
     if key == "allowed_channels":
         return ", ".join(f"<#{c}>" for c in value) if value else "all channels"
+    if key == "denied_channels":
+        return ", ".join(f"<#{c}>" for c in value) if value else "none"
     if key == "allowed_models":
         return ", ".join(f"`{m}`" for m in value) if value else "all models"
     if key in ("mod_role_id",):
@@ -424,6 +435,7 @@ LABELS = {
     "max_resolution": "max resolution",
     "max_images": "max images per request",
     "allowed_channels": "channels",
+    "denied_channels": "switched-off channels",
     "allowed_models": "allowed models",
     "default_model": "default model",
     "mod_role_id": "moderator role",
@@ -467,7 +479,7 @@ def summarize(
             "Role overrides",
             "\n".join(f"<@&{r.role_id}>: {describe_role_limit(r)}" for r in role_limits) or "none",
         ),
-        ("Channels", describe_value("allowed_channels", p.allowed_channels)),
+        ("Channels", describe_channels(p)),
         ("Models", describe_value("allowed_models", p.allowed_models)),
         ("Default model", p.default_model or "Palette's default"),
         ("Moderator role", describe_value("mod_role_id", p.mod_role_id)),

@@ -32,6 +32,8 @@ class GuildPolicy:
     max_resolution: str | None = None
     max_images: int | None = None
     allowed_channels: tuple[int, ...] = ()
+    # Used when ``allowed_channels`` is empty (every channel): these few are switched off.
+    denied_channels: tuple[int, ...] = ()
     allowed_models: tuple[str, ...] = ()
     default_model: str | None = None
     mod_role_id: int | None = None
@@ -106,7 +108,7 @@ class PostedResult:
 _POLICY_COLUMNS = (
     "guild_id, daily_limit, hourly_limit, daily_pool, max_resolution, max_images, allowed_channels, "
     "allowed_models, default_model, mod_role_id, modlog_channel_id, nsfw_mode, builtin_blocklist, "
-    "autoban_hits, autoban_window, autoban_duration"
+    "autoban_hits, autoban_window, autoban_duration, denied_channels"
 )
 _BAN_COLUMNS = "guild_id, user_id, expires_at, reason, banned_by, automatic, created_at"
 _REPORT_COLUMNS = "id, guild_id, job_id, reporter_id, reported_id, created_at, resolved_at, resolution"
@@ -143,13 +145,14 @@ class SqliteModerationRepository:
             autoban_hits=row[13],
             autoban_window=row[14],
             autoban_duration=row[15],
+            denied_channels=tuple(int(c) for c in json.loads(row[16] or "[]")),
         )
 
     async def save_policy(self, policy: GuildPolicy, now: float) -> None:
         p = policy
         await self._db.execute(
             f"INSERT OR REPLACE INTO guild_policy ({_POLICY_COLUMNS}, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 p.guild_id,
                 p.daily_limit,
@@ -167,6 +170,7 @@ class SqliteModerationRepository:
                 p.autoban_hits,
                 p.autoban_window,
                 p.autoban_duration,
+                json.dumps(sorted(set(p.denied_channels))),
                 now,
             ),
         )

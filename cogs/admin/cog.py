@@ -17,7 +17,7 @@ from bot.catalog import MODELS
 from bot.errors import ValidationError
 from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
-from bot.moderation.service import summarize
+from bot.moderation.service import describe_channels, summarize
 from bot.presentation import embeds
 from bot.presentation.moderation import ConfirmView, ModActionButton, delete_message
 
@@ -176,31 +176,31 @@ class AdminCog(commands.Cog):
     ) -> None:
         guild_id, actor = self.ids(interaction)
         policy = await self.bot.db.moderation.get_policy(guild_id)
-        allowed = list(policy.allowed_channels)
         if action.value == "list":
-            text = ", ".join(f"<#{c}>" for c in allowed) if allowed else "all channels"
-            await self.reply(interaction, f"Palette may be used in: {text}.")
+            await self.reply(interaction, f"Palette may be used in: {describe_channels(policy)}.")
             return
+        allowed, denied = list(policy.allowed_channels), list(policy.denied_channels)
         if action.value == "reset":
-            allowed = []
-        else:
-            if channel is None:
-                raise ValidationError("Pick the channel to allow or deny.")
+            allowed, denied = [], []
+        elif channel is None:
+            raise ValidationError("Pick the channel to allow or deny.")
+        elif allowed:  # an allow-list: edit it
             if action.value == "allow" and channel.id not in allowed:
                 allowed.append(channel.id)
             elif action.value == "deny":
-                if not allowed:
-                    # "All channels" minus this one: list every other text channel explicitly.
-                    guild = interaction.guild
-                    assert guild is not None
-                    allowed = [c.id for c in guild.text_channels if c.id != channel.id]
-                else:
-                    allowed = [c for c in allowed if c != channel.id]
+                allowed = [c for c in allowed if c != channel.id]
                 if not allowed:
                     raise ValidationError("That would leave no channel; use `reset` or allow another first.")
-        await self.mod.update_policy(guild_id, actor, "channels", allowed_channels=tuple(allowed))
-        text = ", ".join(f"<#{c}>" for c in allowed) if allowed else "all channels"
-        await self.reply(interaction, f"✅ Palette may be used in: {text}.")
+        elif action.value == "deny":  # every channel: switch this one off (new channels stay allowed)
+            denied = sorted({*denied, channel.id})
+        elif channel.id in denied:  # allow a switched-off channel again
+            denied = [c for c in denied if c != channel.id]
+        else:  # "allow" with every channel open starts an allow-list of this channel
+            allowed, denied = [channel.id], []
+        after = await self.mod.update_policy(
+            guild_id, actor, "channels", allowed_channels=tuple(allowed), denied_channels=tuple(denied)
+        )
+        await self.reply(interaction, f"✅ Palette may be used in: {describe_channels(after)}.")
 
     @palette.command(name="models", description="Which models members may use, and the server's default")
     @app_commands.describe(

@@ -99,12 +99,18 @@ async def test_channel_restrictions(palette: Palette) -> None:
     assert "no channel" in await palette.reply(ix)
     await palette.reply(await palette.admin(manager, "channels", action="reset"))
     await palette.result_message(await palette.imagine(palette.alice, "a fox again"))
-    # deny from "all channels": every other channel stays allowed
-    await palette.reply(await palette.admin(manager, "channels", action="deny", channel=art))
+    # deny from "all channels": that one is switched off, every other channel (even new ones) stays open
+    answer = await palette.reply(await palette.admin(manager, "channels", action="deny", channel=art))
+    assert f"all channels except <#{art.id}>" in answer
     refused = await palette.imagine(palette.alice, "a fox", channel=art)
-    assert "isn't enabled" in await palette.reply(refused)
+    assert "switched off in this channel" in await palette.reply(refused)
+    later = palette.fake.add_channel(palette.guild, name="made-later")
+    await palette.result_message(await palette.imagine(palette.alice, "a fox later", channel=later))
+    # allowing it again lifts the switch-off
+    await palette.reply(await palette.admin(manager, "channels", action="allow", channel=art))
+    assert (await palette.bot.db.moderation.get_policy(palette.guild.id)).denied_channels == ()
     await palette.idle()
-    assert palette.listenhub.calls["generate"] == 2
+    assert palette.listenhub.calls["generate"] == 3
 
 
 async def test_dms_on_and_off(tmp_path: Path) -> None:
