@@ -68,14 +68,21 @@ async def test_ratio_autocomplete_follows_the_chosen_model(palette: Palette) -> 
     assert {"1:4", "1:8", "1:1"} <= values
 
 
-async def test_status_message_goes_queued_generating_done(palette: Palette) -> None:
-    palette.listenhub.processing_delay = 0.3
-    ix = await palette.imagine(palette.alice, "a slow sunrise")
-    message = await palette.result_message(ix)
-    contents = [edit.get("content") for edit in message.edits if "content" in edit]
-    assert any(c and c.startswith("⏳ Queued") for c in contents), contents
-    assert any(c and c.startswith("🎨 Generating") for c in contents), contents
-    assert message.files and not message.content
+async def test_status_message_goes_queued_generating_done(tmp_path: Path) -> None:
+    # One ListenHub slot, taken by a first job: the second one must wait in line, then generate.
+    async with running_palette(tmp_path, listenhub_concurrency=1, user_max_concurrent=0) as palette:
+        palette.listenhub.processing_delay = 0.3
+        first = await palette.imagine(palette.bob, "the first in line")
+        await first.wait_for(lambda i: bool(i.original and "Generating" in (i.original.content or "")), 10)
+        ix = await palette.imagine(palette.alice, "a slow sunrise")
+        message = await palette.result_message(ix)
+        contents = [edit.get("content") for edit in message.edits if "content" in edit]
+        assert any(c and c.startswith("⏳ Queued (position 1 in line)") for c in contents), contents
+        assert any(c and c.startswith("🎨 Generating") for c in contents), contents
+        queued = next(i for i, c in enumerate(contents) if c and c.startswith("⏳"))
+        generating = next(i for i, c in enumerate(contents) if c and c.startswith("🎨"))
+        assert queued < generating
+        assert message.files and not message.content
 
 
 async def test_server_managers_also_see_provider_balances(palette: Palette) -> None:
