@@ -115,7 +115,7 @@ async def test_twenty_jobs_from_five_users_complete_fairly(tmp_path: Path) -> No
     async with running_palette(
         tmp_path, users=5, listenhub_concurrency=2, user_hourly_limit=0, user_max_concurrent=0
     ) as palette:
-        palette.listenhub.processing_delay = 0.15
+        palette.listenhub.processing_delay = 0.4  # long enough for all 20 commands to be queued
         interactions = []
         for user_index, user in enumerate(palette.users):
             for n in range(4):
