@@ -1,0 +1,114 @@
+"""Database URLs and engines: SQLite (aiosqlite) by default, PostgreSQL (asyncpg) for several machines.
+
+``DATABASE_URL`` takes ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``,
+``postgresql://user:password@host:port/dbname`` or ``postgres://...``; the async driver is chosen here.
+:func:`safe_url` is the only form of a URL that may reach a log line or an error (no password).
+
+SQLite transactions start with ``BEGIN IMMEDIATE`` (the write lock is taken up front, so two writers
+wait for each other through ``busy_timeout`` instead of failing half-way); a connection opened with the
+``palette_read_only`` execution option begins a deferred transaction instead, so plain reads never wait
+for a writer (WAL).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+BUSY_TIMEOUT_MS = 5000
+READ_ONLY = "palette_read_only"
+
+
+class DatabaseUrlError(ValueError):
+    """DATABASE_URL is not a SQLite or PostgreSQL URL (the message never quotes a password)."""
+
+
+def parse_database_url(url: str) -> URL:
+    """The SQLAlchemy URL (with the async driver) for a ``DATABASE_URL`` value."""
+    text = url.strip()
+    if text.startswith("postgres://"):
+        text = "postgresql://" + text[len("postgres://") :]
+    try:
+        parsed = make_url(text)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError, ValueError...
+        raise DatabaseUrlError(
+            "DATABASE_URL must look like sqlite:///data/palette.db or postgresql://user@host:5432/db"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise DatabaseUrlError(f"DATABASE_URL: unsupported database {backend!r} (use sqlite or postgresql)")
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as it may be shown: password masked."""
+    parsed = url if isinstance(url, URL) else parse_database_url(url)
+    return parsed.render_as_string(hide_password=True)
+
+
+def is_sqlite(url: str | URL) -> bool:
+    parsed = url if isinstance(url, URL) else parse_database_url(url)
+    return parsed.get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The database file of a SQLite URL (None for PostgreSQL and for ``:memory:``)."""
+    parsed = url if isinstance(url, URL) else parse_database_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
+    """An async engine for ``url`` with Palette's connection settings (see the module docstring)."""
+    parsed = url if isinstance(url, URL) else parse_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, **options)
+    options.setdefault("pool_size", 10)
+    options.setdefault("max_overflow", 10)
+    options.setdefault("pool_pre_ping", True)
+    # The password must not end up in tracebacks: SQLAlchemy renders URLs with it hidden already.
+    return create_async_engine(parsed, **options)
+
+
+def _sqlite_engine(parsed: URL, **options: Any) -> AsyncEngine:
+    path = sqlite_path(parsed)
+    if path is None:
+        # One shared connection, or every connection would see its own empty database.
+        options.setdefault("poolclass", StaticPool)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    connect_args = options.pop("connect_args", {})
+    connect_args.setdefault("timeout", BUSY_TIMEOUT_MS / 1000)
+    engine = create_async_engine(parsed, connect_args=connect_args, **options)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            if path is not None:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA temp_store = MEMORY")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

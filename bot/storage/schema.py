@@ -1,0 +1,322 @@
+"""The database schema as SQLAlchemy Core metadata: one description for SQLite and PostgreSQL.
+
+The repositories build their statements from these tables; Alembic's migrations
+(``bot/storage/alembic/``) create them. Timestamps are unix seconds (``REAL`` / ``DOUBLE PRECISION``),
+Discord snowflakes are 64-bit integers. Dialect-specific pieces (the ledger's triggers, claims,
+notifications) live in :mod:`bot.storage.dialect`, each in one place.
+
+Queue columns (``queue_provider``, ``worker_id``, ``lease_expires_at``, ``delivery``) and the tables
+``provider_slots``, ``provider_health``, ``provider_calls``, ``moderation_versions`` and ``workers``
+are what lets several processes share one database: see :mod:`bot.storage.queue`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Snowflakes need 64 bits; SQLite's INTEGER PRIMARY KEY must stay INTEGER to be the rowid alias.
+Snowflake = BigInteger().with_variant(Integer(), "sqlite")
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+Seconds = Float(precision=53)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("user_id", Snowflake, nullable=False),
+    Column("guild_id", Snowflake),
+    Column("channel_id", Snowflake),
+    Column("kind", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("prompt", Text, nullable=False, server_default=""),
+    Column("params", Text, nullable=False, server_default="{}"),
+    Column("count", Integer, nullable=False),
+    Column("status", Text, nullable=False, server_default="queued"),
+    Column("reserved", Integer, nullable=False),
+    Column("committed", Integer, nullable=False, server_default="0"),
+    Column("refunded", Integer, nullable=False, server_default="0"),
+    Column("provider", Text),
+    Column("provider_model", Text),
+    Column("task_id", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("interaction_token", Text),
+    Column("interaction_created_at", Seconds),
+    Column("status_message_id", Snowflake),
+    Column("result_message_id", Snowflake),
+    Column("error", Text),
+    Column("error_kind", Text),
+    Column("parent_job_id", RowId, ForeignKey("jobs.id", ondelete="SET NULL")),
+    Column("created_at", Seconds, nullable=False),
+    Column("started_at", Seconds),
+    Column("finished_at", Seconds),
+    # Set when the owner cleared their history: prompt/params/references are gone, the numbers stay.
+    Column("purged_at", Seconds),
+    # --- the queue (several processes) ---
+    # The provider whose slot the job waits for (its best route when it was queued).
+    Column("queue_provider", Text),
+    # Which worker runs it, and until when that claim holds unless renewed.
+    Column("worker_id", Text),
+    Column("lease_expires_at", Seconds),
+    # What was posted (JSON), written right after posting and before settling: a job taken over after a
+    # crash between the two is settled from this, never posted again.
+    Column("delivery", Text),
+    CheckConstraint("count > 0", name="count_positive"),
+    CheckConstraint(
+        "status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="status_known"
+    ),
+    CheckConstraint("reserved >= 0", name="reserved_nonnegative"),
+    CheckConstraint("committed >= 0", name="committed_nonnegative"),
+    CheckConstraint("refunded >= 0", name="refunded_nonnegative"),
+    CheckConstraint("committed + refunded <= reserved", name="settled_within_reserved"),
+)
+Index("jobs_user_created", jobs.c.user_id, jobs.c.created_at)
+Index("jobs_user_status", jobs.c.user_id, jobs.c.status, jobs.c.created_at)
+Index("jobs_status", jobs.c.status, jobs.c.created_at)
+Index("jobs_guild_created", jobs.c.guild_id, jobs.c.created_at)
+
+job_references = Table(
+    "job_references",
+    metadata,
+    Column("job_id", RowId, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("mime_type", Text),
+    Column("data", LargeBinary),
+    Column("url", Text),
+    Column("source_attachment_id", Snowflake),
+    PrimaryKeyConstraint("job_id", "position"),
+    CheckConstraint("data IS NOT NULL OR url IS NOT NULL", name="data_or_url"),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("job_id", RowId, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Snowflake, nullable=False),
+    Column("guild_id", Snowflake),
+    Column("channel_id", Snowflake),
+    Column("message_id", Snowflake),
+    Column("attachment_id", Snowflake),
+    Column("filename", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("mime_type", Text),
+    Column("size_bytes", Integer),
+    Column("provider", Text),
+    Column("created_at", Seconds, nullable=False),
+)
+Index("results_job", results.c.job_id)
+Index("results_user", results.c.user_id, results.c.created_at)
+Index("results_guild_user", results.c.guild_id, results.c.user_id)
+
+# Append-only audit of quota movements (guards in bot.storage.dialect). No foreign key: it outlives jobs.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("job_id", RowId, nullable=False),
+    Column("user_id", Snowflake, nullable=False),
+    Column("guild_id", Snowflake),
+    Column("entry", Text, nullable=False),
+    Column("amount", Integer, nullable=False),
+    Column("created_at", Seconds, nullable=False),
+    CheckConstraint("entry IN ('reserve', 'commit', 'refund')", name="entry_known"),
+    CheckConstraint("amount >= 0", name="amount_nonnegative"),
+)
+Index("ledger_job", ledger.c.job_id)
+
+kv = Table(
+    "kv",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", Seconds, nullable=False),
+)
+
+guild_policy = Table(
+    "guild_policy",
+    metadata,
+    Column("guild_id", Snowflake, primary_key=True, autoincrement=False),
+    Column("daily_limit", Integer),
+    Column("hourly_limit", Integer),
+    Column("daily_pool", Integer),
+    Column("max_resolution", Text),
+    Column("max_images", Integer),
+    Column("allowed_channels", Text, nullable=False, server_default="[]"),
+    Column("allowed_models", Text, nullable=False, server_default="[]"),
+    Column("default_model", Text),
+    Column("mod_role_id", Snowflake),
+    Column("modlog_channel_id", Snowflake),
+    Column("nsfw_mode", Text, nullable=False, server_default="same"),
+    Column("builtin_blocklist", Integer, nullable=False, server_default="0"),
+    Column("autoban_hits", Integer, nullable=False, server_default="3"),
+    Column("autoban_window", Seconds, nullable=False, server_default="600"),
+    Column("autoban_duration", Seconds, nullable=False, server_default="3600"),
+    Column("updated_at", Seconds, nullable=False),
+    Column("denied_channels", Text, nullable=False, server_default="[]"),
+    CheckConstraint("daily_limit >= 0", name="daily_limit_nonnegative"),
+    CheckConstraint("hourly_limit >= 0", name="hourly_limit_nonnegative"),
+    CheckConstraint("daily_pool >= 0", name="daily_pool_nonnegative"),
+    CheckConstraint("max_images >= 0", name="max_images_nonnegative"),
+    CheckConstraint("nsfw_mode IN ('same', 'relaxed')", name="nsfw_mode_known"),
+    CheckConstraint("autoban_hits >= 0", name="autoban_hits_nonnegative"),
+    CheckConstraint("autoban_window > 0", name="autoban_window_positive"),
+    CheckConstraint("autoban_duration > 0", name="autoban_duration_positive"),
+)
+
+role_limits = Table(
+    "role_limits",
+    metadata,
+    Column("guild_id", Snowflake, nullable=False),
+    Column("role_id", Snowflake, nullable=False),
+    Column("daily_limit", Integer),
+    Column("hourly_limit", Integer),
+    Column("updated_at", Seconds, nullable=False),
+    PrimaryKeyConstraint("guild_id", "role_id"),
+    CheckConstraint("daily_limit >= 0", name="daily_limit_nonnegative"),
+    CheckConstraint("hourly_limit >= 0", name="hourly_limit_nonnegative"),
+)
+
+blocklist = Table(
+    "blocklist",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("guild_id", Snowflake, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("pattern", Text, nullable=False),
+    Column("scope", Text, nullable=False, server_default="all"),
+    Column("added_by", Snowflake),
+    Column("created_at", Seconds, nullable=False),
+    UniqueConstraint("guild_id", "kind", "pattern"),
+    CheckConstraint("kind IN ('word', 'regex')", name="kind_known"),
+    CheckConstraint("scope IN ('all', 'sfw')", name="scope_known"),
+)
+
+bans = Table(
+    "bans",
+    metadata,
+    Column("guild_id", Snowflake, nullable=False),
+    Column("user_id", Snowflake, nullable=False),
+    Column("expires_at", Seconds),
+    Column("reason", Text),
+    Column("banned_by", Snowflake),
+    Column("automatic", Integer, nullable=False, server_default="0"),
+    Column("created_at", Seconds, nullable=False),
+    PrimaryKeyConstraint("guild_id", "user_id"),
+)
+
+blocked_attempts = Table(
+    "blocked_attempts",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("guild_id", Snowflake),
+    Column("user_id", Snowflake, nullable=False),
+    Column("channel_id", Snowflake),
+    Column("prompt", Text, nullable=False),
+    Column("matched", Text, nullable=False),
+    Column("created_at", Seconds, nullable=False),
+)
+Index("blocked_attempts_user", blocked_attempts.c.guild_id, blocked_attempts.c.user_id,
+      blocked_attempts.c.created_at)  # fmt: skip
+
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("guild_id", Snowflake),
+    Column("job_id", RowId, nullable=False),
+    Column("reporter_id", Snowflake, nullable=False),
+    Column("reported_id", Snowflake, nullable=False),
+    Column("created_at", Seconds, nullable=False),
+    Column("resolved_at", Seconds),
+    Column("resolution", Text),
+)
+Index("reports_job", reports.c.job_id)
+
+# --- shared state of a deployment (several processes, one database) --------------------------------------
+
+# One row per concurrent call a provider allows (``*_CONCURRENCY``), counted over every worker: a job
+# holds a slot while it talks to the provider. The only owner of provider concurrency.
+provider_slots = Table(
+    "provider_slots",
+    metadata,
+    Column("provider", Text, nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("job_id", RowId),
+    Column("worker_id", Text),
+    Column("lease_expires_at", Seconds),
+    PrimaryKeyConstraint("provider", "slot"),
+)
+Index("provider_slots_job", provider_slots.c.job_id)
+
+# Circuit breaker state per provider, shared by every worker.
+provider_health = Table(
+    "provider_health",
+    metadata,
+    Column("provider", Text, primary_key=True),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("opened_at", Seconds),
+    # While half-open, the one probe call's claim holds until then.
+    Column("probe_until", Seconds),
+    Column("updated_at", Seconds, nullable=False),
+)
+
+# Recent call outcomes per provider (error rate and latency for /palette status), pruned by age.
+provider_calls = Table(
+    "provider_calls",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("latency_s", Seconds, nullable=False),
+    Column("created_at", Seconds, nullable=False),
+)
+Index("provider_calls_provider_created", provider_calls.c.provider, provider_calls.c.created_at)
+
+# Bumped on every moderation change of a server; every process drops its cached state when it moves.
+moderation_versions = Table(
+    "moderation_versions",
+    metadata,
+    Column("guild_id", Snowflake, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", Seconds, nullable=False),
+)
+Index("moderation_versions_updated", moderation_versions.c.updated_at)
+
+# Processes of the deployment (gateways, workers) and their heartbeats, for status and health checks.
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker_id", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Seconds, nullable=False),
+    Column("heartbeat_at", Seconds, nullable=False),
+)
