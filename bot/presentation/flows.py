@@ -308,12 +308,15 @@ class Flows:
 
     async def edit_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         attachments = [a for a in message.attachments if is_image_attachment(a)]
-        urls = [
-            url
-            for e in message.embeds
-            for url in ((e.image.url if e.image else None), (e.thumbnail.url if e.thumbnail else None))
-            if url
-        ]
+        # A link preview often names one picture as both image and thumbnail: fetch it once.
+        urls = list(
+            dict.fromkeys(
+                url
+                for e in message.embeds
+                for url in ((e.image.url if e.image else None), (e.thumbnail.url if e.thumbnail else None))
+                if url
+            )
+        )
         if not attachments and not urls:
             raise ValidationError("That message has no images to edit.")
         model_key = self.bot.default_edit_model(len(attachments) + len(urls))

@@ -127,3 +127,23 @@ async def test_one_user_has_at_most_a_few_message_images_downloading(
         await palette.result_message(third, timeout=30)
         refs = palette.listenhub.generate_requests[-1].json["referenceImages"]
         assert [base64.b64decode(r["inlineData"]["data"]) for r in refs] == [good]
+
+
+async def test_an_image_named_as_both_image_and_thumbnail_is_fetched_once(tmp_path: Path) -> None:
+    picture = png_bytes(20, 20, (200, 200, 0))
+    served: list[str] = []
+
+    async def image(request: web.Request) -> web.Response:
+        served.append(request.path)
+        return web.Response(body=picture, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{name}", image)
+    async with FakeServer(app) as images, running_palette(tmp_path) as palette:
+        url = f"{images.base_url}/preview.png"
+        embed = {"type": "article", "image": {"url": url}, "thumbnail": {"url": url}}
+        target = palette.fake.post_user_message(palette.bob, palette.channel, url, embeds=[embed])
+        await palette.result_message(await edit_message(palette, palette.alice, target, "in watercolour"))
+    refs = palette.listenhub.generate_requests[-1].json["referenceImages"]
+    assert [base64.b64decode(r["inlineData"]["data"]) for r in refs] == [picture]
+    assert served == ["/preview.png"]
