@@ -68,7 +68,7 @@ async def test_a_trickling_image_url_ends_privately_costs_nothing_and_others_car
             embeds=image_embeds(f"{trickle.base_url}/a.png", f"{trickle.base_url}/b.png"),
         )
         submitted = await edit_message(palette, palette.alice, target, "make it night time")
-        await trickle.wait_until(lambda t: t.active == 2)
+        await trickle.wait_until(lambda t: t.started == 2)
 
         # Bob's job is served by a provider whose result is a URL (ListenHub is down): it downloads fine.
         palette.listenhub.script(500, {"error": "down"}, times=None)
@@ -103,7 +103,7 @@ async def test_one_user_has_at_most_a_few_message_images_downloading(
         )
         first = await edit_message(palette, palette.alice, busy, "first")
         # At most URL_FETCHES_PER_USER images are taken from one message.
-        await trickle.wait_until(lambda t: t.active == URL_FETCHES_PER_USER)
+        await trickle.wait_until(lambda t: t.started == URL_FETCHES_PER_USER)
 
         second = await edit_message(palette, palette.alice, one, "second")
         refusal = await private_error(second, timeout=10)
