@@ -12,7 +12,7 @@ from bot.config import Settings
 from bot.generation import Generator
 from bot.loopmonitor import start_from_env
 from bot.presentation.client import PaletteBot, point_discord_at
-from bot.providers import build_downloader, build_providers
+from bot.providers import build_downloader, build_providers, build_reference_downloader
 from bot.storage import open_database
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,16 @@ async def create_bot(settings: Settings, *, sync_only: bool = False, **client_op
     """Everything the bot needs, wired together (used by `python -m bot` and by the tests)."""
     point_discord_at(settings)
     db = await open_database(settings.database_path)
-    downloader = build_downloader(settings)
-    generator = Generator(settings, build_providers(settings, downloader))
-    return PaletteBot(settings, db, generator, downloader, sync_only=sync_only, **client_options)
+    # Provider results and image URLs from Discord messages never share a connection pool: a user's
+    # host that trickles its bytes must not hold the connections that results need.
+    generator = Generator(settings, build_providers(settings, build_downloader(settings)))
+    references = build_reference_downloader(settings)
+    return PaletteBot(settings, db, generator, references, sync_only=sync_only, **client_options)
 
 
 async def shutdown(bot: PaletteBot) -> None:
-    """Close the bot, then the provider clients and the database."""
+    """Close the bot, then the provider clients (with the result downloader), the reference downloader
+    and the database."""
     if not bot.is_closed():
         await bot.close()
     await bot.generator.aclose()

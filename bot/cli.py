@@ -234,9 +234,43 @@ async def _check_ledger(settings: Settings) -> int:
     return EXIT_OK if report.balanced else EXIT_FAIL
 
 
+#: Files SQLite keeps beside a database while it is open (WAL mode, or a rollback journal).
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def overwrites_database(target: Path, database: Path) -> bool:
+    """Whether writing ``target`` would replace ``database`` or one of its ``-wal``/``-shm``/``-journal``
+    files, compared as resolved paths (relative paths, symlinks) and, for files that exist, as the same
+    file on disk (hard links, case-insensitive file systems)."""
+    resolved = target.resolve()
+    # SQLite follows a symlinked database path and keeps its side files beside the real file.
+    lives = [
+        Path(f"{base}{side}")
+        for base in dict.fromkeys([database, database.resolve()])
+        for side in ("", *SQLITE_SIDE_FILES)
+    ]
+    for live in lives:
+        if live.resolve() == resolved:
+            return True
+        try:
+            if target.exists() and live.exists() and target.samefile(live):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 async def _backup(settings: Settings, path: Path) -> int:
     from bot.storage import open_database
 
+    if await asyncio.to_thread(overwrites_database, path, settings.database_path):
+        # The copy is renamed into place: over the open database (or its WAL) it would corrupt it.
+        print(
+            f"error: {path} is the live database {settings.database_path} (or one of its -wal/-shm "
+            "files); give the backup another path.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     db = await open_database(settings.database_path)
     try:
         await db.backup(path)

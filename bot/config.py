@@ -87,8 +87,13 @@ class Settings(BaseSettings):
     # Circuit breaker: after this many consecutive faults a provider is skipped for the cool-down.
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown: float = Field(60.0, ge=0)
+    # Result downloads: DOWNLOAD_TIMEOUT bounds each step (connect, each read); DOWNLOAD_DEADLINE one whole
+    # download, however slowly the server sends.
     download_timeout: float = Field(60.0, gt=0)
+    download_deadline: float = Field(300.0, gt=0)
     download_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # Image URLs taken from Discord messages ("Edit with Palette"): the whole download, redirects included.
+    reference_download_deadline: float = Field(30.0, gt=0)
     allow_private_urls: bool = False
 
     # --- input caps ---

@@ -1,23 +1,53 @@
-"""Logging set-up with a redaction filter: no configured secret ever reaches a log line."""
+"""Logging set-up with a redaction filter: no secret ever reaches a log line.
+
+Configured secrets (the Discord token, API keys) are known in advance and replaced wherever they appear.
+Interaction and webhook tokens are new with every interaction, so they are recognised by where they
+appear instead: in webhook and interaction-callback URLs (discord.py logs those at DEBUG), in a payload's
+``token`` field (the gateway's INTERACTION_CREATE), and by the prefix every interaction token has.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
 
 REDACTED = "[redacted]"
 
+#: (a literal every match contains, pattern, replacement): the literal is checked first, so a log line
+#: without one costs a substring search, not a regular-expression scan.
+_TOKEN_PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    # /webhooks/<webhook or application id>/<token>[/messages/...]: followups and @original edits.
+    ("/webhooks/", re.compile(r"(/webhooks/\d+/)[^/?#\s'\"<>]+"), rf"\g<1>{REDACTED}"),
+    # /interactions/<interaction id>/<token>/callback: the first answer to an interaction.
+    ("/interactions/", re.compile(r"(/interactions/\d+/)[^/?#\s'\"<>]+"), rf"\g<1>{REDACTED}"),
+    # A "token" (or "interaction_token"...) field of a payload, as JSON or as a Python dict's repr.
+    ("token", re.compile(r"""(["']\w*token["']\s*:\s*["'])[^"']+"""), rf"\g<1>{REDACTED}"),
+    # Discord interaction tokens start with base64("interaction:"): caught anywhere, e.g. SQL parameters.
+    ("aW50ZXJhY3Rpb246", re.compile(r"aW50ZXJhY3Rpb246[A-Za-z0-9_\-+=]*"), REDACTED),
+)
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced (longest first, so one containing another goes whole)."""
-    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+
+def redact_tokens(text: str) -> str:
+    """``text`` without interaction or webhook tokens (see the module docstring for how they are found)."""
+    for needle, pattern, replacement in _TOKEN_PATTERNS:
+        if needle in text:
+            text = pattern.sub(replacement, text)
     return text
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced (longest first, so one containing another goes whole), and
+    without interaction or webhook tokens."""
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return redact_tokens(text)
+
+
 class RedactSecrets(logging.Filter):
-    """Replaces every configured secret in a record's final text (message, args and traceback)."""
+    """Replaces every configured secret, and every interaction or webhook token, in a record's final text
+    (message, args and traceback)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -28,12 +58,14 @@ class RedactSecrets(logging.Filter):
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return text
+        return redact_tokens(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed logging call: left for the handler to report as usual
             return True
-        record.msg = self._scrub(record.getMessage())
+        record.msg = self._scrub(message)
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))

@@ -235,6 +235,57 @@ async def test_check_ledger_and_backup(clean_env: Path, capsys: pytest.CaptureFi
         del os.environ["DATABASE_URL"]
 
 
+BACKUP_ONTO_THE_DATABASE = {
+    "the database": lambda root: root / "data" / "palette.db",
+    "a relative path": lambda root: Path("data/../data/./palette.db"),
+    "its WAL": lambda root: root / "data" / "palette.db-wal",
+    "its shared memory": lambda root: root / "data" / "palette.db-shm",
+    "a symlink to it": lambda root: _link(root / "link.db", root / "data" / "palette.db"),
+    "through a symlinked folder": lambda root: _link(root / "alias", root / "data") / "palette.db",
+    "a hard link to it": lambda root: _hard_link(root / "hard.db", root / "data" / "palette.db"),
+}
+
+
+def _link(link: Path, to: Path) -> Path:
+    link.symlink_to(to)
+    return link
+
+
+def _hard_link(link: Path, to: Path) -> Path:
+    os.link(to, link)
+    return link
+
+
+@pytest.mark.parametrize("target", list(BACKUP_ONTO_THE_DATABASE))
+async def test_backup_refuses_to_write_over_the_live_database(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    import sqlite3
+
+    from bot.storage import open_database
+
+    db_path = clean_env / "data" / "palette.db"
+    os.environ["DATABASE_URL"] = f"sqlite:///{db_path}"
+    try:
+        await _seed_database(db_path)
+        live = await open_database(db_path)  # the bot is running: WAL and shared memory files exist
+        try:
+            path = BACKUP_ONTO_THE_DATABASE[target](clean_env)
+            before = sorted(p.name for p in (clean_env / "data").iterdir())
+            assert await asyncio.to_thread(main, ["backup", str(path)]) == 2
+            assert sorted(p.name for p in (clean_env / "data").iterdir()) == before  # no copy, no temp file
+            assert (await live.jobs.get_job(1)) is not None  # the open database still works
+        finally:
+            await live.close()
+    finally:
+        del os.environ["DATABASE_URL"]
+    err = capsys.readouterr().err
+    assert "live database" in err and "another path" in err
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
+
+
 async def test_doctor_checks_access_for_providers_without_a_balance(
     clean_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -265,3 +316,16 @@ async def test_doctor_checks_access_for_providers_without_a_balance(
     assert "provider apimart: ok, key accepted" in out
     assert "provider mountsea: PROBLEM" in out
     assert code == 1
+
+
+def test_a_database_reached_through_a_symlink_is_recognised(tmp_path: Path) -> None:
+    from bot.cli import overwrites_database
+
+    real = tmp_path / "real" / "palette.db"
+    real.parent.mkdir()
+    real.write_bytes(b"")
+    configured = _link(tmp_path / "configured.db", real)  # DATABASE_URL names the link
+    assert overwrites_database(real, configured)
+    assert overwrites_database(real.with_name("palette.db-wal"), configured)
+    assert not overwrites_database(tmp_path / "real" / "copy.db", configured)
+    assert not overwrites_database(tmp_path / "real" / "palette.db-backup", configured)

@@ -10,14 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import discord
 
 from bot.catalog import get_model
-from bot.errors import InvalidImage, PaletteError, UnsupportedOption, ValidationError
+from bot.errors import (
+    InvalidImage,
+    PaletteError,
+    ResultDownloadError,
+    UnsupportedOption,
+    ValidationError,
+)
 from bot.generation import GenerationSpec, load_references
 from bot.jobs.service import JobOrigin
 from bot.moderation import modlog
@@ -33,6 +40,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".heic", ".heif")
 
+#: Image URLs from messages (hosts their authors chose) that one user may have downloading at once;
+#: also the most taken from one message.
+URL_FETCHES_PER_USER = 4
+
 
 class Restarting(PaletteError):
     def __init__(self) -> None:
@@ -42,6 +53,8 @@ class Restarting(PaletteError):
 class Flows:
     def __init__(self, bot: PaletteBot) -> None:
         self.bot = bot
+        #: Image URLs being downloaded per user (see :meth:`url_fetches`).
+        self._url_fetches: Counter[int] = Counter()
 
     # ------------------------------------------------------------------ helpers
 
@@ -84,15 +97,37 @@ class Flows:
                 raise InvalidImage(f"`{att.filename}` could not be downloaded from Discord.") from exc
 
         async def one_url(url: str) -> tuple[bytes, str | None]:
+            # The reference downloader: its own small pool, the reference size cap and an overall deadline.
             try:
                 data, _ = await self.bot.downloader.fetch(url)
             except PaletteError as exc:
-                raise InvalidImage("An image in that message could not be downloaded.") from exc
+                reason = "" if exc.message == ResultDownloadError.default_message else f" {exc.message}"
+                raise InvalidImage(f"An image in that message could not be downloaded.{reason}") from exc
             return data, url
 
         return list(
             await asyncio.gather(*(one_attachment(a) for a in attachments), *(one_url(u) for u in urls))
         )
+
+    @contextlib.contextmanager
+    def url_fetches(self, user_id: int, count: int) -> Iterator[None]:
+        """Hold ``count`` of the user's URL-download slots, or refuse (before anything is deferred or
+        reserved) when the user already has :data:`URL_FETCHES_PER_USER` in flight."""
+        if count <= 0:
+            yield
+            return
+        if self._url_fetches[user_id] + count > URL_FETCHES_PER_USER:
+            raise ValidationError(
+                "Palette is still downloading images from messages for you. "
+                "Wait until those are done, then try again."
+            )
+        self._url_fetches[user_id] += count
+        try:
+            yield
+        finally:
+            self._url_fetches[user_id] -= count
+            if self._url_fetches[user_id] <= 0:
+                del self._url_fetches[user_id]
 
     async def defer(self, interaction: discord.Interaction) -> None:
         if not interaction.response.is_done():
@@ -273,23 +308,29 @@ class Flows:
 
     async def edit_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         attachments = [a for a in message.attachments if is_image_attachment(a)]
-        urls = [
-            url
-            for e in message.embeds
-            for url in ((e.image.url if e.image else None), (e.thumbnail.url if e.thumbnail else None))
-            if url
-        ]
+        # A link preview often names one picture as both image and thumbnail: fetch it once.
+        urls = list(
+            dict.fromkeys(
+                url
+                for e in message.embeds
+                for url in ((e.image.url if e.image else None), (e.thumbnail.url if e.thumbnail else None))
+                if url
+            )
+        )
         if not attachments and not urls:
             raise ValidationError("That message has no images to edit.")
         model_key = self.bot.default_edit_model(len(attachments) + len(urls))
         model = get_model(model_key)
         max_refs = model.max_references if model else 1
-        attachments, urls = attachments[:max_refs], urls[: max(0, max_refs - len(attachments))]
+        attachments = attachments[:max_refs]
+        urls = urls[: min(URL_FETCHES_PER_USER, max(0, max_refs - len(attachments)))]
         self.check_attachments(attachments)
 
         async def submitted(modal_interaction: discord.Interaction, prompt: str, _index: int) -> None:
             spec = GenerationSpec(model=model_key, prompt=prompt)
-            await self.start_job(modal_interaction, spec, kind="edit", attachments=attachments, urls=urls)
+            # The URLs' hosts are the message author's choice: bound how many one user downloads at once.
+            with self.url_fetches(modal_interaction.user.id, len(urls)):
+                await self.start_job(modal_interaction, spec, kind="edit", attachments=attachments, urls=urls)
 
         await interaction.response.send_modal(
             PromptModal(

@@ -52,12 +52,37 @@ def build_providers(settings: Settings, downloader: Downloader | None = None) ->
     return providers
 
 
+#: Connections for image URLs from Discord messages: few, so users' hosts can hold only these.
+REFERENCE_CONNECTIONS = 8
+
+
 def build_downloader(settings: Settings) -> Downloader:
+    """The downloader for provider results (shared by every provider's transport)."""
     return Downloader(
         max_bytes=settings.download_max_bytes,
         timeout=settings.download_timeout,
+        deadline=settings.download_deadline,
         allow_private=settings.allow_private_urls,
     )
 
 
-__all__ = ["PROVIDER_CLASSES", "ImageProvider", "TaskProvider", "build_downloader", "build_providers"]
+def build_reference_downloader(settings: Settings) -> Downloader:
+    """The downloader for image URLs a Discord user chose (embeds of a message): its own small pool, so a
+    slow or hostile host never delays provider results, the reference size cap, and a short deadline."""
+    return Downloader(
+        max_bytes=settings.max_reference_bytes,
+        timeout=min(settings.download_timeout, settings.reference_download_deadline),
+        deadline=settings.reference_download_deadline,
+        allow_private=settings.allow_private_urls,
+        max_connections=REFERENCE_CONNECTIONS,
+    )
+
+
+__all__ = [
+    "PROVIDER_CLASSES",
+    "ImageProvider",
+    "TaskProvider",
+    "build_downloader",
+    "build_providers",
+    "build_reference_downloader",
+]

@@ -7,7 +7,8 @@
   Never for 400/401/402/403. A response is read and closed before sleeping.
 - Errors become typed :mod:`bot.errors`; messages carry the provider's words (trimmed), never our key.
 - :class:`Downloader` fetches result URLs with its own client (the API key is never sent to a result
-  host), a size cap, a timeout, and an SSRF guard on every redirect hop.
+  host), a size cap, a per-step timeout and an overall deadline, and an SSRF guard on every redirect hop
+  that also decides which address is connected to (no second DNS answer is ever used).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 import pybase64
 from pydantic import SecretStr
@@ -399,8 +402,98 @@ def _is_public(address: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class CheckedHost:
+    """A host as the HTTP client will connect to it (IDNA-encoded, default port filled in) and the
+    addresses the SSRF guard checked for it."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+#: The host the current fetch hop checked; :class:`_CheckedBackend` connects only to its addresses.
+_CHECKED: ContextVar[CheckedHost | None] = ContextVar("palette_checked_host", default=None)
+
+
+class _CheckedBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections to the addresses the SSRF guard checked, never to a new resolution.
+
+    The HTTP client would otherwise resolve the host a second time to connect, and a hostile DNS server
+    can answer that second query with a private address after answering the check with a public one
+    ("DNS rebinding"). Only the TCP connection goes to the IP: httpcore still sends the URL's host in the
+    ``Host`` header and as the TLS server name, and verifies the certificate against it.
+    """
+
+    def __init__(self, downloader: Downloader) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._downloader = downloader
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        checked = _CHECKED.get()
+        if checked is not None and (checked.host, checked.port) == (host, port):
+            addresses = checked.addresses
+        elif self._downloader.allow_private:
+            addresses = (host,)
+        else:
+            # A connection the fetch did not check (should not happen): check it here, on the same answer.
+            addresses = (await self._downloader.resolve_checked(host, port)).addresses
+        error: Exception | None = None
+        for address in addresses:  # every one was checked: try them in the resolver's order
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except httpcore.ConnectError as exc:
+                error = exc
+        raise error or httpcore.ConnectError(f"no address to connect to for {host}")
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("the downloader only connects over TCP")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _CheckedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with a connection pool on :class:`_CheckedBackend`.
+
+    httpx does not take a network backend, so the pool it built is replaced by an equivalent one that has
+    ours (same TLS context and limits). No proxy: the guard must see the address actually connected to.
+    """
+
+    def __init__(self, downloader: Downloader, limits: httpx.Limits) -> None:
+        super().__init__(verify=ssl_context(), limits=limits, trust_env=False)
+        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
+            raise RuntimeError("unsupported httpx version: its transport has no connection pool to replace")
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_CheckedBackend(downloader),
+        )
+
+
 class Downloader:
-    """Fetches images from URLs a provider (or a user) handed us."""
+    """Fetches images from URLs a provider (or a user) handed us.
+
+    Each instance has its own connection pool. The bot uses two (see :mod:`bot.providers`): one for
+    provider results and a small one, with the reference size cap, for URLs that Discord users chose, so
+    a URL that trickles its bytes can never hold a connection that results need.
+
+    ``timeout`` bounds each step (connect, each read, waiting for a pooled connection); ``deadline``
+    bounds one whole :meth:`fetch`, redirects included, however slowly the server sends.
+    """
 
     MAX_REDIRECTS = 5
 
@@ -409,48 +502,70 @@ class Downloader:
         *,
         max_bytes: int,
         timeout: float = 60.0,
+        deadline: float = 300.0,
         allow_private: bool = False,
         max_connections: int = 100,
     ) -> None:
         self.max_bytes = max_bytes
+        self.deadline = deadline
         self.allow_private = allow_private
+        limits = httpx.Limits(max_connections=max_connections)
         self.client = httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(timeout, pool=None),
-            limits=httpx.Limits(max_connections=max_connections),
+            timeout=httpx.Timeout(timeout),
+            transport=_CheckedTransport(self, limits),
             follow_redirects=False,
-            verify=ssl_context(),
         )
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def check_url(self, url: str) -> None:
-        """Refuse non-HTTP URLs and, unless allowed, hosts that resolve to private addresses."""
+    async def check_url(self, url: str) -> CheckedHost:
+        """Refuse non-HTTP URLs and, unless allowed, hosts that resolve to private addresses.
+
+        Returns the host with the addresses that were checked (none when private addresses are allowed);
+        :meth:`fetch` connects to exactly those.
+        """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ResultDownloadError("Only http(s) image URLs can be fetched.", detail=parts.scheme)
-        if self.allow_private:
-            return
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname, port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise ResultDownloadError("The image host could not be resolved.", detail=parts.hostname) from exc
-        # Note: a hostile DNS server could answer differently on the connect; result hosts are the
-        # providers' storage, so this check targets mistakes and redirects rather than rebinding.
-        for info in infos:
-            if not _is_public(str(info[4][0])):
-                raise ResultDownloadError(
-                    "That image URL points to a private network address.", detail=parts.hostname
-                )
+            parsed = httpx.URL(url)
+            host = parsed.raw_host.decode("ascii")
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise ResultDownloadError("That image URL is not valid.", detail=parts.scheme) from exc
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        if self.allow_private:
+            return CheckedHost(host, port, ())
+        return await self.resolve_checked(host, port)
 
-    async def fetch(self, url: str) -> tuple[bytes, str | None]:
-        """GET ``url`` following up to 5 redirects (each hop checked); at most ``max_bytes``."""
+    async def resolve_checked(self, host: str, port: int) -> CheckedHost:
+        """Resolve ``host`` once and refuse it if any of its addresses is not public."""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ResultDownloadError("The image host could not be resolved.", detail=host) from exc
+        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            if not _is_public(address):
+                raise ResultDownloadError("That image URL points to a private network address.", detail=host)
+        if not addresses:
+            raise ResultDownloadError("The image host could not be resolved.", detail=host)
+        return CheckedHost(host, port, addresses)
+
+    async def fetch(self, url: str, *, deadline: float | None = None) -> tuple[bytes, str | None]:
+        """GET ``url`` following up to 5 redirects (each hop checked); at most ``max_bytes``, and all of it
+        within ``deadline`` seconds (the downloader's own unless given)."""
+        try:
+            async with asyncio.timeout(self.deadline if deadline is None else deadline):
+                return await self._fetch(url)
+        except TimeoutError as exc:
+            raise ResultDownloadError("Downloading the image timed out.", detail="deadline") from exc
+
+    async def _fetch(self, url: str) -> tuple[bytes, str | None]:
         for _ in range(self.MAX_REDIRECTS + 1):
-            await self.check_url(url)
+            checked = await self.check_url(url)
+            pinned = _CHECKED.set(checked if checked.addresses else None)
             try:
                 async with self.client.stream("GET", url) as response:
                     if response.is_redirect:
@@ -465,13 +580,13 @@ class Downloader:
                         )
                     declared = response.headers.get("Content-Length")
                     if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                        raise ResultDownloadError("The image is too large to download.", detail=declared)
+                        raise ResultDownloadError(self._too_large(), detail=declared)
                     chunks: list[bytes] = []
                     size = 0
                     async for chunk in response.aiter_bytes():
                         size += len(chunk)
                         if size > self.max_bytes:
-                            raise ResultDownloadError("The image is too large to download.", detail=str(size))
+                            raise ResultDownloadError(self._too_large(), detail=str(size))
                         chunks.append(chunk)
                     content_type = response.headers.get("Content-Type", "").split(";", 1)[0] or None
                     return b"".join(chunks), content_type
@@ -479,4 +594,9 @@ class Downloader:
                 raise ResultDownloadError("Downloading the image timed out.", detail="timeout") from exc
             except httpx.TransportError as exc:
                 raise ResultDownloadError(detail=type(exc).__name__) from exc
+            finally:
+                _CHECKED.reset(pinned)
         raise ResultDownloadError("Too many redirects while downloading the image.")
+
+    def _too_large(self) -> str:
+        return f"The image is too large to download (the limit is {self.max_bytes / 1_048_576:.0f} MB)."

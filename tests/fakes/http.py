@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +78,63 @@ class FakeServer:
                     rec.form[part.name or ""] = await part.text()
         self.requests.append(rec)
         return rec
+
+
+class TrickleServer(FakeServer):
+    """Answers every GET with an "image" that never ends: one byte every ``interval`` seconds, so no single
+    read waits long enough to time out. Stops when :attr:`release` is set (then ends the body, which is no
+    valid image) or after ``limit`` seconds; counts clients that hung up on it."""
+
+    PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+    def __init__(self, interval: float = 0.05, limit: float = 90.0) -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._trickle)
+        super().__init__(app)
+        self.interval = interval
+        self.limit = limit
+        self.release = asyncio.Event()
+        #: Requests being answered right now, all requests so far, and those whose client went away.
+        self.active = 0
+        self.started = 0
+        self.hung_up = 0
+        self._changed = asyncio.Condition()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _trickle(self, request: web.Request) -> web.StreamResponse:
+        self.started += 1
+        self.active += 1
+        await self._notify()
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            await response.write(self.PNG_SIGNATURE)
+            loop = asyncio.get_running_loop()
+            stop_at = loop.time() + self.limit
+            while not self.release.is_set() and loop.time() < stop_at:
+                await response.write(b"\0")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release.wait(), self.interval)
+            await response.write_eof()
+        except ConnectionError:
+            self.hung_up += 1
+        finally:
+            self.active -= 1
+            await self._notify()
+        return response
+
+    async def wait_until(self, predicate: Callable[[TrickleServer], bool], timeout: float = 15) -> None:
+        """Wait until ``predicate(self)`` holds; raise TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    async def stop(self) -> None:
+        self.release.set()
+        await super().stop()
 
 
 def png_bytes(width: int = 64, height: int = 64, color: tuple[int, int, int] = (200, 30, 90)) -> bytes:

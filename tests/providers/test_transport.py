@@ -8,6 +8,7 @@ import contextlib
 import json
 import random
 import socket
+import subprocess
 import threading
 import time
 import types
@@ -33,6 +34,7 @@ from bot.errors import (
     RateLimited,
     ResultDownloadError,
 )
+from bot.providers import REFERENCE_CONNECTIONS, build_downloader, build_reference_downloader
 from bot.providers import transport as transport_module
 from bot.providers.transport import (
     LARGE_BODY,
@@ -44,7 +46,8 @@ from bot.providers.transport import (
     decode_data_uri,
     parse_retry_after,
 )
-from tests.fakes.http import FakeServer, png_bytes
+from tests.conftest import make_settings
+from tests.fakes.http import FakeServer, TrickleServer, png_bytes
 
 API_KEY = "PALETTE-TRANSPORT-SECRET-7f3a9c1e5b2d"
 
@@ -697,6 +700,127 @@ async def test_download_non_200_fails(
     assert len(server.requests) == 1
 
 
+# --- Downloader: deadline, separate pools, reference cap (issue 13) ----------------------------------------
+
+
+@pytest.fixture
+async def trickle() -> AsyncIterator[TrickleServer]:
+    async with TrickleServer() as server:
+        yield server
+
+
+async def test_a_trickling_download_ends_at_its_deadline(
+    trickle: TrickleServer, make_downloader: MakeDownloader
+) -> None:
+    # A byte every 50 ms: the 5 s per-read timeout never fires, only the overall deadline can end it.
+    downloader = make_downloader(timeout=5.0, deadline=0.5)
+    with pytest.raises(ResultDownloadError) as caught:
+        await asyncio.wait_for(downloader.fetch(trickle.base_url + "/slow.png"), timeout=30)
+    assert "timed out" in caught.value.message and caught.value.detail == "deadline"
+    await trickle.wait_until(lambda t: t.hung_up == 1 and t.active == 0)  # the connection was let go
+
+
+async def test_waiting_for_a_pooled_connection_ends_at_the_deadline(
+    trickle: TrickleServer, make_downloader: MakeDownloader
+) -> None:
+    downloader = make_downloader(timeout=30.0, deadline=0.5, max_connections=1)
+    holder = asyncio.create_task(
+        downloader.fetch(trickle.base_url + "/holds-the-only-connection.png", deadline=60.0)
+    )
+    await trickle.wait_until(lambda t: t.active == 1)
+    with pytest.raises(ResultDownloadError) as caught:
+        await asyncio.wait_for(downloader.fetch(trickle.base_url + "/waits.png"), timeout=30)
+    assert "timed out" in caught.value.message
+    assert trickle.started == 1  # the second fetch never got a connection
+    assert not holder.done()
+    trickle.release.set()
+    await asyncio.wait_for(holder, timeout=30)
+
+
+async def test_provider_results_download_while_user_urls_trickle(
+    trickle: TrickleServer, serve: ServeFactory
+) -> None:
+    image = png_bytes(8, 8)
+
+    async def result(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(body=image, content_type="image/png")
+
+    results_server = await serve(result)
+    settings = make_settings(reference_download_deadline=60.0, download_timeout=60.0)
+    results, references = build_downloader(settings), build_reference_downloader(settings)
+    user_fetches = [
+        asyncio.create_task(references.fetch(f"{trickle.base_url}/user-{i}.png"))
+        for i in range(REFERENCE_CONNECTIONS + 3)
+    ]
+    try:
+        # Every connection of the user-URL pool is held by a trickling host (the rest wait for one)...
+        await trickle.wait_until(lambda t: t.active == REFERENCE_CONNECTIONS)
+        # ...and a provider result still downloads at once.
+        for _ in range(3):
+            data, mime = await asyncio.wait_for(results.fetch(results_server.base_url + "/r.png"), 30)
+            assert (data, mime) == (image, "image/png")
+        assert not any(task.done() for task in user_fetches)
+        assert trickle.started == REFERENCE_CONNECTIONS  # user URLs never borrowed a result connection
+    finally:
+        trickle.release.set()
+        await asyncio.gather(*user_fetches, return_exceptions=True)
+        await results.aclose()
+        await references.aclose()
+
+
+async def test_a_user_url_is_cut_at_the_reference_cap(serve: ServeFactory) -> None:
+    chunk = b"\xab" * 65536
+    sent: list[int] = []
+
+    async def endless(request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # 12.5 MiB if nobody stops reading
+                await response.write(chunk)
+                sent.append(len(chunk))
+        return response
+
+    server = await serve(endless)
+    cap = 300_000
+    settings = make_settings(max_reference_bytes=cap, download_max_bytes=64 * 1024 * 1024)
+    references = build_reference_downloader(settings)
+    try:
+        with pytest.raises(ResultDownloadError) as caught:
+            await references.fetch(server.base_url + "/huge.png")
+    finally:
+        await references.aclose()
+    assert "too large" in caught.value.message
+    assert cap < int(caught.value.detail or 0) <= cap + 2 * len(chunk)
+
+
+async def test_a_user_url_declaring_more_than_the_reference_cap_is_refused_unread(
+    serve: ServeFactory,
+) -> None:
+    server: ScriptedServer
+
+    async def declared(request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 400_000
+        await response.prepare(request)
+        await response.write(b"\x89PNG")
+        await server.stall()
+        return response
+
+    server = await serve(declared)
+    settings = make_settings(max_reference_bytes=300_000)
+    references, results = build_reference_downloader(settings), build_downloader(settings)
+    try:
+        with pytest.raises(ResultDownloadError) as caught:
+            await references.fetch(server.base_url + "/big.png")
+        assert "too large" in caught.value.message and caught.value.detail == "400000"
+        assert results.max_bytes == settings.download_max_bytes > 400_000  # the cap is the user URLs' own
+    finally:
+        await references.aclose()
+        await results.aclose()
+
+
 def _hops_handler(image: bytes) -> Handler:
     """``/hop/N`` redirects to ``/hop/N-1``; ``/hop/0`` is the image."""
 
@@ -940,6 +1064,142 @@ async def test_redirect_to_a_private_address_is_refused(
         assert private_seen == []
     assert len(server.requests) == 1
     assert checked == ["127.0.0.1", "127.0.0.2"]
+
+
+# --- Downloader: DNS rebinding -----------------------------------------------------------------------------
+
+
+@dataclass
+class Rebinding:
+    """``images.example`` answers the first lookup with 127.0.0.2 (treated as public here) and every later
+    one with 127.0.0.1 (private): a rebinding DNS server. Both addresses serve on the same port."""
+
+    port: int
+    lookups: list[str]
+    public_seen: list[dict[str, str]]
+    private_seen: list[str]
+
+
+async def _serve_on(host: str, port: int, app: web.Application, ssl: Any = None) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, ssl_context=ssl).start()
+    return runner
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Any) -> tuple[str, str]:
+    """A self-signed certificate for images.example only (no IP address in it): (cert file, key file)."""
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=images.example",
+         "-addext", "subjectAltName=DNS:images.example"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def _rebinding(monkeypatch: pytest.MonkeyPatch, server_ssl: Any = None) -> AsyncIterator[Rebinding]:
+    with socket.socket() as probe:  # a port free on 127.0.0.1; 127.0.0.2 gets the same number
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = Rebinding(port, [], [], [])
+
+    async def public(request: web.Request) -> web.Response:
+        state.public_seen.append({k.lower(): v for k, v in request.headers.items()})
+        return web.Response(body=png_bytes(3, 3), content_type="image/png")
+
+    async def private(request: web.Request) -> web.Response:
+        state.private_seen.append(request.path)
+        return web.Response(body=b"internal secrets", content_type="image/png")
+
+    public_app, private_app = web.Application(), web.Application()
+    public_app.router.add_get("/{tail:.*}", public)
+    private_app.router.add_get("/{tail:.*}", private)
+    runners = [
+        await _serve_on("127.0.0.1", port, private_app, server_ssl),
+        await _serve_on("127.0.0.2", port, public_app, server_ssl),
+    ]
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("images.example", b"images.example"):
+            state.lookups.append(str(host))
+            address = "127.0.0.2" if len(state.lookups) == 1 else "127.0.0.1"
+            return real_getaddrinfo(address, port, *args, **kwargs)
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_getaddrinfo)
+    monkeypatch.setattr(transport_module, "_is_public", lambda address: address == "127.0.0.2")
+    try:
+        yield state
+    finally:
+        monkeypatch.undo()
+        for runner in runners:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def rebinding(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rebinding]:
+    async for state in _rebinding(monkeypatch):
+        yield state
+
+
+async def test_download_connects_to_the_checked_address_not_a_second_lookup(
+    rebinding: Rebinding, make_downloader: MakeDownloader
+) -> None:
+    downloader = make_downloader(allow_private=False)
+    data, _ = await downloader.fetch(f"http://images.example:{rebinding.port}/cat.png")
+    assert data == png_bytes(3, 3)
+    assert rebinding.private_seen == []  # the rebound answer was never connected to
+    assert rebinding.lookups == ["images.example"]  # one lookup: the checked one
+    assert rebinding.public_seen[0]["host"] == f"images.example:{rebinding.port}"
+
+
+async def test_a_rebound_address_is_refused_when_it_is_the_one_checked(
+    rebinding: Rebinding, make_downloader: MakeDownloader
+) -> None:
+    downloader = make_downloader(allow_private=False)
+    await downloader.fetch(f"http://images.example:{rebinding.port}/first.png")
+    # The next hop's lookup answers 127.0.0.1: refused before any connection (the pooled one to
+    # 127.0.0.2 is not reused for a host that now fails the check).
+    with pytest.raises(ResultDownloadError) as caught:
+        await downloader.fetch(f"http://images.example:{rebinding.port}/second.png")
+    assert "private network" in caught.value.message
+    assert rebinding.private_seen == []
+    assert len(rebinding.public_seen) == 1
+
+
+async def test_https_to_the_checked_address_keeps_the_host_name_for_tls(
+    monkeypatch: pytest.MonkeyPatch, tls_cert: tuple[str, str]
+) -> None:
+    """The certificate names images.example only: the download succeeds only if TLS is verified (and SNI
+    sent) for the host name although the connection goes to the checked IP."""
+    import ssl
+
+    cert, key = tls_cert
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+    client_ssl = ssl.create_default_context(cafile=cert)
+    monkeypatch.setattr(transport_module, "_SSL_CONTEXT", client_ssl)
+    async for state in _rebinding(monkeypatch, server_ssl):
+        downloader = Downloader(max_bytes=1_000_000, timeout=5.0, allow_private=False)
+        try:
+            data, _ = await downloader.fetch(f"https://images.example:{state.port}/cat.png")
+        finally:
+            await downloader.aclose()
+        assert data == png_bytes(3, 3)
+        assert state.private_seen == [] and state.lookups == ["images.example"]
+
+
+async def test_private_urls_allowed_still_resolve_host_names(
+    serve: ServeFactory, make_downloader: MakeDownloader
+) -> None:
+    server = await serve(json_answer(200, {"ok": True}))
+    port = server.base_url.rsplit(":", 1)[1]
+    data, _ = await make_downloader(allow_private=True).fetch(f"http://localhost:{port}/x")
+    assert json.loads(data) == {"ok": True}
 
 
 # --- data URIs and base64 -----------------------------------------------------------------------------------
