@@ -39,6 +39,7 @@ from bot.moderation.policy import (
     RequestContext,
     check_request,
     check_where,
+    exceeds_ceiling,
     nsfw_terms_apply,
     strict_safety_for,
 )
@@ -275,8 +276,8 @@ class ModerationService:
                     guild_id,
                     actor_id=actor_id,
                     what=what,
-                    before=describe_values(old),
-                    after=describe_values(new),
+                    before=describe_values(old, self.settings),
+                    after=describe_values(new, self.settings),
                     also_to=(moved,) if moved else (),
                 )
             )
@@ -295,8 +296,8 @@ class ModerationService:
                 guild_id,
                 actor_id=actor_id,
                 what=f"role limit for <@&{role_id}>",
-                before=describe_role_limit(before),
-                after=describe_role_limit(limit),
+                before=describe_role_limit(before, self.settings),
+                after=describe_role_limit(limit, self.settings),
             )
         )
         return limit
@@ -310,7 +311,7 @@ class ModerationService:
                     guild_id,
                     actor_id=actor_id,
                     what=f"role limit for <@&{role_id}>",
-                    before=describe_role_limit(before),
+                    before=describe_role_limit(before, self.settings),
                     after="none (server limits apply)",
                 )
             )
@@ -402,8 +403,43 @@ def describe_channels(policy: GuildPolicy) -> str:
     return "all channels"
 
 
-def describe_value(key: str, value: Any) -> str:
-    if key in ("daily_limit", "hourly_limit"):
+#: Per-user limit fields and the operator's setting that is their default and ceiling.
+CEILINGS = {"daily_limit": "user_daily_limit", "hourly_limit": "user_hourly_limit"}
+
+
+def ceiling_for(key: str, settings: Settings) -> int:
+    """The operator's ceiling for a per-user limit field (``0`` = unlimited, no ceiling)."""
+    return int(getattr(settings, CEILINGS[key]))
+
+
+def describe_limit(value: int | None, ceiling: int) -> str:
+    """A server's or role's per-user limit as it applies under the operator's ``ceiling``."""
+    if value is None:
+        return f"bot default ({ceiling or 'unlimited'})"
+    if exceeds_ceiling(ceiling, value):
+        asked = "unlimited" if value == 0 else str(value)
+        return f"{ceiling} ({asked} asked; the bot's limit)"
+    return "unlimited" if value == 0 else str(value)
+
+
+def capped_note(settings: Settings, **asked: int | None) -> str | None:
+    """What an admin asked for above the operator's ceilings (``daily_limit=...``), or None."""
+    capped = [
+        f"{LABELS[key].split()[0]} {'unlimited' if value == 0 else value} → {ceiling_for(key, settings)}"
+        for key, value in asked.items()
+        if exceeds_ceiling(ceiling_for(key, settings), value)
+    ]
+    if not capped:
+        return None
+    return (
+        "⚠️ Capped at the bot's limits (a server can lower them, not raise them): " + ", ".join(capped) + "."
+    )
+
+
+def describe_value(key: str, value: Any, settings: Settings | None = None) -> str:
+    if key in CEILINGS:
+        if settings is not None:
+            return describe_limit(value, ceiling_for(key, settings))
         return "server default" if value is None else ("unlimited" if value == 0 else str(value))
     if key in ("daily_pool", "max_images"):
         return "none" if value in (None, 0) else str(value)
@@ -448,36 +484,47 @@ LABELS = {
 }
 
 
-def describe_values(values: dict[str, Any]) -> str:
-    return "\n".join(f"{LABELS.get(k, k)}: {describe_value(k, v)}" for k, v in values.items())
+def describe_values(values: dict[str, Any], settings: Settings | None = None) -> str:
+    return "\n".join(f"{LABELS.get(k, k)}: {describe_value(k, v, settings)}" for k, v in values.items())
 
 
-def describe_role_limit(limit: RoleLimit | None) -> str:
+def describe_role_limit(limit: RoleLimit | None, settings: Settings | None = None) -> str:
     if limit is None:
         return "none"
-    return (
-        f"daily: {describe_value('daily_limit', limit.daily_limit)}, "
-        f"hourly: {describe_value('hourly_limit', limit.hourly_limit)}"
-    )
+    daily, hourly = limit.daily_limit, limit.hourly_limit
+    if settings is None:
+        return (
+            f"daily: {describe_value('daily_limit', daily)}, hourly: {describe_value('hourly_limit', hourly)}"
+        )
+
+    # A role without a value for a field leaves that field to the server (no ceiling note).
+    def field(key: str, value: int | None) -> str:
+        return "server's" if value is None else describe_value(key, value, settings)
+
+    return f"daily: {field('daily_limit', daily)}, hourly: {field('hourly_limit', hourly)}"
 
 
 def summarize(
-    policy: GuildPolicy, role_limits: Sequence[RoleLimit], blocklist_size: int
+    policy: GuildPolicy,
+    role_limits: Sequence[RoleLimit],
+    blocklist_size: int,
+    settings: Settings | None = None,
 ) -> list[tuple[str, str]]:
-    """The whole policy as (name, value) pairs for ``/palette settings``."""
+    """The whole policy as (name, value) pairs for ``/palette settings``. With ``settings`` the per-user
+    limits are the effective ones (capped by the operator's ceilings)."""
     p = policy
     rows = [
         (
             "Limits per user",
-            f"daily: {describe_value('daily_limit', p.daily_limit)} · "
-            f"hourly: {describe_value('hourly_limit', p.hourly_limit)}",
+            f"daily: {describe_value('daily_limit', p.daily_limit, settings)} · "
+            f"hourly: {describe_value('hourly_limit', p.hourly_limit, settings)}",
         ),
         ("Server daily pool", describe_value("daily_pool", p.daily_pool)),
         ("Max resolution", describe_value("max_resolution", p.max_resolution)),
         ("Max images per request", describe_value("max_images", p.max_images)),
         (
             "Role overrides",
-            "\n".join(f"<@&{r.role_id}>: {describe_role_limit(r)}" for r in role_limits) or "none",
+            "\n".join(f"<@&{r.role_id}>: {describe_role_limit(r, settings)}" for r in role_limits) or "none",
         ),
         ("Channels", describe_channels(p)),
         ("Models", describe_value("allowed_models", p.allowed_models)),

@@ -126,7 +126,7 @@ async def test_every_policy_change_appears_in_the_mod_log(palette: Palette) -> N
         m.embeds[0] for m in palette.fake.channel_messages(log_channel) if "limits" in m.embeds[0]["title"]
     )
     fields = {f["name"]: f["value"] for f in limits["fields"]}
-    assert "daily per user: server default" in fields["Before"] and "daily per user: 5" in fields["After"]
+    assert "daily per user: bot default (25)" in fields["Before"] and "daily per user: 5" in fields["After"]
     # The mod log is off now: later changes go nowhere, and nothing breaks.
     await palette.reply(await palette.admin(manager, "limits", daily=6))
 
