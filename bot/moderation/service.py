@@ -15,19 +15,23 @@ blocked-prompt record (rare) writes before deferring.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from bot.catalog import RESOLUTIONS, get_model
 from bot.config import Settings
 from bot.errors import ValidationError
 from bot.moderation import bans, modlog
 from bot.moderation.filter import (
+    CHECK_BUDGET,
     FilterEntry,
     FilterHit,
+    FilterTimeout,
     InvalidPattern,
     PromptFilter,
     compile_regex,
@@ -50,6 +54,13 @@ log = logging.getLogger(__name__)
 
 MAX_LIMIT = 100_000
 MAX_BLOCKLIST = 500
+#: Threads for blocklist work (compiling, vetting, checking prompts): CPU-bound and time-bounded, kept
+#: off the event loop and out of the default executor that image work and DNS lookups share.
+FILTER_THREADS = 2
+FILTER_THREAD_NAME = "palette-filter"
+#: One mod-log entry per server and set of slow patterns per this many seconds (a user repeating a slow
+#: prompt must not flood the mod log).
+SLOW_REPORT_INTERVAL = 600.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,11 @@ class PromptBlocked(PolicyViolation):
     pass
 
 
+class PromptCheckTimedOut(PolicyViolation):
+    """The blocklist could not be checked within its time budget: the prompt is refused (fail closed),
+    without counting against its author."""
+
+
 class ModerationService:
     def __init__(
         self,
@@ -77,11 +93,15 @@ class ModerationService:
         *,
         clock: Callable[[], float] = time.time,
         sink: Callable[[ModLogEntry], None] | None = None,
+        check_budget: float = CHECK_BUDGET,
     ) -> None:
         self.repo = repo
         self.settings = settings
         self.clock = clock
         self.sink = sink
+        self.check_budget = check_budget
+        self._executor: ThreadPoolExecutor | None = None
+        self._slow_reported: dict[tuple[int, tuple[str, ...]], float] = {}
         self._state: dict[int, GuildState] = {}
         self._loading: dict[int, asyncio.Future[GuildState]] = {}
         self._version: dict[int, int] = {}
@@ -95,6 +115,25 @@ class ModerationService:
             self.sink(entry)
         except Exception:  # the mod log must never break a request
             log.exception("could not queue a mod-log entry")
+
+    # ------------------------------------------------------------------ the filter's threads
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The blocklist's own thread pool (created on first use, again after :meth:`close`)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(FILTER_THREADS, thread_name_prefix=FILTER_THREAD_NAME)
+        return self._executor
+
+    async def _in_filter_thread(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop the filter threads (at shutdown). Checks queued behind them are cancelled."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ requests
 
@@ -113,8 +152,10 @@ class ModerationService:
             policy = await self.repo.get_policy(guild_id)
             entries = await self.repo.blocklist(guild_id)
             ban_list = await self.repo.bans(guild_id)
-            built = PromptFilter(
-                [FilterEntry(e.kind, e.pattern, e.scope) for e in entries], builtin=policy.builtin_blocklist
+            built = await self._in_filter_thread(
+                PromptFilter,
+                [FilterEntry(e.kind, e.pattern, e.scope) for e in entries],
+                builtin=policy.builtin_blocklist,
             )
             state = GuildState(policy, {b.user_id: b for b in ban_list}, built)
             if self._version.get(guild_id, 0) == version:  # not invalidated while loading
@@ -180,10 +221,52 @@ class ModerationService:
         prompt_filter = await self.filter_for(policy)
         if not len(prompt_filter):
             return
-        hit = await asyncio.to_thread(prompt_filter.check, prompt, nsfw_terms=nsfw_terms_apply(policy, ctx))
+        try:
+            hit = await self._in_filter_thread(
+                prompt_filter.check,
+                prompt,
+                nsfw_terms=nsfw_terms_apply(policy, ctx),
+                budget=self.check_budget,
+            )
+        except FilterTimeout as exc:
+            self._timed_out(ctx, prompt, exc)
         if hit is None:
             return
         await self._blocked(policy, ctx, prompt, hit)
+
+    def _timed_out(self, ctx: RequestContext, prompt: str, exc: FilterTimeout) -> NoReturn:
+        """Fail closed: refuse the prompt (not the author's fault: no record, no auto-ban) and tell the
+        moderators which entries are slow, once in a while."""
+        assert ctx.guild_id is not None
+        slow = tuple(hit.pattern for hit in exc.slow)
+        log.warning(
+            "guild %s: the blocklist check ran out of its %.0f ms budget; slow entries: %s",
+            ctx.guild_id,
+            self.check_budget * 1000,
+            ", ".join(repr(p) for p in slow),
+        )
+        now = self.clock()
+        key = (ctx.guild_id, slow)
+        if now - self._slow_reported.get(key, float("-inf")) >= SLOW_REPORT_INTERVAL:
+            if len(self._slow_reported) >= 1000:  # forget old reports rather than grow without end
+                self._slow_reported = {
+                    k: t for k, t in self._slow_reported.items() if now - t < SLOW_REPORT_INTERVAL
+                }
+            self._slow_reported[key] = now
+            self.emit(
+                modlog.slow_filter(
+                    ctx.guild_id,
+                    user_id=ctx.user_id,
+                    channel_id=ctx.channel_id,
+                    prompt=prompt,
+                    slow=[hit.describe() for hit in exc.slow],
+                )
+            )
+        raise PromptCheckTimedOut(
+            "⏳ Palette couldn't check this prompt against this server's blocklist in time, so it wasn't "
+            "sent. Nothing was charged. Try again, or try a shorter prompt; the server's moderators have "
+            "been told."
+        )
 
     async def _blocked(self, policy: GuildPolicy, ctx: RequestContext, prompt: str, hit: FilterHit) -> None:
         assert ctx.guild_id is not None
@@ -322,7 +405,7 @@ class ModerationService:
     ) -> str:
         """Validate and add a blocklist entry; returns the stored pattern. Raises InvalidPattern."""
         if kind == "regex":
-            compile_regex(pattern)
+            await self._in_filter_thread(compile_regex, pattern)  # probing takes up to a second
             stored = pattern
         elif kind == "word":
             stored = normalize_word(pattern)

@@ -188,6 +188,7 @@ class PaletteBot(commands.Bot):
     async def close(self) -> None:
         await self.jobs.stop(grace=0)
         await super().close()
+        self.moderation.close()
 
 
 async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
