@@ -13,8 +13,10 @@ if TYPE_CHECKING:
 
 
 class LimitPolicy:
-    """Per-user limits. Settings give the defaults; the server's policy (``/palette limits``,
-    ``/palette role-limit``) refines them — see :func:`bot.moderation.policy.resolve_limits`.
+    """Per-user limits. The operator's settings (``USER_DAILY_LIMIT``, ``USER_HOURLY_LIMIT``; 0 =
+    unlimited) are the defaults and the ceilings; a server's policy (``/palette limits``,
+    ``/palette role-limit``) may lower them, never raise them: the effective limit is
+    ``min(operator, server or role)`` — see :func:`bot.moderation.policy.resolve_limits`.
 
     The policy is read from the database on every call (two indexed lookups), so a change made with an
     admin command applies to the very next request; there is no cache to invalidate."""

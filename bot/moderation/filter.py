@@ -27,16 +27,25 @@ catastrophic backtracking (``(a+)+$``, ``(a|aa)+$``, ``(\\w+\\s?)+$`` all look i
 timeout catches every case. So:
 
 * when a pattern is added it must compile (the engine's error is shown), be at most
-  :data:`MAX_PATTERN_LENGTH` characters, and survive a probe against adversarial inputs within
-  :data:`PROBE_TIMEOUT` seconds — patterns like ``(a+)+$`` are refused with the reason;
-* at match time every search has a :data:`MATCH_TIMEOUT`; a pattern that still runs out of time is
-  logged and treated as not matching (fail open: a prompt crafted to be slow must not get its author
-  banned, and the bot must not stall). The check runs in a worker thread, off the event loop.
+  :data:`MAX_PATTERN_LENGTH` characters, and survive adversarial probes (:func:`_probes`: long runs of
+  letters, digits, spaces, punctuation and the pattern's own characters, each followed by a mismatch
+  and the pattern's literal text, which defeats the engine's required-literal shortcut), each within
+  :data:`PROBE_TIMEOUT` seconds and all within :data:`VET_BUDGET` — patterns like ``(a+)+$``,
+  ``(\\d+)+$``, ``(\\s*)*x`` or ``(\\.|\\.)*!`` are refused with the reason;
+* checking a prompt has one time budget for the whole blocklist (:data:`CHECK_BUDGET`, every entry and
+  both texts together), so 500 entries cannot add up to seconds. When it runs out the check *fails
+  closed*: :class:`FilterTimeout` names the slow entries, and the caller refuses the prompt (without
+  blaming its author) and tells the server's moderators. A slow pattern must not let prompts through.
+  Cheap word entries run before regular expressions, so a blocked word is still found first.
+
+The checks are CPU work: the moderation service runs them on its own small thread pool, never on the
+event loop and never in the default executor that image work and DNS share.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,9 +58,20 @@ log = logging.getLogger(__name__)
 
 MAX_PATTERN_LENGTH = 200
 MAX_WORD_LENGTH = 60
-MATCH_TIMEOUT = 0.05
+#: Seconds for checking one prompt against every entry of a blocklist (both texts); then fail closed.
+CHECK_BUDGET = 0.2
+#: Seconds a new regular expression may take on any one adversarial probe (of a long prompt's length) ...
 PROBE_TIMEOUT = 0.1
-PROBE_LENGTH = 4000
+#: ... and on all of them together.
+VET_BUDGET = 1.0
+#: Probe length: catastrophic patterns are slow well before this; merely quadratic ones (``\\w+ing``) pass.
+PROBE_LENGTH = 2000
+#: Characters of the adversarial probes besides the pattern's own: letters, digits, spaces, punctuation.
+PROBE_RUNS = "a1 .,!-_x0\t"
+#: What ends a probe's run (a mismatch for most patterns).
+PROBE_ENDS = ("!", "x", "\x00")
+#: Entries named as slow when the budget runs out: the one running then, and others that took this share.
+SLOW_SHARE = 0.2
 
 # Look-alike letters from other scripts that NFKC leaves alone (lower case; text is case-folded first).
 CONFUSABLES: dict[str, str] = {
@@ -91,6 +111,17 @@ BUILTIN_TERMS: tuple[str, ...] = (
 
 class InvalidPattern(ValidationError):
     """A blocked word or regular expression that cannot be used (the message says why)."""
+
+
+class FilterTimeout(Exception):
+    """Checking a prompt ran out of its time budget (fail closed: the caller refuses the prompt).
+
+    ``slow`` names the entries to blame: the one running when time ran out first, then others that
+    took a large share of the budget."""
+
+    def __init__(self, slow: Sequence[FilterHit]) -> None:
+        super().__init__("the blocklist check ran out of time")
+        self.slow = tuple(slow)
 
 
 @dataclass(frozen=True)
@@ -186,25 +217,55 @@ def compile_regex(pattern: str) -> regex.Pattern[str]:
         raise InvalidPattern(f"That regular expression is invalid: {exc}.") from exc
     if compiled.search("") is not None:
         raise InvalidPattern("That regular expression matches an empty prompt, so it would block everything.")
+    too_slow = InvalidPattern(
+        "That regular expression is too slow on long prompts (catastrophic backtracking, e.g. a repeated "
+        "group inside a repetition like `(a+)+` or `(\\d+)+`). Simplify it."
+    )
+    deadline = time.monotonic() + VET_BUDGET
     for probe in _probes(pattern):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise too_slow
         try:
-            compiled.search(probe, timeout=PROBE_TIMEOUT)
+            compiled.search(probe, timeout=min(PROBE_TIMEOUT, remaining))
         except TimeoutError as exc:
-            raise InvalidPattern(
-                "That regular expression is too slow on long prompts (catastrophic backtracking, e.g. a "
-                "repeated group inside a repetition like `(a+)+`). Simplify it."
-            ) from exc
+            raise too_slow from exc
     return compiled
 
 
+_SYNTAX = regex.compile(r"\\[pPN]\{[^}]*\}|\\(.)|[()\[\]{}|*+?^$.]", regex.DOTALL)
+
+
+def _literal_text(pattern: str) -> str:
+    """The pattern's literal characters: syntax and classes (``\\d``, ``\\p{L}``) dropped, ``\\.`` kept as
+    ``.`` — enough for the probes to contain what a pattern requires, like ``dragon`` or ``!``."""
+
+    def keep(match: regex.Match[str]) -> str:
+        escaped = match.group(1)
+        return escaped if escaped is not None and not escaped.isalnum() else ""
+
+    return _SYNTAX.sub(keep, pattern)
+
+
 def _probes(pattern: str) -> Iterable[str]:
-    """Adversarial inputs: long runs of the pattern's own characters, each followed by a mismatch."""
-    chars = [c for c in dict.fromkeys(pattern.lower()) if c.isalnum()][:6] or ["a"]
-    for c in chars:
-        yield c * PROBE_LENGTH + "!"
-        yield (c + " ") * (PROBE_LENGTH // 2) + "!"
-    yield "".join(chars) * (PROBE_LENGTH // len(chars)) + "!"
+    """Adversarial inputs: long runs of letters, digits, spaces, punctuation and the pattern's own
+    characters, each ended by a mismatch and then the pattern's literal text, forwards and backwards (so
+    an engine shortcut on a required literal, like the ``x`` of ``(\\s*)*x``, does not skip the
+    backtracking, and the literal does not simply end the search with an early match)."""
+    own = [c for c in dict.fromkeys(pattern.lower()) if c.isprintable() and c != "\\"][:12]
+    literal = _literal_text(pattern)[:60]
+    tails = tuple(dict.fromkeys(("", literal, literal[::-1])))
+    for run in dict.fromkeys([*PROBE_RUNS, *own]):
+        for end in PROBE_ENDS:
+            if end != run:
+                for tail in tails:
+                    yield run * PROBE_LENGTH + end + tail
+        for end in ("!", " "):
+            yield (run + " ") * (PROBE_LENGTH // 2) + end + literal[::-1]
+    yield "".join(own) * (PROBE_LENGTH // max(1, len(own))) + "!" + literal[::-1]
     yield "ab" * (PROBE_LENGTH // 2) + "\x00"
+    yield "1 " * (PROBE_LENGTH // 2) + "x" + literal[::-1]
+    yield "a." * (PROBE_LENGTH // 2) + "!" + literal[::-1]
 
 
 # ------------------------------------------------------------------ the filter
@@ -237,26 +298,44 @@ class PromptFilter:
             for term in BUILTIN_TERMS:
                 pattern = regex.compile(word_pattern(normalize_word(term)), regex.V0)
                 compiled.append(_Compiled(FilterHit("word", term, "sfw", builtin=True), pattern, False))
-        self._compiled = tuple(compiled)
+        # Words first: they are fast, so a blocked word is found even if a regex eats the budget.
+        self._compiled = tuple(sorted(compiled, key=lambda c: c.hit.kind == "regex"))
 
     def __len__(self) -> int:
         return len(self._compiled)
 
-    def check(self, prompt: str, *, nsfw_terms: bool = True) -> FilterHit | None:
+    def check(
+        self, prompt: str, *, nsfw_terms: bool = True, budget: float = CHECK_BUDGET
+    ) -> FilterHit | None:
         """The first entry the prompt trips, or None. ``nsfw_terms=False`` skips the NSFW term list
-        (scope ``sfw`` and the built-in list)."""
+        (scope ``sfw`` and the built-in list). Raises :class:`FilterTimeout` when the whole check takes
+        longer than ``budget`` seconds (CPU work: call it in a worker thread)."""
         if not self._compiled:
             return None
         normalized = normalize(prompt)
         folded = prompt.casefold()
+        deadline = time.monotonic() + budget
+        spent: list[tuple[float, FilterHit]] = []
         for item in self._compiled:
             if item.hit.scope == "sfw" and not nsfw_terms:
                 continue
             texts = (normalized, folded) if item.raw_too and folded != normalized else (normalized,)
+            started = time.monotonic()
             for text in texts:
+                remaining = deadline - time.monotonic()
                 try:
-                    if item.pattern.search(text, timeout=MATCH_TIMEOUT) is not None:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    if item.pattern.search(text, timeout=remaining) is not None:
                         return item.hit
                 except TimeoutError:
-                    log.warning("blocklist pattern %r timed out on a prompt; ignored", item.hit.pattern)
+                    spent.append((time.monotonic() - started, item.hit))
+                    raise FilterTimeout(_slowest(spent, item.hit, budget)) from None
+            spent.append((time.monotonic() - started, item.hit))
         return None
+
+
+def _slowest(spent: Sequence[tuple[float, FilterHit]], last: FilterHit, budget: float) -> list[FilterHit]:
+    """The entry that ran out of time, then the ones that took a large share of the budget."""
+    heavy = [hit for took, hit in sorted(spent, key=lambda t: -t[0]) if took >= budget * SLOW_SHARE]
+    return list(dict.fromkeys([last, *heavy]))[:5]

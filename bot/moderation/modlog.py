@@ -6,18 +6,21 @@ sends it, best effort and off the job's critical path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bot.moderation.bans import describe_duration
 from bot.storage.moderation import Ban
 
-EntryKind = Literal["generation", "blocked", "report", "policy", "ban", "unban", "purge", "delete"]
+EntryKind = Literal[
+    "generation", "blocked", "slow_filter", "report", "policy", "ban", "unban", "purge", "delete"
+]
 
 COLOURS: dict[str, int] = {
     "generation": 0x5865F2,
     "blocked": 0xE67E22,
+    "slow_filter": 0xF1C40F,
     "report": 0xD64545,
     "policy": 0x95A5A6,
     "ban": 0x992D22,
@@ -91,6 +94,25 @@ def blocked(
     if auto_ban is not None:
         fields.append(("Auto-ban", f"banned {describe_duration_from(auto_ban)}"))
     return ModLogEntry(guild_id, "blocked", "🚫 Blocked prompt", tuple(fields))
+
+
+def slow_filter(
+    guild_id: int, *, user_id: int, channel_id: int | None, prompt: str, slow: Sequence[str]
+) -> ModLogEntry:
+    """The blocklist could not be checked in time, so a prompt was refused: name the slow entries."""
+    names = "\n".join(f"`{clip(s.replace('`', 'ʼ'), 200)}`" for s in slow) or "—"
+    fields = (
+        ("Slow entries", clip(names)),
+        (
+            "What to do",
+            "Simplify or remove these with `/palette blocklist remove`: until then, prompts that take them "
+            "too long to check are refused.",
+        ),
+        ("User", f"<@{user_id}> ({user_id})"),
+        ("Channel", f"<#{channel_id}>" if channel_id else "—"),
+        ("Prompt", quote(prompt)),
+    )
+    return ModLogEntry(guild_id, "slow_filter", "⏱️ Blocklist too slow: a prompt was refused", fields)
 
 
 def report(

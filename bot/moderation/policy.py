@@ -2,13 +2,19 @@
 
 Resolution of the per-user limits, field by field (daily, hourly):
 
-1. the global default from the settings (``USER_DAILY_LIMIT`` ...);
-2. replaced by the server's value when the server set one;
-3. replaced by the most generous override among the member's roles, when any role has one
-   (``0`` = unlimited beats any number; a larger number beats a smaller one). Roles without an
-   override for that field do not count, so an override can also *lower* a limit below the server's.
+1. the operator's value from the settings (``USER_DAILY_LIMIT`` ...) is the default *and the ceiling*;
+2. the server's value (``/palette limits``) replaces the default when the server set one;
+3. the most generous override among the member's roles (``/palette role-limit``, @everyone included)
+   replaces that, when any role has one (``0`` = unlimited beats any number; a larger number beats a
+   smaller one). Roles without an override for that field do not count, so an override can also
+   *lower* a limit below the server's;
+4. the result is capped by the operator's ceiling (:func:`within_ceiling`): servers and roles may lower
+   the operator's limits, never raise them. An operator value of ``0`` means unlimited, so no ceiling.
+   A server or role asking for ``0`` (unlimited) therefore gets the ceiling.
 
-The server-wide daily pool applies to everyone on top of that; concurrency stays global.
+Otherwise anyone who invites a public bot to their own server could give themselves unlimited images
+on the operator's provider accounts. The server-wide daily pool applies to everyone on top of that;
+concurrency stays global.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ __all__ = [
     "RequestContext",
     "RoleLimit",
     "check_request",
+    "exceeds_ceiling",
     "most_generous",
     "resolve_limits",
+    "within_ceiling",
 ]
 
 
@@ -75,6 +83,23 @@ def most_generous(values: Iterable[int | None]) -> int | None:
     return max(present)
 
 
+def within_ceiling(ceiling: int | None, value: int | None) -> int | None:
+    """A server's or role's limit under the operator's ``ceiling``; ``0``/``None`` = unlimited on both
+    sides (``None`` is returned for unlimited). ``min(ceiling, value)`` with unlimited as infinity."""
+    ceiling = ceiling or None
+    value = value or None
+    if ceiling is None:
+        return value
+    return ceiling if value is None else min(ceiling, value)
+
+
+def exceeds_ceiling(ceiling: int | None, value: int | None) -> bool:
+    """Whether a limit a server or role asked for is more than the operator allows (so it is capped)."""
+    if not ceiling or value is None:
+        return False
+    return value == 0 or value > ceiling
+
+
 def resolve_limits(
     settings: Settings,
     policy: GuildPolicy | None,
@@ -98,7 +123,10 @@ def resolve_limits(
         if role_hourly is not None:
             hourly = role_hourly
     return Limits(
-        daily=daily, hourly=hourly, max_concurrent=settings.user_max_concurrent, guild_daily_pool=pool
+        daily=within_ceiling(settings.user_daily_limit, daily),
+        hourly=within_ceiling(settings.user_hourly_limit, hourly),
+        max_concurrent=settings.user_max_concurrent,
+        guild_daily_pool=pool,
     )
 
 

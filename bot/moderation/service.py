@@ -15,19 +15,23 @@ blocked-prompt record (rare) writes before deferring.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from bot.catalog import RESOLUTIONS, get_model
 from bot.config import Settings
 from bot.errors import ValidationError
 from bot.moderation import bans, modlog
 from bot.moderation.filter import (
+    CHECK_BUDGET,
     FilterEntry,
     FilterHit,
+    FilterTimeout,
     InvalidPattern,
     PromptFilter,
     compile_regex,
@@ -39,6 +43,7 @@ from bot.moderation.policy import (
     RequestContext,
     check_request,
     check_where,
+    exceeds_ceiling,
     nsfw_terms_apply,
     strict_safety_for,
 )
@@ -49,6 +54,13 @@ log = logging.getLogger(__name__)
 
 MAX_LIMIT = 100_000
 MAX_BLOCKLIST = 500
+#: Threads for blocklist work (compiling, vetting, checking prompts): CPU-bound and time-bounded, kept
+#: off the event loop and out of the default executor that image work and DNS lookups share.
+FILTER_THREADS = 2
+FILTER_THREAD_NAME = "palette-filter"
+#: One mod-log entry per server and set of slow patterns per this many seconds (a user repeating a slow
+#: prompt must not flood the mod log).
+SLOW_REPORT_INTERVAL = 600.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,11 @@ class PromptBlocked(PolicyViolation):
     pass
 
 
+class PromptCheckTimedOut(PolicyViolation):
+    """The blocklist could not be checked within its time budget: the prompt is refused (fail closed),
+    without counting against its author."""
+
+
 class ModerationService:
     def __init__(
         self,
@@ -76,11 +93,15 @@ class ModerationService:
         *,
         clock: Callable[[], float] = time.time,
         sink: Callable[[ModLogEntry], None] | None = None,
+        check_budget: float = CHECK_BUDGET,
     ) -> None:
         self.repo = repo
         self.settings = settings
         self.clock = clock
         self.sink = sink
+        self.check_budget = check_budget
+        self._executor: ThreadPoolExecutor | None = None
+        self._slow_reported: dict[tuple[int, tuple[str, ...]], float] = {}
         self._state: dict[int, GuildState] = {}
         self._loading: dict[int, asyncio.Future[GuildState]] = {}
         self._version: dict[int, int] = {}
@@ -94,6 +115,25 @@ class ModerationService:
             self.sink(entry)
         except Exception:  # the mod log must never break a request
             log.exception("could not queue a mod-log entry")
+
+    # ------------------------------------------------------------------ the filter's threads
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The blocklist's own thread pool (created on first use, again after :meth:`close`)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(FILTER_THREADS, thread_name_prefix=FILTER_THREAD_NAME)
+        return self._executor
+
+    async def _in_filter_thread(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop the filter threads (at shutdown). Checks queued behind them are cancelled."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ requests
 
@@ -112,8 +152,10 @@ class ModerationService:
             policy = await self.repo.get_policy(guild_id)
             entries = await self.repo.blocklist(guild_id)
             ban_list = await self.repo.bans(guild_id)
-            built = PromptFilter(
-                [FilterEntry(e.kind, e.pattern, e.scope) for e in entries], builtin=policy.builtin_blocklist
+            built = await self._in_filter_thread(
+                PromptFilter,
+                [FilterEntry(e.kind, e.pattern, e.scope) for e in entries],
+                builtin=policy.builtin_blocklist,
             )
             state = GuildState(policy, {b.user_id: b for b in ban_list}, built)
             if self._version.get(guild_id, 0) == version:  # not invalidated while loading
@@ -179,10 +221,52 @@ class ModerationService:
         prompt_filter = await self.filter_for(policy)
         if not len(prompt_filter):
             return
-        hit = await asyncio.to_thread(prompt_filter.check, prompt, nsfw_terms=nsfw_terms_apply(policy, ctx))
+        try:
+            hit = await self._in_filter_thread(
+                prompt_filter.check,
+                prompt,
+                nsfw_terms=nsfw_terms_apply(policy, ctx),
+                budget=self.check_budget,
+            )
+        except FilterTimeout as exc:
+            self._timed_out(ctx, prompt, exc)
         if hit is None:
             return
         await self._blocked(policy, ctx, prompt, hit)
+
+    def _timed_out(self, ctx: RequestContext, prompt: str, exc: FilterTimeout) -> NoReturn:
+        """Fail closed: refuse the prompt (not the author's fault: no record, no auto-ban) and tell the
+        moderators which entries are slow, once in a while."""
+        assert ctx.guild_id is not None
+        slow = tuple(hit.pattern for hit in exc.slow)
+        log.warning(
+            "guild %s: the blocklist check ran out of its %.0f ms budget; slow entries: %s",
+            ctx.guild_id,
+            self.check_budget * 1000,
+            ", ".join(repr(p) for p in slow),
+        )
+        now = self.clock()
+        key = (ctx.guild_id, slow)
+        if now - self._slow_reported.get(key, float("-inf")) >= SLOW_REPORT_INTERVAL:
+            if len(self._slow_reported) >= 1000:  # forget old reports rather than grow without end
+                self._slow_reported = {
+                    k: t for k, t in self._slow_reported.items() if now - t < SLOW_REPORT_INTERVAL
+                }
+            self._slow_reported[key] = now
+            self.emit(
+                modlog.slow_filter(
+                    ctx.guild_id,
+                    user_id=ctx.user_id,
+                    channel_id=ctx.channel_id,
+                    prompt=prompt,
+                    slow=[hit.describe() for hit in exc.slow],
+                )
+            )
+        raise PromptCheckTimedOut(
+            "⏳ Palette couldn't check this prompt against this server's blocklist in time, so it wasn't "
+            "sent. Nothing was charged. Try again, or try a shorter prompt; the server's moderators have "
+            "been told."
+        )
 
     async def _blocked(self, policy: GuildPolicy, ctx: RequestContext, prompt: str, hit: FilterHit) -> None:
         assert ctx.guild_id is not None
@@ -275,8 +359,8 @@ class ModerationService:
                     guild_id,
                     actor_id=actor_id,
                     what=what,
-                    before=describe_values(old),
-                    after=describe_values(new),
+                    before=describe_values(old, self.settings),
+                    after=describe_values(new, self.settings),
                     also_to=(moved,) if moved else (),
                 )
             )
@@ -295,8 +379,8 @@ class ModerationService:
                 guild_id,
                 actor_id=actor_id,
                 what=f"role limit for <@&{role_id}>",
-                before=describe_role_limit(before),
-                after=describe_role_limit(limit),
+                before=describe_role_limit(before, self.settings),
+                after=describe_role_limit(limit, self.settings),
             )
         )
         return limit
@@ -310,7 +394,7 @@ class ModerationService:
                     guild_id,
                     actor_id=actor_id,
                     what=f"role limit for <@&{role_id}>",
-                    before=describe_role_limit(before),
+                    before=describe_role_limit(before, self.settings),
                     after="none (server limits apply)",
                 )
             )
@@ -321,7 +405,7 @@ class ModerationService:
     ) -> str:
         """Validate and add a blocklist entry; returns the stored pattern. Raises InvalidPattern."""
         if kind == "regex":
-            compile_regex(pattern)
+            await self._in_filter_thread(compile_regex, pattern)  # probing takes up to a second
             stored = pattern
         elif kind == "word":
             stored = normalize_word(pattern)
@@ -402,8 +486,43 @@ def describe_channels(policy: GuildPolicy) -> str:
     return "all channels"
 
 
-def describe_value(key: str, value: Any) -> str:
-    if key in ("daily_limit", "hourly_limit"):
+#: Per-user limit fields and the operator's setting that is their default and ceiling.
+CEILINGS = {"daily_limit": "user_daily_limit", "hourly_limit": "user_hourly_limit"}
+
+
+def ceiling_for(key: str, settings: Settings) -> int:
+    """The operator's ceiling for a per-user limit field (``0`` = unlimited, no ceiling)."""
+    return int(getattr(settings, CEILINGS[key]))
+
+
+def describe_limit(value: int | None, ceiling: int) -> str:
+    """A server's or role's per-user limit as it applies under the operator's ``ceiling``."""
+    if value is None:
+        return f"bot default ({ceiling or 'unlimited'})"
+    if exceeds_ceiling(ceiling, value):
+        asked = "unlimited" if value == 0 else str(value)
+        return f"{ceiling} ({asked} asked; the bot's limit)"
+    return "unlimited" if value == 0 else str(value)
+
+
+def capped_note(settings: Settings, **asked: int | None) -> str | None:
+    """What an admin asked for above the operator's ceilings (``daily_limit=...``), or None."""
+    capped = [
+        f"{LABELS[key].split()[0]} {'unlimited' if value == 0 else value} → {ceiling_for(key, settings)}"
+        for key, value in asked.items()
+        if exceeds_ceiling(ceiling_for(key, settings), value)
+    ]
+    if not capped:
+        return None
+    return (
+        "⚠️ Capped at the bot's limits (a server can lower them, not raise them): " + ", ".join(capped) + "."
+    )
+
+
+def describe_value(key: str, value: Any, settings: Settings | None = None) -> str:
+    if key in CEILINGS:
+        if settings is not None:
+            return describe_limit(value, ceiling_for(key, settings))
         return "server default" if value is None else ("unlimited" if value == 0 else str(value))
     if key in ("daily_pool", "max_images"):
         return "none" if value in (None, 0) else str(value)
@@ -448,36 +567,47 @@ LABELS = {
 }
 
 
-def describe_values(values: dict[str, Any]) -> str:
-    return "\n".join(f"{LABELS.get(k, k)}: {describe_value(k, v)}" for k, v in values.items())
+def describe_values(values: dict[str, Any], settings: Settings | None = None) -> str:
+    return "\n".join(f"{LABELS.get(k, k)}: {describe_value(k, v, settings)}" for k, v in values.items())
 
 
-def describe_role_limit(limit: RoleLimit | None) -> str:
+def describe_role_limit(limit: RoleLimit | None, settings: Settings | None = None) -> str:
     if limit is None:
         return "none"
-    return (
-        f"daily: {describe_value('daily_limit', limit.daily_limit)}, "
-        f"hourly: {describe_value('hourly_limit', limit.hourly_limit)}"
-    )
+    daily, hourly = limit.daily_limit, limit.hourly_limit
+    if settings is None:
+        return (
+            f"daily: {describe_value('daily_limit', daily)}, hourly: {describe_value('hourly_limit', hourly)}"
+        )
+
+    # A role without a value for a field leaves that field to the server (no ceiling note).
+    def field(key: str, value: int | None) -> str:
+        return "server's" if value is None else describe_value(key, value, settings)
+
+    return f"daily: {field('daily_limit', daily)}, hourly: {field('hourly_limit', hourly)}"
 
 
 def summarize(
-    policy: GuildPolicy, role_limits: Sequence[RoleLimit], blocklist_size: int
+    policy: GuildPolicy,
+    role_limits: Sequence[RoleLimit],
+    blocklist_size: int,
+    settings: Settings | None = None,
 ) -> list[tuple[str, str]]:
-    """The whole policy as (name, value) pairs for ``/palette settings``."""
+    """The whole policy as (name, value) pairs for ``/palette settings``. With ``settings`` the per-user
+    limits are the effective ones (capped by the operator's ceilings)."""
     p = policy
     rows = [
         (
             "Limits per user",
-            f"daily: {describe_value('daily_limit', p.daily_limit)} · "
-            f"hourly: {describe_value('hourly_limit', p.hourly_limit)}",
+            f"daily: {describe_value('daily_limit', p.daily_limit, settings)} · "
+            f"hourly: {describe_value('hourly_limit', p.hourly_limit, settings)}",
         ),
         ("Server daily pool", describe_value("daily_pool", p.daily_pool)),
         ("Max resolution", describe_value("max_resolution", p.max_resolution)),
         ("Max images per request", describe_value("max_images", p.max_images)),
         (
             "Role overrides",
-            "\n".join(f"<@&{r.role_id}>: {describe_role_limit(r)}" for r in role_limits) or "none",
+            "\n".join(f"<@&{r.role_id}>: {describe_role_limit(r, settings)}" for r in role_limits) or "none",
         ),
         ("Channels", describe_channels(p)),
         ("Models", describe_value("allowed_models", p.allowed_models)),

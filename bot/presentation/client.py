@@ -66,6 +66,9 @@ class PaletteBot(commands.Bot):
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
+        # No text Palette posts (provider wording and prompts included) may ping @everyone, a role or a
+        # user; the few messages meant to ping their requester say so explicitly (presenter._channel_send).
+        client_options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -188,6 +191,7 @@ class PaletteBot(commands.Bot):
     async def close(self) -> None:
         await self.jobs.stop(grace=0)
         await super().close()
+        self.moderation.close()
 
 
 async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.errors import ValidationError
+
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
 
@@ -78,23 +80,35 @@ class PromptModal(discord.ui.Modal):
             default=default,
         )
         self.add_item(self.prompt)
+        self.image_count = image_count
         self.which: discord.ui.TextInput[PromptModal] | None = None
         if image_count > 1:
             self.which = discord.ui.TextInput(
-                label=f"Which image (1-{image_count})?", default="1", max_length=2, required=False
+                label=f"Which image (1-{image_count})?", default="1", max_length=4, required=False
             )
             self.add_item(self.which)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        index = 1
-        if self.which is not None and self.which.value.strip():
-            raw = self.which.value.strip()
-            index = int(raw) if raw.isdigit() else 0
+        index = parse_image_number(self.which.value, self.image_count) if self.which is not None else 1
         await self._on_submit_prompt(interaction, self.prompt.value, index)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         bot: PaletteBot = interaction.client  # type: ignore[assignment]
         await bot.report_error(interaction, error)
+
+
+def parse_image_number(raw: str, count: int) -> int:
+    """The "which image" field: empty means 1; otherwise ASCII digits only (``str.isdigit`` also accepts
+    ``²`` and other scripts' digits, which ``int`` then rejects or reads differently), from 1 to ``count``.
+    Raises :class:`ValidationError` with a message for the user."""
+    text = raw.strip()
+    if not text:
+        return 1
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= count:
+        raise ValidationError(
+            f"Which image? Type a number from 1 to {count} (digits 0-9). Nothing was charged."
+        )
+    return int(text)
 
 
 class HistoryView(discord.ui.View):

@@ -17,7 +17,7 @@ from bot.catalog import MODELS
 from bot.errors import ValidationError
 from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
-from bot.moderation.service import describe_channels, summarize
+from bot.moderation.service import capped_note, describe_channels, describe_role_limit, summarize
 from bot.presentation import embeds
 from bot.presentation.moderation import ConfirmView, ModActionButton, delete_message
 
@@ -75,8 +75,8 @@ class AdminCog(commands.Cog):
 
     @palette.command(name="limits", description="Per-user limits, the server pool, max size and images")
     @app_commands.describe(
-        daily="Images per member per 24 hours (0 = unlimited)",
-        hourly="Images per member per hour (0 = unlimited)",
+        daily="Images per member per 24 hours, up to the bot's limit (0 = the bot's limit)",
+        hourly="Images per member per hour, up to the bot's limit (0 = the bot's limit)",
         pool="Images for the whole server per 24 hours (0 = no pool)",
         max_resolution="Largest output size members may ask for",
         max_images="Most images in one request (0 = the model's maximum)",
@@ -113,11 +113,13 @@ class AdminCog(commands.Cog):
         if not changes:
             raise ValidationError("Give at least one limit to change (or `reset`).")
         await self.mod.update_policy(guild_id, actor, "limits", **changes)
-        await self.reply(interaction, "✅ Limits updated. " + await self.limits_line(guild_id))
+        text = "✅ Limits updated. " + await self.limits_line(guild_id)
+        note = capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
+        await self.reply(interaction, text + (f"\n{note}" if note else ""))
 
     async def limits_line(self, guild_id: int) -> str:
         policy = await self.bot.db.moderation.get_policy(guild_id)
-        rows = dict(summarize(policy, [], 0))
+        rows = dict(summarize(policy, [], 0, self.bot.settings))
         return " · ".join(
             f"{k}: {rows[k]}"
             for k in ("Limits per user", "Server daily pool", "Max resolution", "Max images per request")
@@ -128,8 +130,8 @@ class AdminCog(commands.Cog):
     )
     @app_commands.describe(
         role="The role",
-        daily="Images per member per 24 hours for this role (0 = unlimited)",
-        hourly="Images per member per hour for this role (0 = unlimited)",
+        daily="Images per member per 24 hours for this role, up to the bot's limit (0 = the bot's limit)",
+        hourly="Images per member per hour for this role, up to the bot's limit (0 = the bot's limit)",
         clear="Remove this role's override",
     )
     async def role_limit(
@@ -150,8 +152,10 @@ class AdminCog(commands.Cog):
             return
         if daily is None and hourly is None:
             raise ValidationError("Give `daily` and/or `hourly` (or `clear`).")
-        await self.mod.set_role_limit(guild_id, actor, role.id, daily=daily, hourly=hourly)
-        await self.reply(interaction, f"✅ {role.mention}: daily {fmt(daily)}, hourly {fmt(hourly)}.")
+        limit = await self.mod.set_role_limit(guild_id, actor, role.id, daily=daily, hourly=hourly)
+        text = f"✅ {role.mention}: {describe_role_limit(limit, self.bot.settings)}."
+        note = capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
+        await self.reply(interaction, text + (f"\n{note}" if note else ""))
 
     # ------------------------------------------------------------------ where and what
 
@@ -314,12 +318,13 @@ class AdminCog(commands.Cog):
         guild_id, _ = self.ids(interaction)
         repo = self.bot.db.moderation
         policy = await repo.get_policy(guild_id)
-        rows = summarize(policy, await repo.role_limits(guild_id), len(await repo.blocklist(guild_id)))
-        embed = discord.Embed(title="Palette settings", colour=embeds.BRAND)
         d = self.bot.settings
+        rows = summarize(policy, await repo.role_limits(guild_id), len(await repo.blocklist(guild_id)), d)
+        embed = discord.Embed(title="Palette settings", colour=embeds.BRAND)
         embed.description = (
-            f"Bot defaults: {fmt(d.user_daily_limit)} a day, {fmt(d.user_hourly_limit)} an hour, "
-            f"{fmt(d.user_max_concurrent)} at a time. DMs {'allowed' if d.allow_dms else 'off'}."
+            f"Bot limits per member: {fmt(d.user_daily_limit)} a day, {fmt(d.user_hourly_limit)} an hour, "
+            f"{fmt(d.user_max_concurrent)} at a time (this server and its roles can lower them, not raise "
+            f"them; the limits below are the ones that apply). DMs {'allowed' if d.allow_dms else 'off'}."
         )
         for name, value in rows:
             embed.add_field(name=name, value=embeds.truncate(value, 1024), inline=False)

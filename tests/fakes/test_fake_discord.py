@@ -866,6 +866,49 @@ async def test_raw_rest_validation(world: World) -> None:
     assert fake.channel_messages(world.channel.id) == []
 
 
+async def test_allowed_mentions_decide_who_is_pinged(world: World) -> None:
+    fake = world.fake
+    role = fake.add_role(world.guild, "artists")
+    text = f"@everyone <@&{role.id}> <@{world.alice.id}> hello"
+    url = f"{fake.api_base}/channels/{world.channel.id}/messages"
+    headers = {"Authorization": f"Bot {fake.bot_token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        # No allowed_mentions: Discord parses every kind.
+        async with session.post(url, json={"content": text}) as resp:
+            everything = fake.messages[int((await resp.json())["id"])]
+        async with session.post(url, json={"content": text, "allowed_mentions": {"parse": []}}) as resp:
+            body = await resp.json()
+            assert body["mentions"] == [] and body["mention_roles"] == [] and not body["mention_everyone"]
+            nothing = fake.messages[int(body["id"])]
+        only_alice = {"parse": [], "users": [str(world.alice.id)]}
+        async with session.post(url, json={"content": text, "allowed_mentions": only_alice}) as resp:
+            alice = fake.messages[int((await resp.json())["id"])]
+        both = {"parse": ["users"], "users": [str(world.alice.id)]}
+        async with session.post(url, json={"content": text, "allowed_mentions": both}) as resp:
+            assert resp.status == 400 and "allowed_mentions" in (await resp.json())["errors"]
+        async with session.post(url, json={"content": text, "allowed_mentions": {"parse": ["all"]}}) as resp:
+            assert resp.status == 400
+    assert everything.allowed_mentions is None and everything.mention_everyone
+    assert everything.mention_roles == [str(role.id)] and len(everything.mentions) == 1
+    assert nothing.allowed_mentions == {"parse": []} and not nothing.mention_everyone
+    assert [int(u["id"]) for u in alice.mentions] == [world.alice.id] and alice.mention_roles == []
+    assert not alice.mention_everyone
+    # discord.py's client-wide default reaches message sends (and is merged with per-call mentions).
+    client = discord.Client(
+        intents=discord.Intents.none(),
+        guild_ready_timeout=0.05,
+        allowed_mentions=discord.AllowedMentions.none(),
+    )
+    async with running_client(fake, client):
+        channel = await client.fetch_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        quiet = await channel.send(text)
+        ping = await channel.send(text, allowed_mentions=discord.AllowedMentions(users=[world.alice]))
+    assert fake.messages[quiet.id].allowed_mentions == {"parse": []}
+    assert fake.messages[quiet.id].mentions == [] and not fake.messages[quiet.id].mention_everyone
+    assert [int(u["id"]) for u in fake.messages[ping.id].mentions] == [world.alice.id]
+
+
 async def test_auto_sharded_client_gets_shard_in_ready(world: World) -> None:
     fake = world.fake
     client = discord.AutoShardedClient(intents=discord.Intents.default(), guild_ready_timeout=0.05)

@@ -9,6 +9,7 @@ import pytest
 from bot.moderation.filter import (
     BUILTIN_TERMS,
     FilterEntry,
+    FilterTimeout,
     InvalidPattern,
     PromptFilter,
     compile_regex,
@@ -175,13 +176,63 @@ def test_bad_regexes_are_refused_with_the_reason(pattern: str, reason: str) -> N
     assert reason in caught.value.message
 
 
-def test_a_catastrophic_pattern_that_slipped_in_cannot_hang_the_check() -> None:
-    # Stored before validation existed (or in a hand-edited database): matching is still bounded.
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(\d+)+$",  # digits
+        r"(\d|\d)+x",
+        r"(\s*)*x",  # spaces, with a required literal after them
+        r"(\.|\.)*!",  # punctuation
+        r"([.!?]+)+$",
+        r"(\W+)+$",
+        r"(-+)+>",
+        r"(.*,)*z",
+    ],
+)
+def test_vetting_refuses_patterns_catastrophic_on_digits_spaces_and_punctuation(pattern: str) -> None:
+    with pytest.raises(InvalidPattern) as caught:
+        compile_regex(pattern)
+    assert "too slow" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"\bdragon\s*slayer\d*",
+        r"https?://\S+",
+        r"\d{3}-\d{4}",
+        r"k[i1]ll\s+(him|her|them)",
+        r"(cat|dog)s?",
+        r"foo\.bar",
+        r"\b(?:nazi|swastika)s?\b",
+    ],
+)
+def test_vetting_accepts_ordinary_patterns(pattern: str) -> None:
+    assert compile_regex(pattern).pattern == pattern  # raises InvalidPattern when refused
+
+
+def test_a_catastrophic_pattern_that_slipped_in_fails_closed() -> None:
+    # Stored before validation existed (or in a hand-edited database): the check runs out of its budget
+    # and says so, naming the pattern, instead of reporting "no match" and letting the prompt through.
     f = PromptFilter([FilterEntry("regex", "(a+)+$"), FilterEntry("word", "gore")])
-    started = time.perf_counter()
-    assert f.check("a" * 4000 + "!") is None
-    assert f.check("a" * 4000 + "! gore") is not None
-    assert time.perf_counter() - started < 1.0
+    with pytest.raises(FilterTimeout) as caught:
+        f.check("a" * 4000 + "!")
+    assert [hit.pattern for hit in caught.value.slow] == ["(a+)+$"]
+    # Words are checked first, so a blocked word is still found (and blamed on its author).
+    hit = f.check("a" * 4000 + "! gore")
+    assert hit is not None and hit.pattern == "gore"
+    assert f.check("a lighthouse") is None
+
+
+def test_one_budget_for_the_whole_check() -> None:
+    # Two slow entries: the first one uses up the prompt's budget, the second never gets its own.
+    f = PromptFilter([FilterEntry("regex", "(a|a)+$"), FilterEntry("regex", "(b|b)+$")])
+    with pytest.raises(FilterTimeout) as caught:
+        f.check("a" * 60 + "!" + "b" * 60 + "!")
+    assert [hit.pattern for hit in caught.value.slow] == ["(a|a)+$"]
+    # No time left at all: even a fast entry is not skipped, the check fails closed.
+    with pytest.raises(FilterTimeout):
+        PromptFilter([FilterEntry("word", "gore")]).check("a lighthouse", budget=0)
 
 
 def test_word_patterns_are_fast_on_adversarial_prompts() -> None:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from bot.moderation import filter as filter_module
+from bot.moderation import service as service_module
+from bot.moderation.filter import PromptFilter
 from bot.moderation.policy import RequestContext
-from bot.moderation.service import Banned, ModerationService, PromptBlocked
+from bot.moderation.service import (
+    FILTER_THREAD_NAME,
+    Banned,
+    ModerationService,
+    PromptBlocked,
+    PromptCheckTimedOut,
+)
 from bot.storage import open_database
 from tests.conftest import make_settings
 
@@ -54,6 +66,7 @@ async def test_checks_read_memory_and_changes_apply_at_once() -> None:
         with pytest.raises(Exception, match="isn't enabled"):
             await service.admit(ctx)
     finally:
+        service.close()
         await db.close()
 
 
@@ -73,4 +86,73 @@ async def test_server_default_model_only_when_it_can_take_the_references() -> No
         assert service.adjust(policy, ctx, spec, model_chosen=False, references=6).model == "nano-banana-pro"
         assert service.adjust(policy, ctx, spec, model_chosen=True).model == "nano-banana-pro"
     finally:
+        await db.close()
+
+
+async def test_prompt_checks_run_on_the_filters_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on the event loop, and not in the default executor image work and DNS lookups share."""
+    loop = asyncio.get_running_loop()
+    default = ThreadPoolExecutor(2, thread_name_prefix="default-pool")
+    loop.set_default_executor(default)
+    seen: list[tuple[str, str]] = []
+    original_check = PromptFilter.check
+    original_compile = filter_module.compile_regex
+
+    def check(self: PromptFilter, *args: Any, **kwargs: Any) -> Any:
+        seen.append(("check", threading.current_thread().name))
+        return original_check(self, *args, **kwargs)
+
+    def vet(pattern: str) -> Any:
+        seen.append(("vet", threading.current_thread().name))
+        return original_compile(pattern)
+
+    monkeypatch.setattr(PromptFilter, "check", check)
+    monkeypatch.setattr(service_module, "compile_regex", vet)
+    db = await open_database(":memory:")
+    service = ModerationService(db.moderation, make_settings())
+    try:
+        ctx = RequestContext(user_id=7, guild_id=GUILD, channel_id=1)
+        await service.add_block(GUILD, 1, "regex", r"\bdragon\d+")
+        policy = await service.admit(ctx)
+        await service.screen_prompt(policy, ctx, "a lighthouse")
+        with pytest.raises(PromptBlocked):
+            await service.screen_prompt(policy, ctx, "a dragon42")
+        assert [kind for kind, _ in seen] == ["vet", "check", "check"]
+        assert all(name.startswith(FILTER_THREAD_NAME) for _, name in seen), seen
+        pool = service.executor
+        assert pool is not default
+    finally:
+        service.close()
+        await db.close()
+        default.shutdown()
+    with pytest.raises(RuntimeError):  # closed: no more work is accepted
+        pool.submit(print)
+
+
+async def test_a_slow_pattern_fails_closed_without_blaming_the_author() -> None:
+    db = await open_database(":memory:")
+    entries: list[Any] = []
+    service = ModerationService(db.moderation, make_settings(), sink=entries.append)
+    try:
+        await service.update_policy(GUILD, 1, "auto-ban", autoban_hits=1)
+        # Stored without vetting (an old database, a hand edit): catastrophic on runs of digits.
+        await db.moderation.add_block(GUILD, "regex", r"(\d|\d)+x", "all", 1, 0.0)
+        service.invalidate(GUILD)
+        ctx = RequestContext(user_id=7, guild_id=GUILD, channel_id=1)
+        for _ in range(2):
+            policy = await service.admit(ctx)
+            with pytest.raises(PromptCheckTimedOut) as caught:
+                await service.screen_prompt(policy, ctx, "1" * 40 + "!x")
+            assert "in time" in caught.value.message and "Nothing was charged" in caught.value.message
+            assert "isn't allowed" not in caught.value.message
+        # One mod-log entry naming the pattern (the repeat within the interval is not logged again).
+        slow = [e for e in entries if e.kind == "slow_filter"]
+        assert len(slow) == 1
+        assert r"(\d|\d)+x" in dict(slow[0].fields)["Slow entries"]
+        # No blocked-prompt record, so no auto-ban: the author did nothing wrong.
+        assert not [e for e in entries if e.kind in ("blocked", "ban")]
+        assert await service.active_ban(GUILD, 7) is None
+        await service.screen_prompt(await service.admit(ctx), ctx, "a lighthouse")
+    finally:
+        service.close()
         await db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tests.fakes.discord.models import Permission
@@ -47,7 +48,10 @@ async def test_palette_group_is_hidden_and_checked_server_side(palette: Palette)
 
 
 async def test_limits_apply_at_once_and_the_most_generous_role_wins(tmp_path: Path) -> None:
-    async with running_palette(tmp_path, user_hourly_limit=0, user_max_concurrent=0) as palette:
+    # The operator sets no ceiling here (0 = unlimited), so a role's "unlimited" really is unlimited.
+    async with running_palette(
+        tmp_path, user_daily_limit=0, user_hourly_limit=0, user_max_concurrent=0
+    ) as palette:
         artists = palette.fake.add_role(palette.guild, "artists")
         patrons = palette.fake.add_role(palette.guild, "patrons")
         carol = palette.member("carol", roles=(artists, patrons))
@@ -72,6 +76,52 @@ async def test_limits_apply_at_once_and_the_most_generous_role_wins(tmp_path: Pa
         await palette.reply(await palette.admin(manager, "role-limit", role=artists, clear=True))
         assert (await policy.limits_for(dave.id, palette.guild.id, (artists.id,))).daily == 1
         await palette.idle()
+
+
+async def test_server_admins_cannot_lift_the_operators_limits(tmp_path: Path) -> None:
+    """USER_DAILY_LIMIT / USER_HOURLY_LIMIT are ceilings: /palette limits and role limits (even on
+    @everyone) may lower them, never raise them; the admin is told when a value was capped."""
+    async with running_palette(
+        tmp_path, user_daily_limit=2, user_hourly_limit=5, user_max_concurrent=0
+    ) as palette:
+        manager = palette.member("manager", permissions=MANAGER)
+        everyone = palette.guild.roles[0]
+        assert everyone.id == palette.guild.id and everyone.name == "@everyone"
+        ix = await palette.admin(manager, "limits", daily=0, hourly=1000)
+        answer = await refused_privately(palette, ix)
+        assert "Limits updated" in answer
+        assert "Capped at the bot's limits" in answer and "daily unlimited → 2" in answer
+        assert "hourly 1000 → 5" in answer
+        ix = await palette.admin(manager, "role-limit", role=everyone, daily=1000, hourly=0)
+        answer = await refused_privately(palette, ix)
+        assert "daily 1000 → 2" in answer and "hourly unlimited → 5" in answer
+        # /palette settings shows what applies.
+        ix = await palette.admin(manager, "settings")
+        await ix.wait_for(lambda i: bool(i.responses), timeout=10)
+        embed = ix.responses[0]["data"]["embeds"][0]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert "daily: 2 (unlimited asked" in fields["Limits per user"]
+        assert "hourly: 5 (1000 asked" in fields["Limits per user"]
+        assert "daily: 2 (1000 asked" in fields["Role overrides"]
+        assert "2 a day" in embed["description"]
+        # The member is still held to USER_DAILY_LIMIT: the third image is refused and costs nothing.
+        for i in range(2):
+            await palette.result_message(await palette.imagine(palette.alice, f"picture {i}"))
+        await palette.idle()
+        third = await palette.imagine(palette.alice, "picture 3")
+        assert "2 of your 2 images" in await palette.reply(third)
+        await palette.idle()
+        assert palette.listenhub.calls["generate"] == 2
+        assert (await palette.bot.db.jobs.ledger_balance()).reserved == 2
+        usage = await palette.bot.db.jobs.usage(palette.alice.id, time.time())
+        assert usage.daily_used == 2 and usage.in_flight == 0
+        # A server may still lower them.
+        await palette.reply(await palette.admin(manager, "role-limit", role=everyone, clear=True))
+        ix = await palette.admin(manager, "limits", daily=1)
+        answer = await refused_privately(palette, ix)
+        assert "Capped" not in answer and "daily: 1" in answer
+        bob = await palette.bot.policy.limits_for(palette.bob.id, palette.guild.id, (everyone.id,))
+        assert bob.daily == 1
 
 
 async def test_server_pool_caps_everyone(tmp_path: Path) -> None:
@@ -151,7 +201,7 @@ async def test_settings_shows_the_whole_policy(palette: Palette) -> None:
     manager = palette.member("manager", permissions=MANAGER)
     role = palette.fake.add_role(palette.guild, "vip")
     await palette.reply(await palette.admin(manager, "limits", daily=5, hourly=2, pool=100))
-    await palette.reply(await palette.admin(manager, "role-limit", role=role, daily=50))
+    await palette.reply(await palette.admin(manager, "role-limit", role=role, daily=20))
     await palette.reply(await palette.admin(manager, "modrole", role=role))
     ix = await palette.admin(manager, "settings")
     await ix.wait_for(lambda i: i.responses, timeout=10)
@@ -160,6 +210,6 @@ async def test_settings_shows_the_whole_policy(palette: Palette) -> None:
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert fields["Limits per user"] == "daily: 5 · hourly: 2"
     assert fields["Server daily pool"] == "100"
-    assert f"<@&{role.id}>: daily: 50" in fields["Role overrides"]
+    assert f"<@&{role.id}>: daily: 20" in fields["Role overrides"]
     assert fields["Moderator role"] == f"<@&{role.id}>"
     assert {"Channels", "Models", "Mod log", "NSFW channels", "Blocklist", "Auto-ban"} <= set(fields)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.fakes.discord.models import Permission
 from tests.presentation.conftest import Palette
 
@@ -73,6 +75,39 @@ async def test_invalid_and_catastrophic_regexes_are_refused_with_the_reason(pale
     await palette.idle()
 
 
+async def test_a_slow_stored_pattern_fails_closed_and_tells_the_moderators(palette: Palette) -> None:
+    manager, log_channel = await setup_modlog(palette)
+    await palette.reply(await palette.admin(manager, "autoban", hits=1))
+    # A pattern that got in without vetting (an old database, a hand edit): catastrophic on digits.
+    await palette.bot.db.moderation.add_block(
+        palette.guild.id, "regex", r"(\d|\d)+x", "all", manager.id, time.time()
+    )
+    palette.bot.moderation.invalidate(palette.guild.id)  # as after a restart
+    refused = await palette.imagine(palette.alice, "a poster of " + "1" * 40 + "!x")
+    text = await palette.reply(refused)
+    assert refused.ephemeral
+    assert "couldn't check this prompt" in text and "Nothing was charged" in text
+    assert "isn't allowed" not in text  # not the blocked-prompt wording: the author did nothing wrong
+    entry = await palette.modlog_entry(log_channel, "Blocklist too slow")
+    fields = {f["name"]: f["value"] for f in entry.embeds[0]["fields"]}
+    assert r"(\d|\d)+x" in fields["Slow entries"]
+    assert str(palette.alice.id) in fields["User"] and "blocklist remove" in fields["What to do"]
+    # Nothing charged, nothing generated, no auto-ban (even at one blocked prompt): the next prompt works.
+    assert palette.listenhub.calls["generate"] == 0
+    assert (await palette.bot.db.jobs.ledger_balance()).reserved == 0
+    assert await palette.bot.db.moderation.get_ban(palette.guild.id, palette.alice.id) is None
+    await palette.result_message(await palette.imagine(palette.alice, "a poster of a lighthouse"))
+    await palette.idle()
+    # Removing the pattern ends it.
+    await palette.reply(await palette.admin(manager, "blocklist remove", pattern=r"(\d|\d)+x"))
+    await palette.result_message(await palette.imagine(palette.alice, "a poster of " + "1" * 40 + "!x"))
+    await palette.idle()
+    pool = palette.bot.moderation.executor
+    await palette.bot.close()
+    with pytest.raises(RuntimeError):  # the filter's threads stop with the bot
+        pool.submit(print)
+
+
 async def test_nsfw_terms_and_strict_safety(palette: Palette) -> None:
     manager = palette.member("manager", permissions=MANAGER)
     await palette.reply(await palette.admin(manager, "blocklist add", pattern="bikini", scope="sfw"))
@@ -126,7 +161,7 @@ async def test_every_policy_change_appears_in_the_mod_log(palette: Palette) -> N
         m.embeds[0] for m in palette.fake.channel_messages(log_channel) if "limits" in m.embeds[0]["title"]
     )
     fields = {f["name"]: f["value"] for f in limits["fields"]}
-    assert "daily per user: server default" in fields["Before"] and "daily per user: 5" in fields["After"]
+    assert "daily per user: bot default (25)" in fields["Before"] and "daily per user: 5" in fields["After"]
     # The mod log is off now: later changes go nowhere, and nothing breaks.
     await palette.reply(await palette.admin(manager, "limits", daily=6))
 

@@ -314,6 +314,7 @@ def apply_body(
         if not msg.loading:
             msg.edited_timestamp = iso_now()
         flags &= ~MessageFlag.LOADING
+    allowed = _check_allowed_mentions(payload.get("allowed_mentions"))
     all_pairs = kept + new_pairs
     msg.content = content
     msg.flags = flags
@@ -327,15 +328,54 @@ def apply_body(
         msg.nonce = payload.get("nonce")
         if payload.get("poll"):
             msg.poll = dict(payload["poll"])
-    fill_mentions(fake, msg)
+    if creating or "content" in payload or "allowed_mentions" in payload:
+        msg.allowed_mentions = allowed
+        fill_mentions(fake, msg, allowed)
 
 
-def fill_mentions(fake: FakeDiscord, msg: Message) -> None:
-    """Populate ``mentions``/``mention_roles``/``mention_everyone`` from the content."""
+_MENTION_TYPES = ("roles", "users", "everyone")
+
+
+def _check_allowed_mentions(raw: Any) -> dict[str, Any] | None:
+    """Validate an ``allowed_mentions`` object like Discord (None when the body has none)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise errors.invalid_form_body(
+            "allowed_mentions", "MODEL_TYPE_CONVERT", "Only dictionaries may be used."
+        )
+    parse = raw.get("parse") or []
+    if not isinstance(parse, list) or any(p not in _MENTION_TYPES for p in parse):
+        raise errors.invalid_form_body(
+            "allowed_mentions.parse",
+            "ENUM_TYPE_COERCE",
+            "Value must be one of ('roles', 'users', 'everyone').",
+        )
+    for kind in ("users", "roles"):
+        ids = raw.get(kind) or []
+        if not isinstance(ids, list) or len(ids) > 100:
+            raise errors.invalid_form_body(
+                f"allowed_mentions.{kind}", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length."
+            )
+        if ids and kind in parse:
+            raise errors.invalid_form_body(
+                "allowed_mentions",
+                "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                f'parse:["{kind}"] and {kind}: [ids] are mutually exclusive.',
+            )
+    return dict(raw)
+
+
+def fill_mentions(fake: FakeDiscord, msg: Message, allowed: dict[str, Any] | None = None) -> None:
+    """Populate ``mentions``/``mention_roles``/``mention_everyone`` from the content, keeping only what
+    ``allowed_mentions`` lets ping (no ``allowed_mentions``: Discord parses every kind)."""
+    parse = set(_MENTION_TYPES) if allowed is None else set(allowed.get("parse") or [])
+    users = {int(u) for u in (allowed or {}).get("users") or []}
+    roles = {int(r) for r in (allowed or {}).get("roles") or []}
     mentions: list[dict[str, Any]] = []
     for raw in dict.fromkeys(_USER_MENTION.findall(msg.content)):
         user = fake.users.get(int(raw))
-        if user is None:
+        if user is None or ("users" not in parse and user.id not in users):
             continue
         payload = user.to_payload()
         guild = fake.guilds.get(msg.guild_id) if msg.guild_id else None
@@ -343,5 +383,7 @@ def fill_mentions(fake: FakeDiscord, msg: Message) -> None:
             payload["member"] = guild.members[user.id].to_payload(include_user=False)
         mentions.append(payload)
     msg.mentions = mentions
-    msg.mention_roles = list(dict.fromkeys(_ROLE_MENTION.findall(msg.content)))
-    msg.mention_everyone = "@everyone" in msg.content or "@here" in msg.content
+    msg.mention_roles = [
+        r for r in dict.fromkeys(_ROLE_MENTION.findall(msg.content)) if "roles" in parse or int(r) in roles
+    ]
+    msg.mention_everyone = "everyone" in parse and ("@everyone" in msg.content or "@here" in msg.content)

@@ -533,6 +533,9 @@ class Message:
     mentions: list[dict[str, Any]] = field(default_factory=list)
     mention_roles: list[str] = field(default_factory=list)
     mention_everyone: bool = False
+    #: The ``allowed_mentions`` of the body that last set the content (None: the body had none, so
+    #: Discord parsed every kind). Not part of Discord's message object; for tests.
+    allowed_mentions: dict[str, Any] | None = None
     webhook_id: int | None = None
     application_id: int | None = None
     interaction_metadata: dict[str, Any] | None = None

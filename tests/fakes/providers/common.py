@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     times: int | None = 1  # None: forever
+    #: A response waits until the test sets this event (to act while a call is in flight).
+    gate: asyncio.Event | None = None
 
 
 class ScriptQueue(deque[Scripted]):

@@ -133,13 +133,20 @@ class FakeListenHub:
     # --- scripting ------------------------------------------------------------------------------------------
 
     def script(
-        self, status: int, body: Any = None, headers: dict[str, str] | None = None, *, times: int | None = 1
+        self,
+        status: int,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        times: int | None = 1,
+        gate: asyncio.Event | None = None,
     ) -> None:
         """Answer the next ``times`` generation calls (None: all of them) with this status and body.
 
-        A dict/list body is sent as JSON, bytes as they are, anything else as text.
+        A dict/list body is sent as JSON, bytes as they are, anything else as text. With ``gate`` the
+        answer waits until the test sets that event.
         """
-        self._queue.append(Scripted("response", status, body, dict(headers or {}), times=times))
+        self._queue.append(Scripted("response", status, body, dict(headers or {}), times=times, gate=gate))
 
     def script_refusal(
         self, kind: str = "finish", reason: str = "IMAGE_SAFETY", text: str | None = None
@@ -206,6 +213,8 @@ class FakeListenHub:
             await self._sleep(scripted.seconds)
             scripted = None
         if scripted is not None and scripted.kind == "response":
+            if scripted.gate is not None:
+                await self._wait(scripted.gate)
             return _respond(scripted.status, scripted.body, scripted.headers)
         if scripted is not None and scripted.kind == "malformed":
             return web.Response(
@@ -255,6 +264,15 @@ class FakeListenHub:
             status, body = self.subscription
             return _respond(status, body, {})
         return web.json_response(self.subscription)
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        """Until ``event`` is set (or the server stops)."""
+        waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._release.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _sleep(self, seconds: float) -> None:
         # Interruptible, so stopping the server does not wait for a delayed handler.
