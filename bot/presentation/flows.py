@@ -163,6 +163,7 @@ class Flows:
             job = await self.bot.db.jobs.get_job(job_id)
             if job is None:
                 raise ValidationError("That generation is no longer in Palette's records.")
+            await self.check_clicked_result(interaction, job)
             if action == "delete":
                 await self.delete_result(interaction, job)
             elif action == "report":
@@ -175,6 +176,32 @@ class Flows:
                 await self.upscale(interaction, job)
         except Exception as exc:
             await self.bot.report_error(interaction, exc)
+
+    async def check_clicked_result(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        """Defence in depth before a result button acts: its job must belong to the server (or DM) of
+        the click, and the clicked message must be one of the job's result messages.
+
+        The job id comes from the button's ``custom_id``; discord.py already ignores a click whose
+        ``custom_id`` is not on the clicked message, and this refuses a button that is on a message but
+        names another job (another server's prompt, another message to delete)."""
+        message = interaction.message
+        if message is None:
+            raise NotThisResult()
+        # Message ids are unique across Discord: a match means this is the job's own message.
+        is_result = message.id in (job.status_message_id, job.result_message_id)
+        if not is_result:
+            is_result = any(
+                r.message_id == message.id for r in await self.bot.db.history.results_for_job(job.id)
+            )
+        if job.guild_id != interaction.guild_id:
+            # A server's result can have been delivered to its author's DMs (the channel was closed to us).
+            in_authors_dm = interaction.guild_id is None and interaction.user.id == job.user_id
+            if not (in_authors_dm and is_result):
+                raise NotThisResult()
+        if not is_result:
+            if not job.finished:  # posted a moment ago: its message id is written right after
+                raise ValidationError("That result is still being saved; try again in a moment.")
+            raise NotThisResult()
 
     def spec_from_job(self, job: JobRecord, **changes: object) -> GenerationSpec:
         params = embeds.job_params(job)
@@ -320,6 +347,11 @@ def check_bot_permissions(interaction: discord.Interaction) -> None:
 
 class MissingBotPermissions(PaletteError):
     pass
+
+
+class NotThisResult(ValidationError):
+    def __init__(self) -> None:
+        super().__init__("That button doesn't belong to this result; nothing was done.")
 
 
 def is_image_attachment(att: discord.Attachment) -> bool:
