@@ -285,9 +285,11 @@ async def report_result(bot: PaletteBot, interaction: discord.Interaction, job: 
         raise ValidationError("Reports are for results posted in servers.")
     if interaction.user.id == job.user_id:
         raise ValidationError("That's your own image; use Delete instead.")
-    await bot.moderation.report(
+    recorded = await bot.moderation.report(
         interaction.guild_id, job_id=job.id, reporter_id=interaction.user.id, reported_id=job.user_id
     )
+    if recorded is None:  # one report per member per result: no second row, no second mod-log post
+        raise ValidationError("You already reported this image; the moderators have been told.")
     message_id = interaction.message.id if interaction.message else job.result_message_id
     bot.moderation.emit(
         modlog.report(
