@@ -281,7 +281,8 @@ class Flows:
     # ------------------------------------------------------------------ quota
 
     async def provider_balances(self) -> list[str]:
-        """One line per provider that publishes a balance (shown to server managers)."""
+        """One line per provider that publishes a balance (the operator's business: see
+        :meth:`is_operator`)."""
         lines = []
         for name, provider in self.bot.generator.providers.items():
             try:
@@ -295,6 +296,16 @@ class Flows:
             credits = "?" if balance.credits is None else f"{balance.credits:g}"
             lines.append(f"{name}: {credits} credits" + (f"; free uses: {free}" if free else ""))
         return lines
+
+    async def is_operator(self, user: discord.abc.User) -> bool:
+        """Whether ``user`` runs this bot: the application's owner, or an admin or developer of the team
+        that owns it (``commands.Bot.is_owner``, which asks Discord once and remembers). Provider
+        balances and provider health are shown to them only, never to a server's managers."""
+        try:
+            return await self.bot.is_owner(user)
+        except discord.HTTPException as exc:
+            log.warning("could not read the application's owner (%s)", exc)
+            return False
 
     # ------------------------------------------------------------------ context menu
 
