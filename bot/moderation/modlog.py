@@ -6,7 +6,8 @@ sends it, best effort and off the job's critical path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,11 @@ COLOURS: dict[str, int] = {
 }
 VALUE_MAX = 1000
 
+#: Blocked-prompt entries shown per member and server within the window; the rest are counted and
+#: summed up on the member's next entry that is shown.
+BLOCKED_SHOWN_PER_USER = 3
+BLOCKED_WINDOW_SECONDS = 600.0
+
 
 @dataclass(frozen=True)
 class ModLogEntry:
@@ -48,6 +54,44 @@ class ModLogEntry:
     @property
     def colour(self) -> int:
         return COLOURS.get(self.kind, 0x95A5A6)
+
+
+class EntryRate:
+    """At most ``limit`` entries per key within a sliding ``window`` (seconds of the caller's clock).
+
+    :meth:`admit` returns ``None`` for an entry to drop, else how many were dropped for that key since
+    its last shown entry (for a summary line). Memory stays bounded: past ``max_keys`` keys, those whose
+    window is over and that await no summary are forgotten, then the longest-unused ones (their counts
+    are lost, never shown)."""
+
+    def __init__(self, limit: int, window: float, *, max_keys: int = 10_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._shown: OrderedDict[Hashable, deque[float]] = OrderedDict()
+        self._dropped: dict[Hashable, int] = {}
+
+    def admit(self, key: Hashable, now: float) -> int | None:
+        shown = self._shown.pop(key, None) or deque()
+        while shown and shown[0] <= now - self.window:
+            shown.popleft()
+        self._shown[key] = shown  # most recently used last
+        if len(shown) >= self.limit:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return None
+        shown.append(now)
+        self._prune(now)
+        return self._dropped.pop(key, 0)
+
+    def _prune(self, now: float) -> None:
+        if len(self._shown) <= self.max_keys:
+            return
+        for key in [k for k, times in self._shown.items() if not times or times[-1] <= now - self.window]:
+            if key not in self._dropped:
+                del self._shown[key]
+        while len(self._shown) > self.max_keys:
+            key, _ = self._shown.popitem(last=False)
+            self._dropped.pop(key, None)
 
 
 def clip(text: str, limit: int = VALUE_MAX) -> str:
@@ -83,7 +127,9 @@ def blocked(
     matched: str,
     recent: int,
     auto_ban: Ban | None,
+    not_shown: int = 0,
 ) -> ModLogEntry:
+    """``not_shown``: the member's blocked prompts left out of the mod log since their last entry."""
     fields = [
         ("User", f"<@{user_id}> ({user_id})"),
         ("Channel", f"<#{channel_id}>" if channel_id else "—"),
@@ -93,6 +139,9 @@ def blocked(
     ]
     if auto_ban is not None:
         fields.append(("Auto-ban", f"banned {describe_duration_from(auto_ban)}"))
+    if not_shown:
+        more = f"{not_shown} more blocked prompt{'' if not_shown == 1 else 's'} from <@{user_id}>"
+        fields.append(("Not shown", f"{more} {'was' if not_shown == 1 else 'were'} not shown"))
     return ModLogEntry(guild_id, "blocked", "🚫 Blocked prompt", tuple(fields))
 
 

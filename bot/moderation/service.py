@@ -105,6 +105,8 @@ class ModerationService:
         self._state: dict[int, GuildState] = {}
         self._loading: dict[int, asyncio.Future[GuildState]] = {}
         self._version: dict[int, int] = {}
+        # Blocked-prompt entries per (server, member): a flood of refusals is summed up, not posted.
+        self._blocked_entries = modlog.EntryRate(modlog.BLOCKED_SHOWN_PER_USER, modlog.BLOCKED_WINDOW_SECONDS)
 
     # ------------------------------------------------------------------ mod log
 
@@ -293,17 +295,20 @@ class ModerationService:
             )
             await self.repo.ban(auto)
             self.invalidate(ctx.guild_id)
-        self.emit(
-            modlog.blocked(
-                ctx.guild_id,
-                user_id=ctx.user_id,
-                channel_id=ctx.channel_id,
-                prompt=prompt,
-                matched=hit.describe(),
-                recent=recent,
-                auto_ban=auto,
+        not_shown = self._blocked_entries.admit((ctx.guild_id, ctx.user_id), now)
+        if not_shown is not None:
+            self.emit(
+                modlog.blocked(
+                    ctx.guild_id,
+                    user_id=ctx.user_id,
+                    channel_id=ctx.channel_id,
+                    prompt=prompt,
+                    matched=hit.describe(),
+                    recent=recent,
+                    auto_ban=auto,
+                    not_shown=not_shown,
+                )
             )
-        )
         if auto is not None:
             self.emit(modlog.ban(ctx.guild_id, auto, actor_id=None))
         message = "🚫 That prompt isn't allowed in this server. Nothing was charged."
@@ -448,7 +453,8 @@ class ModerationService:
 
     async def report(
         self, guild_id: int | None, *, job_id: int, reporter_id: int, reported_id: int
-    ) -> Report:
+    ) -> Report | None:
+        """One report per member per result: ``None`` when ``reporter_id`` already reported this job."""
         return await self.repo.add_report(guild_id, job_id, reporter_id, reported_id, self.clock())
 
     async def result_messages(self, guild_id: int, user_id: int) -> list[PostedResult]:

@@ -165,10 +165,21 @@ def history_embed(entries: Sequence[HistoryEntry], page: int, pages: int, total:
     return embed
 
 
-def status_embed(snapshots: Sequence[HealthSnapshot], *, queued: int, running: int) -> discord.Embed:
-    """Provider health and queue depth, for server managers (`/palette status`)."""
+def status_embed(
+    snapshots: Sequence[HealthSnapshot] | None,
+    *,
+    queued: int,
+    running: int,
+    server_images_today: int | None = None,
+) -> discord.Embed:
+    """Queue depth and the server's usage (`/palette status`); provider health only when ``snapshots``
+    is given (the bot's operator: server managers get ``None``)."""
     embed = discord.Embed(title="Palette status", colour=BRAND)
     embed.add_field(name="Queue", value=f"{queued} waiting · {running} generating", inline=False)
+    if server_images_today is not None:
+        embed.add_field(name="This server (24 h)", value=f"{server_images_today} images", inline=False)
+    if snapshots is None:
+        return embed
     icons = {"closed": "🟢", "half-open": "🟡", "open": "🔴"}
     for snap in snapshots:
         latency = f"{snap.median_latency_s:.1f} s" if snap.median_latency_s is not None else "n/a"

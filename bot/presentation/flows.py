@@ -198,6 +198,7 @@ class Flows:
             job = await self.bot.db.jobs.get_job(job_id)
             if job is None:
                 raise ValidationError("That generation is no longer in Palette's records.")
+            await self.check_clicked_result(interaction, job)
             if action == "delete":
                 await self.delete_result(interaction, job)
             elif action == "report":
@@ -210,6 +211,32 @@ class Flows:
                 await self.upscale(interaction, job)
         except Exception as exc:
             await self.bot.report_error(interaction, exc)
+
+    async def check_clicked_result(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        """Defence in depth before a result button acts: its job must belong to the server (or DM) of
+        the click, and the clicked message must be one of the job's result messages.
+
+        The job id comes from the button's ``custom_id``; discord.py already ignores a click whose
+        ``custom_id`` is not on the clicked message, and this refuses a button that is on a message but
+        names another job (another server's prompt, another message to delete)."""
+        message = interaction.message
+        if message is None:
+            raise NotThisResult()
+        # Message ids are unique across Discord: a match means this is the job's own message.
+        is_result = message.id in (job.status_message_id, job.result_message_id)
+        if not is_result:
+            is_result = any(
+                r.message_id == message.id for r in await self.bot.db.history.results_for_job(job.id)
+            )
+        if job.guild_id != interaction.guild_id:
+            # A server's result can have been delivered to its author's DMs (the channel was closed to us).
+            in_authors_dm = interaction.guild_id is None and interaction.user.id == job.user_id
+            if not (in_authors_dm and is_result):
+                raise NotThisResult()
+        if not is_result:
+            if not job.finished:  # posted a moment ago: its message id is written right after
+                raise ValidationError("That result is still being saved; try again in a moment.")
+            raise NotThisResult()
 
     def spec_from_job(self, job: JobRecord, **changes: object) -> GenerationSpec:
         params = embeds.job_params(job)
@@ -289,7 +316,8 @@ class Flows:
     # ------------------------------------------------------------------ quota
 
     async def provider_balances(self) -> list[str]:
-        """One line per provider that publishes a balance (shown to server managers)."""
+        """One line per provider that publishes a balance (the operator's business: see
+        :meth:`is_operator`)."""
         lines = []
         for name, provider in self.bot.generator.providers.items():
             try:
@@ -303,6 +331,16 @@ class Flows:
             credits = "?" if balance.credits is None else f"{balance.credits:g}"
             lines.append(f"{name}: {credits} credits" + (f"; free uses: {free}" if free else ""))
         return lines
+
+    async def is_operator(self, user: discord.abc.User) -> bool:
+        """Whether ``user`` runs this bot: the application's owner, or an admin or developer of the team
+        that owns it (``commands.Bot.is_owner``, which asks Discord once and remembers). Provider
+        balances and provider health are shown to them only, never to a server's managers."""
+        try:
+            return await self.bot.is_owner(user)
+        except discord.HTTPException as exc:
+            log.warning("could not read the application's owner (%s)", exc)
+            return False
 
     # ------------------------------------------------------------------ context menu
 
@@ -361,6 +399,11 @@ def check_bot_permissions(interaction: discord.Interaction) -> None:
 
 class MissingBotPermissions(PaletteError):
     pass
+
+
+class NotThisResult(ValidationError):
+    def __init__(self) -> None:
+        super().__init__("That button doesn't belong to this result; nothing was done.")
 
 
 def is_image_attachment(att: discord.Attachment) -> bool:

@@ -89,17 +89,39 @@ def with_spec(spec: Any, **changes: Any) -> Any:
 
 
 def is_moderator(interaction: discord.Interaction, policy: GuildPolicy | None) -> bool:
-    """Manage Messages in this channel, Manage Server, or the server's moderator role."""
+    """Manage Messages in this channel, Manage Server, or the server's moderator role.
+
+    Channel-scoped: enough for acting on the clicked message in its own channel. Anything that reaches
+    further (the mod-log buttons) needs :func:`is_server_moderator`."""
     user = interaction.user
     if not isinstance(user, discord.Member):
         return False
     perms = interaction.permissions
     if perms.manage_messages or perms.manage_guild or perms.administrator:
         return True
+    return has_mod_role(user, policy)
+
+
+def is_server_moderator(interaction: discord.Interaction, policy: GuildPolicy | None) -> bool:
+    """Manage Messages (or Manage Server) for the whole server, or the server's moderator role.
+
+    Server-wide means from the member's roles (``Member.guild_permissions``): ``interaction.permissions``
+    is resolved for the clicked message's channel, so a Manage Messages overwrite on the mod-log channel
+    alone would otherwise pass for deleting results anywhere and banning."""
+    user = interaction.user
+    if not isinstance(user, discord.Member) or user.guild.id != interaction.guild_id:
+        return False
+    perms = user.guild_permissions
+    if perms.manage_messages or perms.manage_guild or perms.administrator:
+        return True
+    return has_mod_role(user, policy)
+
+
+def has_mod_role(member: discord.Member, policy: GuildPolicy | None) -> bool:
     return (
         policy is not None
         and policy.mod_role_id is not None
-        and user.get_role(policy.mod_role_id) is not None
+        and member.get_role(policy.mod_role_id) is not None
     )
 
 
@@ -263,9 +285,11 @@ async def report_result(bot: PaletteBot, interaction: discord.Interaction, job: 
         raise ValidationError("Reports are for results posted in servers.")
     if interaction.user.id == job.user_id:
         raise ValidationError("That's your own image; use Delete instead.")
-    await bot.moderation.report(
+    recorded = await bot.moderation.report(
         interaction.guild_id, job_id=job.id, reporter_id=interaction.user.id, reported_id=job.user_id
     )
+    if recorded is None:  # one report per member per result: no second row, no second mod-log post
+        raise ValidationError("You already reported this image; the moderators have been told.")
     message_id = interaction.message.id if interaction.message else job.result_message_id
     bot.moderation.emit(
         modlog.report(
@@ -289,8 +313,11 @@ async def moderator_action(
     if interaction.guild_id is None:
         raise ValidationError("That only works in a server.")
     policy = await bot.moderation.policy(interaction.guild_id)
-    if not is_moderator(interaction, policy):
-        raise ValidationError("Only moderators can do that.")
+    # These buttons act server-wide (a result in any channel, a ban): channel permissions are not enough.
+    if not is_server_moderator(interaction, policy):
+        raise ValidationError(
+            "Only moderators can do that (Manage Messages for the whole server, or the moderator role)."
+        )
     job = await bot.db.jobs.get_job(job_id)
     if job is None or job.guild_id != interaction.guild_id:
         raise ValidationError("That generation is no longer in Palette's records.")

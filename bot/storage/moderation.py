@@ -297,14 +297,19 @@ class SqliteModerationRepository:
 
     async def add_report(
         self, guild_id: int | None, job_id: int, reporter_id: int, reported_id: int, now: float
-    ) -> Report:
+    ) -> Report | None:
+        """Record a report; ``None`` (nothing written) when this member already reported this job.
+
+        One statement, so two clicks on the shared connection cannot both insert. (A unique index on
+        ``(job_id, reporter_id)`` is the lasting guarantee, for any backend.)"""
         row = await self._db.fetchone(
             "INSERT INTO reports (guild_id, job_id, reporter_id, reported_id, created_at) "
-            f"VALUES (?, ?, ?, ?, ?) RETURNING {_REPORT_COLUMNS}",
-            (guild_id, job_id, reporter_id, reported_id, now),
+            "SELECT :g, :j, :r, :u, :now WHERE NOT EXISTS "
+            "(SELECT 1 FROM reports WHERE job_id = :j AND reporter_id = :r) "
+            f"RETURNING {_REPORT_COLUMNS}",
+            {"g": guild_id, "j": job_id, "r": reporter_id, "u": reported_id, "now": now},
         )
-        assert row is not None
-        return Report(*row)
+        return None if row is None else Report(*row)
 
     async def resolve_reports(self, job_id: int, resolution: str, now: float) -> int:
         return await self._db.execute(

@@ -194,7 +194,9 @@ class ModerationRepository(Protocol):
 
     async def add_report(
         self, guild_id: int | None, job_id: int, reporter_id: int, reported_id: int, now: float
-    ) -> Report: ...
+    ) -> Report | None:
+        """``None`` (nothing written) when ``reporter_id`` already reported ``job_id``."""
+        ...
 
     async def resolve_reports(self, job_id: int, resolution: str, now: float) -> int: ...
 

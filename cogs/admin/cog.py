@@ -7,6 +7,7 @@ override that in its integration settings, so every subcommand checks the permis
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -304,14 +305,26 @@ class AdminCog(commands.Cog):
         await self.reply(interaction, f"✅ Auto-ban: {text}.")
 
     @palette.command(
-        name="status", description="Provider health (circuit breakers, errors, latency) and queue depth"
+        name="status",
+        description="Queue depth, this server's usage today, and provider health for the bot's owner",
     )
     async def status(self, interaction: discord.Interaction) -> None:
-        generator = self.bot.generator
-        snapshots = [generator.health[name].snapshot() for name in sorted(generator.health)]
+        guild_id, user_id = self.ids(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        snapshots = None
+        # Provider health is the operator's business: the bot's owner sees it, server managers do not.
+        if await self.bot.flows.is_operator(interaction.user):
+            generator = self.bot.generator
+            snapshots = [generator.health[name].snapshot() for name in sorted(generator.health)]
+        usage = await self.bot.db.jobs.usage(user_id, time.time(), guild_id=guild_id)
         dispatcher = self.bot.jobs.dispatcher
-        embed = embeds.status_embed(snapshots, queued=dispatcher.queued, running=dispatcher.running)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        embed = embeds.status_embed(
+            snapshots,
+            queued=dispatcher.queued,
+            running=dispatcher.running,
+            server_images_today=usage.guild_pool_used,
+        )
+        await interaction.followup.send(embed=embed, ephemeral=True)
 
     @palette.command(name="settings", description="Show the whole Palette policy of this server")
     async def settings(self, interaction: discord.Interaction) -> None:

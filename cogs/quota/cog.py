@@ -1,4 +1,4 @@
-"""/quota: what the user has left, and provider balances for server managers."""
+"""/quota: what the user has left, and the providers' balances for the bot's operator only."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ class QuotaCog(commands.Cog):
         limits = await self.bot.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
         usage = await self.bot.db.jobs.usage(origin.user_id, time.time(), guild_id=origin.guild_id)
         balances: list[str] = []
-        perms = interaction.permissions
-        if interaction.guild_id is not None and perms.manage_guild:
+        # The operator's business (what the API keys have left), not a server manager's.
+        if await self.bot.flows.is_operator(interaction.user):
             balances = await self.bot.flows.provider_balances()
         await interaction.followup.send(
             embed=embeds.quota_embed(usage, limits, balances=balances), ephemeral=True

@@ -1000,3 +1000,84 @@ class Seen:
                     return found
                 self._changed.clear()
                 await self._changed.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# application owner / team, member permissions, forged component clicks
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_application_owner_and_team_as_discord_reports_them(world: World) -> None:
+    fake = world.fake
+    bot = commands.Bot(command_prefix="!", intents=discord.Intents.none(), guild_ready_timeout=0.05)
+    async with running_client(fake, bot):
+        info = await bot.application_info()
+        assert info.owner.id == fake.app_owner.id and info.team is None
+        lead, dev, viewer = (fake.add_user(n) for n in ("lead", "dev", "viewer"))
+        fake.set_team(lead, [(dev, "developer"), (viewer, "read_only")], name="Crew")
+        info = await bot.application_info()
+        assert info.team is not None and info.team.name == "Crew" and info.team.owner_id == lead.id
+        assert info.owner.id == info.team.id and info.owner.name == f"team{info.team.id}"
+        roles = {m.id: m.role for m in info.team.members}
+        assert roles == {
+            lead.id: discord.TeamMemberRole.admin,
+            dev.id: discord.TeamMemberRole.developer,
+            viewer.id: discord.TeamMemberRole.read_only,
+        }
+        assert await bot.is_owner(lead) and await bot.is_owner(dev) and not await bot.is_owner(viewer)
+        assert not await bot.is_owner(fake.app_owner)
+
+
+async def test_member_permissions_are_a_role_the_client_sees(world: World) -> None:
+    fake = world.fake
+    bob = fake.add_user("bob")
+    fake.add_member(world.guild, bob, permissions=int(Permission.MANAGE_MESSAGES))
+    log = fake.add_channel(world.guild, name="mod-log")
+    carol = fake.add_user("carol")
+    fake.add_member(world.guild, carol)
+    fake.set_channel_overwrite(log, carol, allow=int(Permission.MANAGE_MESSAGES))
+    client = make_client(members=True)
+    async with running_client(fake, client):
+        await fake.wait_until_identified()
+        guild = client.get_guild(world.guild.id)
+        assert guild is not None
+        member = guild.get_member(bob.id)
+        assert member is not None and member.guild_permissions.manage_messages
+        overwritten = guild.get_member(carol.id)
+        assert overwritten is not None and not overwritten.guild_permissions.manage_messages
+        channel = guild.get_channel(log.id)
+        assert isinstance(channel, discord.TextChannel)
+        assert channel.permissions_for(overwritten).manage_messages
+        assert fake.member_permissions_in(log, carol) & Permission.MANAGE_MESSAGES
+
+
+async def test_a_forged_component_click_reaches_the_client_but_no_view_handles_it(world: World) -> None:
+    fake = world.fake
+    client = make_client()
+    seen: list[str] = []
+
+    class Press(discord.ui.View):
+        @discord.ui.button(label="Press", custom_id="real")
+        async def press(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+            await interaction.response.send_message("pressed", ephemeral=True)
+
+    @client.event
+    async def on_interaction(interaction: discord.Interaction) -> None:
+        seen.append(str((interaction.data or {}).get("custom_id")))
+
+    async with running_client(fake, client):
+        await fake.wait_until_identified()
+        view = Press(timeout=None)
+        client.add_view(view)
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        sent = await channel.send("buttons", view=view)
+        message = fake.messages[sent.id]
+        with pytest.raises(AssertionError, match="has no component"):
+            await fake.click_button(world.alice, message, "forged")
+        forged = await fake.forge_component_click(world.alice, message, "forged")
+        real = await fake.click_button(world.alice, message, "real")
+        await real.wait_for_response()
+        assert seen == ["forged", "real"]
+        assert forged.payload["data"] == {"custom_id": "forged", "component_type": 2}
+        assert not forged.responses

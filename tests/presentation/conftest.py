@@ -89,7 +89,7 @@ class Palette:
     # --- moderation helpers (issue 4) ---
 
     def member(self, name: str, *, permissions: int | None = None, roles: tuple[Any, ...] = ()) -> Any:
-        """A new member of the test server (``permissions`` replaces the role-derived ones)."""
+        """A new member of the test server (``permissions``: a role of their own with those bits)."""
         user = self.fake.add_user(name=name)
         self.fake.add_member(self.guild, user, roles=[r.id for r in roles], permissions=permissions)
         return user

@@ -264,22 +264,30 @@ async def test_result_goes_to_a_dm_when_the_channel_is_closed_to_the_bot(palette
     assert (await palette.job_of(message)).committed == 1
 
 
-async def test_palette_status_shows_breakers_and_queue_to_managers_only(tmp_path: Path) -> None:
+async def test_palette_status_shows_breakers_to_the_bots_owner_and_queue_to_managers(tmp_path: Path) -> None:
     from tests.presentation.test_admin import MANAGER
+
+    async def status(user: object) -> dict[str, str]:
+        ix = await palette.admin(user, "status")
+        await ix.wait_for(lambda i: bool(i.original and i.original.embeds and not i.original.loading), 10)
+        assert ix.ephemeral
+        return {f["name"]: f["value"] for f in ix.original.embeds[0]["fields"]}
 
     async with running_palette(tmp_path, breaker_failures=1, breaker_cooldown=300) as palette:
         palette.listenhub.script(500, {"error": "down"}, times=None)
         await palette.result_message(await palette.imagine(palette.alice, "one"))  # fails over, opens
         await palette.idle()
-        manager = palette.member("manager", permissions=MANAGER)
-        ix = await palette.admin(manager, "status")
-        response = await ix.wait_for_response(timeout=5)
-        assert ix.ephemeral
-        fields = {f["name"]: f["value"] for f in response["data"]["embeds"][0]["fields"]}
+        owner = palette.fake.app_owner
+        palette.fake.add_member(palette.guild, owner, permissions=MANAGER)
+        fields = await status(owner)
         assert fields["Queue"] == "0 waiting · 0 generating"
         listenhub = next(v for k, v in fields.items() if k.endswith("listenhub"))
         assert "breaker open" in listenhub and "errors 100%" in listenhub
         mountsea = next(v for k, v in fields.items() if k.endswith("mountsea"))
         assert "breaker closed" in mountsea and "errors 0%" in mountsea
+        # A server manager sees the queue, not the operator's providers.
+        fields = await status(palette.member("manager", permissions=MANAGER))
+        assert fields["Queue"] == "0 waiting · 0 generating"
+        assert not any(k.endswith(("listenhub", "mountsea")) for k in fields), fields
         refused = await palette.admin(palette.alice, "status")
         assert "Manage Guild" in await palette.reply(refused)

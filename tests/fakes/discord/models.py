@@ -340,8 +340,6 @@ class Member:
     roles: list[int] = field(default_factory=list)
     nick: str | None = None
     joined_at: str = field(default_factory=iso_now)
-    #: When set, used instead of the role-derived guild permissions (see ``FakeDiscord.add_member``).
-    permissions_override: int | None = None
 
     def to_payload(self, *, include_user: bool = True) -> dict[str, Any]:
         """The guild member object."""

@@ -11,8 +11,6 @@ def base_permissions(guild: Guild, member: Member, *, is_bot: bool = False) -> i
         return ALL_PERMISSIONS
     if is_bot and guild.bot_permissions_override is not None:
         perms = guild.bot_permissions_override
-    elif member.permissions_override is not None:
-        perms = member.permissions_override
     else:
         perms = guild.everyone_role.permissions
         for role_id in member.roles:

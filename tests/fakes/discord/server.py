@@ -122,6 +122,8 @@ class FakeDiscord:
         #: The application id; equal to the bot user id, as for every application created since 2020.
         self.application_id: int = self.bot_user.id
         self.app_owner = User(id=next_snowflake(), username="palette-owner")
+        #: Set by :meth:`set_team`: the application is team-owned (``owner`` is then a pseudo user).
+        self.app_team: dict[str, Any] | None = None
         #: Accepted in ``Authorization: Bot <token>`` and in gateway IDENTIFY/RESUME.
         self.bot_token = bot_token
         self.users: dict[int, User] = {self.bot_user.id: self.bot_user, self.app_owner.id: self.app_owner}
@@ -388,6 +390,49 @@ class FakeDiscord:
             self.gateway.dispatch("GUILD_CREATE", self._guild_create_payload(guild, session, joined=True))
         return guild
 
+    def set_team(
+        self, owner: User, members: Sequence[tuple[User, str]] = (), *, name: str = "Palette Team"
+    ) -> None:
+        """Make the application team-owned, reported the way Discord does.
+
+        ``GET /oauth2/applications/@me`` then carries a ``team`` object (``owner_user_id`` =
+        ``owner``) and, as ``owner``, the team's pseudo user (``team<id>``, flag TEAM_PSEUDO_USER
+        = 1 << 10) instead of a person. ``members`` are ``(user, role)`` with role ``"admin"``,
+        ``"developer"`` or ``"read_only"``; the team owner is listed with role ``"admin"`` (Discord
+        has no ``"owner"`` role value: the owner is known by ``owner_user_id``).
+        """
+        roles = ("admin", "developer", "read_only")
+        listed = [(owner, "admin"), *((u, r) for u, r in members if u.id != owner.id)]
+        for user, role in listed:
+            if role not in roles:
+                raise ValueError(f"team roles are {roles}, not {role!r}")
+            self.users.setdefault(user.id, user)
+        team_id = next_snowflake()
+        self.app_team = {
+            "icon": None,
+            "id": str(team_id),
+            "name": name,
+            "owner_user_id": str(owner.id),
+            "members": [
+                {
+                    "membership_state": 2,  # ACCEPTED
+                    "permissions": ["*"],
+                    "team_id": str(team_id),
+                    "user": user.to_payload(),
+                    "role": role,
+                }
+                for user, role in listed
+            ],
+        }
+
+    def _application_owner_payload(self) -> dict[str, Any]:
+        if self.app_team is None:
+            return self.app_owner.to_payload()
+        team_id = int(self.app_team["id"])
+        pseudo = User(id=team_id, username=f"team{team_id}").to_payload()
+        pseudo.update(discriminator="0000", public_flags=1 << 10, flags=1 << 10)
+        return pseudo
+
     def bot_role(self, guild: Guild) -> Role:
         """The bot's managed role in ``guild``."""
         return next(r for r in guild.roles if r.bot_id == self.bot_user.id)
@@ -451,13 +496,17 @@ class FakeDiscord:
         """Make ``user`` a member of ``guild`` with ``roles`` (role ids).
 
         Permissions are computed like Discord does (``@everyone`` | roles, owner/ADMINISTRATOR =
-        all, then channel overwrites). ``permissions`` replaces the role-derived guild permissions
-        for this member. Dispatches GUILD_MEMBER_ADD when the bot has the GUILD_MEMBERS intent.
+        all, then channel overwrites). Discord has no per-member guild permissions, so
+        ``permissions`` gives the member a role of their own carrying those bits (on top of
+        ``@everyone``, like any role): the client's role cache then agrees with the fake, e.g. for
+        discord.py's ``Member.guild_permissions``. Dispatches GUILD_MEMBER_ADD when the bot has the
+        GUILD_MEMBERS intent.
         """
         self.users.setdefault(user.id, user)
-        member = Member(
-            guild_id=guild.id, user=user, roles=list(roles or []), nick=nick, permissions_override=permissions
-        )
+        role_ids = list(roles or [])
+        if permissions is not None:
+            role_ids.append(self.add_role(guild, f"{user.username} permissions", permissions).id)
+        member = Member(guild_id=guild.id, user=user, roles=role_ids, nick=nick)
         guild.members[user.id] = member
         session = self.gateway.session
         if session is not None and session.has_intent(INTENT_GUILD_MEMBERS):
@@ -761,8 +810,8 @@ class FakeDiscord:
             "bot_public": True,
             "bot_require_code_grant": False,
             "verify_key": "0" * 64,
-            "owner": self.app_owner.to_payload(),
-            "team": None,
+            "owner": self._application_owner_payload(),
+            "team": self.app_team,
             "flags": APPLICATION_FLAGS,
             "bot": self.bot_user.to_payload(),
             "redirect_uris": [],
@@ -1182,6 +1231,31 @@ class FakeDiscord:
             data,
             attachment_size_limit=attachment_size_limit,
             locale=locale,
+            app_permissions=None,
+            message=message,
+        )
+
+    async def forge_component_click(
+        self, user: User, message: Message, custom_id: str, *, component_type: int = 2
+    ) -> Interaction:
+        """A MESSAGE_COMPONENT interaction on ``message`` naming a ``custom_id`` it may not carry.
+
+        Discord only sends clicks on components that exist on the message (:meth:`click_button`
+        insists on that too); this skips the check, so a test can prove the bot ignores such a
+        payload instead of trusting the ``custom_id`` alone.
+        """
+        if message.deleted:
+            raise AssertionError(f"message {message.id} was deleted")
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
+        if component_type != 2:
+            data["values"] = []
+        return self._new_interaction(
+            MESSAGE_COMPONENT,
+            user,
+            self.channels[message.channel_id],
+            data,
+            attachment_size_limit=10 * MIB,
+            locale="en-US",
             app_permissions=None,
             message=message,
         )
