@@ -35,7 +35,7 @@ def parse_database_url(url: str) -> URL:
         text = "postgresql://" + text[len("postgres://") :]
     try:
         parsed = make_url(text)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError, ValueError...
+    except Exception as exc:
         raise DatabaseUrlError(
             "DATABASE_URL must look like sqlite:///data/palette.db or postgresql://user@host:5432/db"
         ) from exc

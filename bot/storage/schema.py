@@ -86,9 +86,7 @@ jobs = Table(
     # crash between the two is settled from this, never posted again.
     Column("delivery", Text),
     CheckConstraint("count > 0", name="count_positive"),
-    CheckConstraint(
-        "status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="status_known"
-    ),
+    CheckConstraint("status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="status_known"),
     CheckConstraint("reserved >= 0", name="reserved_nonnegative"),
     CheckConstraint("committed >= 0", name="committed_nonnegative"),
     CheckConstraint("refunded >= 0", name="refunded_nonnegative"),
