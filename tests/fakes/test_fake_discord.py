@@ -977,7 +977,8 @@ async def test_shards_get_only_their_guilds_events(fake: FakeDiscord) -> None:
     alice = fake.add_user("alice")
     for guild in guilds.values():
         fake.add_member(guild, alice)
-    shard0, shard1 = PingCounter("s0", shard_id=0, shard_count=2), PingCounter("s1", shard_id=1, shard_count=2)
+    shard0 = PingCounter("s0", shard_id=0, shard_count=2)
+    shard1 = PingCounter("s1", shard_id=1, shard_count=2)
     async with running_client(fake, shard0.client), running_client(fake, shard1.client):
         await sync_to(shard0.tree, guilds[0])
         await sync_to(shard0.tree, guilds[1])
