@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import time
@@ -50,6 +51,12 @@ def photo_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=4)
+def cached_photo_png(width: int, height: int) -> bytes:
+    """:func:`photo_png`, made once per size per benchmark run (a 4K one takes seconds)."""
+    return photo_png(width, height)
+
+
 class BenchListenHub(FakeListenHub):
     def __init__(self, *, latency: float = 1.0) -> None:
         super().__init__(scale=1.0, processing_delay=latency)
@@ -65,7 +72,7 @@ class BenchListenHub(FakeListenHub):
         key = (width, height)
         body = self._bodies.get(key)
         if body is None:
-            png = photo_png(width, height)
+            png = cached_photo_png(width, height)
             self.png_sizes[key] = len(png)
             part = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png).decode("ascii")}}
             body = json.dumps(
