@@ -1,6 +1,8 @@
 """`python -m bot`: run the bot, or use the generation pipeline from the command line.
 
-python -m bot                      run the Discord bot (needs DISCORD_TOKEN)
+python -m bot                      run the Discord bot (needs DISCORD_TOKEN): gateway and worker in one
+python -m bot gateway              only the gateway part: answers Discord, queues jobs in the database
+python -m bot worker               only the worker part: runs queued jobs, posts results (no gateway)
 python -m bot sync                 push slash commands to Discord now
 python -m bot generate --model M --prompt P [--aspect-ratio R] [--resolution 1K] [--count N]
                        [--seed S] [--ref FILE ...] [--out DIR]
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bot", description="Palette, the AI image bot for Discord."
     )
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the Discord bot (the default)")
+    sub.add_parser("run", help="run the Discord bot, gateway and worker in one process (the default)")
+    sub.add_parser("gateway", help="answer Discord and queue jobs; workers (other processes) run them")
+    sub.add_parser("worker", help="run queued jobs and post their results (no gateway connection)")
     sub.add_parser("sync", help="sync slash commands with Discord now")
 
     gen = sub.add_parser("generate", help="generate images without Discord")
@@ -80,13 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.secrets())
     command = args.command or "run"
     try:
-        if command in ("run", "sync"):
+        if command in ("run", "sync", "gateway", "worker"):
             if settings.discord_token is None:
                 print(NO_TOKEN_HELP, file=sys.stderr)
                 return EXIT_USAGE
             from bot.app import run_bot
 
-            return run_bot(settings, sync_only=command == "sync")
+            role = {"run": "all", "sync": "all"}.get(command, command)
+            return run_bot(settings, sync_only=command == "sync", role=role)
         if command == "generate":
             return asyncio.run(_generate(settings, args))
         if command == "models":

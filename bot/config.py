@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # --- storage ---
     database_url: str = "sqlite:///data/palette.db"
+    # Working files (images waiting for upload). Empty: the SQLite database's directory, else ./data.
+    data_dir: Path | None = None
 
     # --- providers (enabled when the key is set) ---
     listenhub_api_key: SecretStr | None = None
@@ -84,6 +86,17 @@ class Settings(BaseSettings):
     job_max_age: float = Field(3600.0, gt=0)
     # On SIGTERM/SIGINT: seconds running jobs get to finish before the rest is left for the next start.
     shutdown_grace: float = Field(20.0, ge=0)
+    # --- the queue (several processes share one database) ---
+    # A worker's claim on a job lasts this long unless renewed (every third of it); a worker that dies
+    # stops renewing and, once it has run out, another worker takes the job over.
+    job_lease_seconds: float = Field(30.0, gt=0)
+    # Jobs one worker runs at once (talking to providers); 0 = the sum of the provider caps.
+    worker_max_jobs: int = Field(0, ge=0)
+    # Bytes of finished images a worker keeps in memory on their way to Discord; beyond it they wait on
+    # disk (in the data directory) until they are uploaded.
+    image_memory_budget: int = Field(512 * 1024 * 1024, ge=0)
+    # Processes that re-encode results too large for an upload; 0 = one per CPU core.
+    image_encoders: int = Field(0, ge=0)
     # Circuit breaker: after this many consecutive faults a provider is skipped for the cool-down.
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown: float = Field(60.0, ge=0)
@@ -126,7 +139,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("discord_dev_guild_id", mode="before")
+    @field_validator("discord_dev_guild_id", "data_dir", mode="before")
     @classmethod
     def _blank_guild_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -162,6 +175,15 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return Path(url[len(prefix) :])
         raise ValueError("DATABASE_URL must start with sqlite:/// (only SQLite is supported for now)")
+
+    @property
+    def data_directory(self) -> Path:
+        """Where working files go: DATA_DIR, else beside a SQLite database, else ``./data``."""
+        if self.data_dir is not None:
+            return self.data_dir
+        if self.database_url.startswith("sqlite:") and ":memory:" not in self.database_url:
+            return self.database_path.parent
+        return Path("data")
 
     def secrets(self) -> list[str]:
         """Every configured secret value; used to scrub logs."""
