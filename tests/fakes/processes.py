@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -37,11 +38,11 @@ FOREIGN_PREFIXES = (
     "JOB_",
 )
 
-#: The log line each role writes once it is ready to work (``None``/``run``: the all-in-one process).
+#: What each role logs once it is ready to work (a regular expression; ``run``: the all-in-one process).
 READY_MARKERS: dict[str, str] = {
-    "run": "logged in as",
-    "gateway": "logged in as",
-    "worker": "worker ready",
+    "run": r"logged in as",
+    "gateway": r"logged in as",
+    "worker": r"worker \S+ ready",
 }
 
 
@@ -164,9 +165,9 @@ class PaletteProcess:
         return self
 
     async def wait_ready(self, timeout: float = 60) -> None:
-        marker = READY_MARKERS[self.role or "run"]
+        marker = re.compile(READY_MARKERS[self.role or "run"])
         deadline = time.monotonic() + timeout
-        while marker not in self.current_log():
+        while not marker.search(self.current_log()):
             if not self.running:
                 raise AssertionError(f"{self.name} exited during start-up:\n{self.log_tail()}")
             if time.monotonic() > deadline:
