@@ -167,9 +167,11 @@ class PaletteProcess:
     async def wait_ready(self, timeout: float = 60) -> None:
         marker = re.compile(READY_MARKERS[self.role or "run"])
         deadline = time.monotonic() + timeout
-        while not marker.search(self.current_log()):
+        while not marker.search(log := self.current_log()):
             if not self.running:
                 raise AssertionError(f"{self.name} exited during start-up:\n{self.log_tail()}")
+            if "Traceback (most recent call last)" in log:
+                raise AssertionError(f"{self.name} failed during start-up:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name} was not ready after {timeout} s:\n{self.log_tail()}")
             await asyncio.sleep(0.05)
