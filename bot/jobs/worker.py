@@ -435,6 +435,7 @@ class Worker:
     async def start(self) -> None:
         """Match the queue's slots to this worker's caps, give jobs from older versions a queue provider,
         then claim. Jobs left running by a worker that died are taken over once their lease expires."""
+        self._stopping = False
         await self.queue.sync_slots(self.generator.capacity())
         adopted = await self._adopt_unassigned()
         if adopted:
