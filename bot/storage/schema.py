@@ -96,6 +96,8 @@ Index("jobs_user_created", jobs.c.user_id, jobs.c.created_at)
 Index("jobs_user_status", jobs.c.user_id, jobs.c.status, jobs.c.created_at)
 Index("jobs_status", jobs.c.status, jobs.c.created_at)
 Index("jobs_guild_created", jobs.c.guild_id, jobs.c.created_at)
+# The queue: "is a job waiting for this provider?" (a claim's first, read-only look).
+Index("jobs_queue_provider_status", jobs.c.queue_provider, jobs.c.status)
 
 job_references = Table(
     "job_references",
