@@ -54,15 +54,19 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Table,
+    Text,
     and_,
+    bindparam,
     case,
     delete,
     exists,
     func,
     literal,
+    literal_column,
     not_,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -100,15 +104,26 @@ def _job_record(row: Any) -> JobRecord:
     return JobRecord(**{name: mapping[name] for name in _JOB_FIELDS})
 
 
-# --- the conditions, written once ------------------------------------------------------------------------
+# --- the conditions and statements, built once ---------------------------------------------------------
+#
+# The claim path runs many times a second: its statements are module constants with bound parameters,
+# so building and compiling them costs nothing per call (SQLAlchemy caches the compiled form).
+
+_NOW = bindparam("b_now", type_=schema.Seconds)
+_UNTIL = bindparam("b_until", type_=schema.Seconds)
+_JOB_ID = bindparam("b_job_id", type_=schema.RowId)
+_PROVIDER = bindparam("b_provider", type_=Text())
+_WORKER = bindparam("b_worker_id", type_=Text())
+# Literal values, so SQLite matches the partial index ``jobs_unfinished_user`` (it cannot with parameters).
+_UNFINISHED = _jobs.c.status.in_([literal_column("'queued'"), literal_column("'running'")])
 
 
-def _lease_expired(lease: Any, now: float) -> ColumnElement[bool]:
+def _lease_expired(lease: Any, now: Any) -> ColumnElement[bool]:
     # A NULL lease (a running job from before leases existed) counts as expired.
     return or_(lease.is_(None), lease < now)
 
 
-def _job_claimable_status(now: float) -> ColumnElement[bool]:
+def _job_claimable_status(now: Any) -> ColumnElement[bool]:
     """Queued, or running under a lease that ran out (its worker died: take it over)."""
     return or_(
         _jobs.c.status == "queued",
@@ -116,7 +131,7 @@ def _job_claimable_status(now: float) -> ColumnElement[bool]:
     )
 
 
-def _slot_free(now: float | None) -> ColumnElement[bool]:
+def _slot_free(now: Any | None) -> ColumnElement[bool]:
     """No job holds the slot, or it is an orphan: its job no longer runs under the slot's worker (and,
     when ``now`` is given, its lease ran out; acquire_slot has no clock and relies on ownership alone).
     Retiring (negative) slots are never free."""
@@ -136,32 +151,31 @@ def _slot_free(now: float | None) -> ColumnElement[bool]:
     return and_(_slots.c.slot >= 0, or_(_slots.c.job_id.is_(None), orphaned))
 
 
-def _claimable_work_exists(now: float) -> Any:
-    """One cheap read: is there a job that a claim could start now? (Driven by the slot rows, so it
-    costs next to nothing when every slot is busy, however long the queue.) May say yes when a claim
-    then finds nothing (a taken-over job whose provider is full); never says no wrongly."""
-    queued_for_free_slot = exists(
-        select(literal(1))
-        .select_from(_slots)
+def _claimable_providers() -> Any:
+    """A claim's first, read-only look (parameter ``b_now``): rows ``(provider, 1)`` for providers with a
+    free slot and a queued job, ``(provider, 0)`` for providers of running jobs whose lease ran out.
+    Driven by the few slot rows, so it costs next to nothing when every slot is busy, however long the
+    queue; no rows means nothing can start (no write lock taken)."""
+    with_free_slot = (
+        select(_slots.c.provider, literal_column("1").label("free"))
         .where(
-            _slot_free(now),
+            _slot_free(_NOW),
             exists(
                 select(literal(1))
                 .select_from(_jobs)
                 .where(_jobs.c.queue_provider == _slots.c.provider, _jobs.c.status == "queued")
             ),
         )
+        .distinct()
     )
-    expired_running = exists(
-        select(literal(1))
-        .select_from(_jobs)
-        .where(
-            _jobs.c.status == "running",
-            _lease_expired(_jobs.c.lease_expires_at, now),
-            _jobs.c.queue_provider.is_not(None),
-        )
+    expired = (
+        select(_jobs.c.queue_provider, literal_column("0").label("free"))
+        # Neither DISTINCT nor "queue_provider IS NOT NULL" here: with either, SQLite walks the
+        # queue_provider index over the whole history instead of the few running jobs (jobs_status).
+        # The caller drops NULL providers; there are at most as many rows as slots.
+        .where(_jobs.c.status == "running", _lease_expired(_jobs.c.lease_expires_at, _NOW))
     )
-    return select(or_(queued_for_free_slot, expired_running))
+    return union_all(with_free_slot, expired)
 
 
 def _levelled(name: str) -> Any:
@@ -187,34 +201,77 @@ def _levelled(name: str) -> Any:
             _jobs.c.created_at,
             level,
         )
-        .where(_jobs.c.status.in_(("queued", "running")))
+        .where(_UNFINISHED)
         .subquery(name)
     )
 
 
-def _claim_candidates(now: float, limit: int) -> Any:
-    """The next jobs in fair order (level, then age) that have a slot to take at their provider: a free
-    one, or (taken over) one the job itself still holds there."""
+def _claim_candidates() -> Any:
+    """The next jobs in fair order (level, then age), parameters ``b_now`` and ``b_free`` (providers with
+    a free slot): queued jobs of those providers, and running jobs whose lease ran out (they may keep
+    the slot they hold)."""
     eligible = _levelled("unfinished")
     claimable = or_(
-        eligible.c.status == "queued",
-        and_(eligible.c.status == "running", _lease_expired(eligible.c.lease_expires_at, now)),
-    )
-    has_slot = exists(
-        select(literal(1))
-        .select_from(_slots)
-        .where(
-            _slots.c.provider == eligible.c.queue_provider,
-            _slots.c.slot >= 0,
-            or_(_slot_free(now), _slots.c.job_id == eligible.c.id),
-        )
+        and_(
+            eligible.c.status == "queued", eligible.c.queue_provider.in_(bindparam("b_free", expanding=True))
+        ),
+        and_(
+            eligible.c.status == "running",
+            _lease_expired(eligible.c.lease_expires_at, _NOW),
+            eligible.c.queue_provider.is_not(None),
+        ),
     )
     return (
         select(eligible.c.id, eligible.c.status, eligible.c.queue_provider)
-        .where(claimable, eligible.c.queue_provider.is_not(None), has_slot)
+        .where(claimable)
         .order_by(eligible.c.level, eligible.c.created_at, eligible.c.id)
-        .limit(limit)
+        .limit(CLAIM_CANDIDATES)
     )
+
+
+_CLAIMABLE_PROVIDERS = _claimable_providers()
+_CLAIM_CANDIDATES = _claim_candidates()
+# Lock the job if no other transaction holds it, and only if it is still claimable.
+_LOCK_JOB = (
+    select(_jobs.c.id)
+    .where(_jobs.c.id == _JOB_ID, _job_claimable_status(_NOW), _jobs.c.queue_provider == _PROVIDER)
+    .with_for_update(skip_locked=True, of=_jobs)
+)
+# One slot at the provider: the one the job holds already (taken over), else the lowest free one.
+_LOCK_SLOT = (
+    select(_slots.c.slot)
+    .where(
+        _slots.c.provider == _PROVIDER,
+        _slots.c.slot >= 0,
+        or_(_slots.c.job_id == _JOB_ID, _slot_free(_NOW)),
+    )
+    .order_by(case((_slots.c.job_id == _JOB_ID, 0), else_=1), _slots.c.slot)
+    .limit(1)
+    .with_for_update(skip_locked=True, of=_slots)
+)
+_TAKE_JOB = (
+    update(_jobs)
+    .where(_jobs.c.id == _JOB_ID)
+    .values(
+        status="running",
+        worker_id=_WORKER,
+        lease_expires_at=_UNTIL,
+        started_at=func.coalesce(_jobs.c.started_at, _NOW),
+    )
+    .returning(*(_jobs.c[name] for name in _JOB_FIELDS))
+)
+_TAKE_SLOT = (
+    update(_slots)
+    .where(_slots.c.provider == _PROVIDER, _slots.c.slot == bindparam("b_slot"))
+    .values(job_id=_JOB_ID, worker_id=_WORKER, lease_expires_at=_UNTIL)
+)
+_OWNED = and_(_jobs.c.id == _JOB_ID, _jobs.c.worker_id == _WORKER, _jobs.c.status == "running")
+_RENEW_JOB = update(_jobs).where(_OWNED).values(lease_expires_at=_UNTIL)
+_RENEW_SLOTS = (
+    update(_slots)
+    .where(_slots.c.job_id == _JOB_ID, _slots.c.worker_id == _WORKER)
+    .values(lease_expires_at=_UNTIL)
+)
 
 
 # --- dialect-specific statements ---------------------------------------------------------------------------
@@ -445,88 +502,52 @@ class SqlQueueRepository:
 
     async def claim(self, worker_id: str, now: float, lease_seconds: float) -> Claim | None:
         async with self._read_engine.connect() as conn:
-            if not (await conn.execute(_claimable_work_exists(now))).scalar():
-                return None
-        until = now + lease_seconds
+            rows = [
+                row for row in await conn.execute(_CLAIMABLE_PROVIDERS, {"b_now": now}) if row[0] is not None
+            ]
+        if not rows:
+            return None
+        free = sorted({provider for provider, has_free in rows if has_free})
+        params = {"b_now": now, "b_until": now + lease_seconds, "b_worker_id": worker_id, "b_free": free}
         for _attempt in range(CLAIM_ATTEMPTS):
             async with self._engine.begin() as conn:
-                claim, contended = await self._claim_in(conn, worker_id, now, until)
+                claim, contended = await self._claim_in(conn, params)
             if claim is not None or not contended:
                 return claim
         return None
 
-    async def _claim_in(
-        self, conn: AsyncConnection, worker_id: str, now: float, until: float
-    ) -> tuple[Claim | None, bool]:
+    async def _claim_in(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[Claim | None, bool]:
         """One attempt. Returns the claim, or None and whether another transaction held a candidate
         (then a fresh attempt may succeed)."""
-        candidates = (await conn.execute(_claim_candidates(now, CLAIM_CANDIDATES))).all()
+        candidates = (await conn.execute(_CLAIM_CANDIDATES, params)).all()
         contended = False
         full: set[str] = set()
         for job_id, status, provider in candidates:
-            if provider in full:
-                continue
-            locked = (
-                await conn.execute(
-                    select(_jobs.c.id)
-                    .where(
-                        _jobs.c.id == job_id, _job_claimable_status(now), _jobs.c.queue_provider == provider
-                    )
-                    .with_for_update(skip_locked=True, of=_jobs)
-                )
-            ).first()
-            if locked is None:  # another worker has it (or it changed): next candidate
-                contended = True
-                continue
-            slot = (
-                await conn.execute(
-                    select(_slots.c.slot)
-                    .where(
-                        _slots.c.provider == provider,
-                        _slots.c.slot >= 0,
-                        or_(_slots.c.job_id == job_id, _slot_free(now)),
-                    )
-                    # A job taken over keeps the slot it held at that provider.
-                    .order_by(case((_slots.c.job_id == job_id, 0), else_=1), _slots.c.slot)
-                    .limit(1)
-                    .with_for_update(skip_locked=True, of=_slots)
-                )
-            ).scalar()
-            if slot is None:  # every free slot is being taken right now
-                contended = True
-                full.add(provider)
-                continue
             taken_over = status == "running"
-            row = (
-                await conn.execute(
-                    update(_jobs)
-                    .where(_jobs.c.id == job_id)
-                    .values(
-                        status="running",
-                        worker_id=worker_id,
-                        lease_expires_at=until,
-                        started_at=func.coalesce(_jobs.c.started_at, now),
-                    )
-                    .returning(*(_jobs.c[name] for name in _JOB_FIELDS))
-                )
-            ).one()
-            await conn.execute(
-                update(_slots)
-                .where(_slots.c.provider == provider, _slots.c.slot == slot)
-                .values(job_id=job_id, worker_id=worker_id, lease_expires_at=until)
-            )
+            if provider in full and not taken_over:
+                continue
+            job_params = {**params, "b_job_id": job_id, "b_provider": provider}
+            if (await conn.execute(_LOCK_JOB, job_params)).first() is None:
+                contended = True  # another worker has it (or it changed): next candidate
+                continue
+            slot = (await conn.execute(_LOCK_SLOT, job_params)).scalar()
+            if slot is None:
+                if not taken_over:  # every free slot is being taken right now
+                    contended = True
+                    full.add(provider)
+                continue
+            row = (await conn.execute(_TAKE_JOB, job_params)).one()
+            await conn.execute(_TAKE_SLOT, {**job_params, "b_slot": slot})
             if taken_over:
                 await self._free_stale_slots(conn, job_id, keep=(provider, slot))
-            return (
-                Claim(
-                    job=_job_record(row),
-                    provider=provider,
-                    slot=slot,
-                    lease_expires_at=until,
-                    taken_over=taken_over,
-                ),
-                False,
+            claim = Claim(
+                job=_job_record(row),
+                provider=provider,
+                slot=int(slot),
+                lease_expires_at=params["b_until"],
+                taken_over=taken_over,
             )
+            return claim, False
         return None, contended
 
     async def _free_stale_slots(self, conn: AsyncConnection, job_id: int, keep: tuple[str, int]) -> None:
@@ -555,19 +576,11 @@ class SqlQueueRepository:
             )
 
     async def renew(self, job_id: int, worker_id: str, until: float) -> bool:
+        params = {"b_job_id": job_id, "b_worker_id": worker_id, "b_until": until}
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(_jobs)
-                .where(_jobs.c.id == job_id, _jobs.c.worker_id == worker_id, _jobs.c.status == "running")
-                .values(lease_expires_at=until)
-            )
-            if result.rowcount == 0:
+            if (await conn.execute(_RENEW_JOB, params)).rowcount == 0:
                 return False
-            await conn.execute(
-                update(_slots)
-                .where(_slots.c.job_id == job_id, _slots.c.worker_id == worker_id)
-                .values(lease_expires_at=until)
-            )
+            await conn.execute(_RENEW_SLOTS, params)
         return True
 
     async def acquire_slot(self, job_id: int, worker_id: str, provider: str, until: float) -> int | None:

@@ -6,16 +6,18 @@ import asyncio
 import random
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.storage import schema
-from bot.storage.engine import sqlite_path
+from bot.storage.engine import create_engine
 from bot.storage.queue import Claim, QueueRepository
 from bot.storage.queue_sql import SqlQueueRepository
-from tests.storage.sql_support import T0, add_job, engine, engines, sql_url  # noqa: F401
+from tests.conftest import fresh_postgres_database
+from tests.storage.sql_support import T0, add_job, create_tables, engine, engines, sql_url  # noqa: F401
 
 LEASE = 30.0
 
@@ -392,21 +394,19 @@ async def test_freeing_a_slot_wakes_waiters(engines: Callable[[], AsyncEngine]) 
         await worker.aclose()
 
 
-async def test_sqlite_commit_by_another_process_wakes_a_waiter(
-    sql_url: str,  # noqa: F811
-    engine: AsyncEngine,  # noqa: F811
-) -> None:
-    path = sqlite_path(sql_url)
-    if path is None:
-        pytest.skip("PostgreSQL: covered by the NOTIFY tests")
-    waiter = SqlQueueRepository(engine)
+async def test_sqlite_commit_by_another_process_wakes_a_waiter(tmp_path: Path) -> None:
+    """No notify() at all: a job inserted by another process is seen through PRAGMA data_version."""
+    path = tmp_path / "palette.db"
+    await create_tables(f"sqlite:///{path}")
+    engine_ = create_engine(f"sqlite:///{path}")
+    waiter = SqlQueueRepository(engine_)
     try:
         assert await waiter.wait_for_work(0.01) is True
         assert await waiter.wait_for_work(0.2) is False
         waiting = asyncio.create_task(waiter.wait_for_work(30))
         code = (
             "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
-            "c.execute(\"INSERT INTO jobs (user_id, kind, model, prompt, params, count, status, reserved, "
+            'c.execute("INSERT INTO jobs (user_id, kind, model, prompt, params, count, status, reserved, '
             "committed, refunded, attempts, created_at, queue_provider) VALUES "
             "(1, 'imagine', 'm', 'x', '{}', 1, 'queued', 1, 0, 0, 0, 0, 'p')\"); c.commit()"
         )
@@ -415,36 +415,35 @@ async def test_sqlite_commit_by_another_process_wakes_a_waiter(
         assert await asyncio.wait_for(waiting, 30) is True
     finally:
         await waiter.aclose()
+        await engine_.dispose()
 
 
-async def test_postgres_listener_reconnects_after_its_connection_drops(
-    sql_url: str,  # noqa: F811
-    engines: Callable[[], AsyncEngine],  # noqa: F811
-) -> None:
-    if sqlite_path(sql_url) is not None:
-        pytest.skip("SQLite has no listening connection")
-    waiter = SqlQueueRepository(engines())
-    admin_engine = engines()
-    notifier = SqlQueueRepository(admin_engine)
-    try:
-        assert await waiter.wait_for_work(0.01) is True
-        async with admin_engine.begin() as conn:
-            killed = (
-                await conn.execute(
-                    text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+async def test_postgres_listener_reconnects_after_its_connection_drops() -> None:
+    async with fresh_postgres_database() as url:
+        await create_tables(url)
+        waiter_engine, admin_engine = create_engine(url), create_engine(url)
+        waiter, notifier = SqlQueueRepository(waiter_engine), SqlQueueRepository(admin_engine)
+        try:
+            assert await waiter.wait_for_work(0.01) is True
+            async with admin_engine.begin() as conn:
+                killed = (
+                    await conn.execute(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                        )
                     )
-                )
-            ).scalar()
-        assert killed == 1
-        # The drop wakes the waiter (a notification may have been missed) and it listens again.
-        assert await waiter.wait_for_work(30) is True
-        assert await waiter.wait_for_work(30) is True  # reconnected: "look at the queue"
-        waiting = asyncio.create_task(waiter.wait_for_work(30))
-        await asyncio.sleep(0.05)
-        await notifier.notify()
-        assert await asyncio.wait_for(waiting, 30) is True
-    finally:
-        await waiter.aclose()
-        await notifier.aclose()
+                ).scalar()
+            assert killed == 1
+            # The drop wakes the waiter (a notification may have been missed) and it listens again.
+            assert await waiter.wait_for_work(30) is True
+            assert await waiter.wait_for_work(30) is True  # reconnected: "look at the queue"
+            waiting = asyncio.create_task(waiter.wait_for_work(30))
+            await asyncio.sleep(0.05)
+            await notifier.notify()
+            assert await asyncio.wait_for(waiting, 30) is True
+        finally:
+            await waiter.aclose()
+            await notifier.aclose()
+            await waiter_engine.dispose()
+            await admin_engine.dispose()
