@@ -35,6 +35,8 @@ class Claim:
     lease_expires_at: float
     # The job was 'running' under another worker whose lease expired (that worker died): resume it.
     taken_over: bool = False
+    # What the previous worker posted (record_delivery), if it got that far: settle from it, never post again.
+    delivery: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

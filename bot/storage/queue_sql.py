@@ -53,6 +53,8 @@ from statistics import median
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Boolean,
+    Integer,
     Table,
     Text,
     and_,
@@ -258,7 +260,7 @@ _TAKE_JOB = (
         lease_expires_at=_UNTIL,
         started_at=func.coalesce(_jobs.c.started_at, _NOW),
     )
-    .returning(*(_jobs.c[name] for name in _JOB_FIELDS))
+    .returning(*(_jobs.c[name] for name in _JOB_FIELDS), _jobs.c.delivery)
 )
 _TAKE_SLOT = (
     update(_slots)
@@ -546,6 +548,7 @@ class SqlQueueRepository:
                 slot=int(slot),
                 lease_expires_at=params["b_until"],
                 taken_over=taken_over,
+                delivery=row.delivery,
             )
             return claim, False
         return None, contended
@@ -815,97 +818,138 @@ class SqlQueueRepository:
 # --- provider health ------------------------------------------------------------------------------------
 
 
+_H_PROVIDER = bindparam("b_provider", type_=Text())
+_H_NOW = bindparam("b_now", type_=schema.Seconds)
+_OPENED_AT = select(_health.c.opened_at).where(_health.c.provider == _H_PROVIDER)
+# Half-open and nobody holds the probe (or its holder's time ran out): take it. The row count says
+# whether this caller won; the condition is checked under the row lock, so exactly one does.
+_TAKE_PROBE = (
+    update(_health)
+    .where(
+        _health.c.provider == _H_PROVIDER,
+        _health.c.opened_at.is_not(None),
+        _health.c.opened_at <= _H_NOW - bindparam("b_cooldown", type_=schema.Seconds),
+        or_(_health.c.probe_until.is_(None), _health.c.probe_until < _H_NOW),
+    )
+    .values(probe_until=bindparam("b_probe_until", type_=schema.Seconds), updated_at=_H_NOW)
+)
+_RECORD_SUCCESS = (
+    update(_health)
+    .where(_health.c.provider == _H_PROVIDER)
+    .values(consecutive_failures=0, opened_at=None, probe_until=None, updated_at=_H_NOW)
+)
+# Right-hand sides see the row as it was: a failed probe, or the threshold reached, opens (again).
+_RECORD_FAILURE = (
+    update(_health)
+    .where(_health.c.provider == _H_PROVIDER)
+    .values(
+        consecutive_failures=_health.c.consecutive_failures + 1,
+        opened_at=case(
+            (
+                or_(
+                    _health.c.consecutive_failures + 1 >= bindparam("b_threshold", type_=Integer()),
+                    _health.c.probe_until.is_not(None),
+                ),
+                _H_NOW,
+            ),
+            else_=_health.c.opened_at,
+        ),
+        probe_until=None,
+        updated_at=_H_NOW,
+    )
+)
+_RELEASE_PROBE = update(_health).where(_health.c.provider == _H_PROVIDER).values(probe_until=None)
+_INSERT_CALL = _calls.insert().values(
+    provider=_H_PROVIDER,
+    ok=bindparam("b_ok", type_=Boolean()),
+    latency_s=bindparam("b_latency", type_=schema.Seconds),
+    created_at=_H_NOW,
+)
+_PRUNE_OLD_CALLS = delete(_calls).where(
+    _calls.c.provider == _H_PROVIDER, _calls.c.created_at < _H_NOW - CALLS_MAX_AGE
+)
+# Beyond the newest ``b_keep`` (no row at that offset: NULL, nothing deleted).
+_PRUNE_EXCESS_CALLS = delete(_calls).where(
+    _calls.c.provider == _H_PROVIDER,
+    _calls.c.id
+    <= select(_calls.c.id)
+    .where(_calls.c.provider == _H_PROVIDER)
+    .order_by(_calls.c.id.desc())
+    .offset(bindparam("b_keep", type_=Integer()))
+    .limit(1)
+    .scalar_subquery(),
+)
+# The row cap is checked on one record in this many (the age limit on every one).
+CALLS_PRUNE_EVERY = 50
+
+
 class SqlHealthRepository:
     """:class:`bot.storage.queue.HealthRepository` on SQLite or PostgreSQL.
 
     The breaker of :class:`bot.health.CircuitBreaker`, as a row: ``opened_at`` NULL = closed; open for
     ``cooldown`` seconds after ``opened_at``; then half-open, where one caller across the deployment
     takes the probe by setting ``probe_until`` in a conditional UPDATE (the row count says who won).
+    A closed breaker costs :meth:`allow` one read-only primary-key lookup.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, keep_calls: int = CALLS_MAX_ROWS, prune_every: int = CALLS_PRUNE_EVERY
+    ) -> None:
+        """``keep_calls``: outcomes kept per provider (besides the age limit), checked on one
+        :meth:`record` in ``prune_every``."""
         self._engine = engine
         self._read_engine = engine.execution_options(**{READ_ONLY: True})
         self._dialect = engine.dialect.name
+        self._keep_calls = max(1, keep_calls)
+        self._prune_every = max(1, prune_every)
+        self._records = 0
+        self._ensure_row = _insert_ignoring_conflicts(self._dialect, _health).values(
+            provider=_H_PROVIDER, consecutive_failures=0, updated_at=_H_NOW
+        )
 
     async def allow(self, provider: str, now: float, *, cooldown: float, probe_timeout: float) -> bool:
         async with self._read_engine.connect() as conn:
-            opened_at = (
-                await conn.execute(select(_health.c.opened_at).where(_health.c.provider == provider))
-            ).scalar()
+            opened_at = (await conn.execute(_OPENED_AT, {"b_provider": provider})).scalar()
         if opened_at is None:
             return True  # closed (or never seen)
         if now - opened_at < cooldown:
             return False
+        params = {
+            "b_provider": provider,
+            "b_now": now,
+            "b_cooldown": cooldown,
+            "b_probe_until": now + probe_timeout,
+        }
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(_health)
-                .where(
-                    _health.c.provider == provider,
-                    _health.c.opened_at.is_not(None),
-                    _health.c.opened_at <= now - cooldown,
-                    or_(_health.c.probe_until.is_(None), _health.c.probe_until < now),
-                )
-                .values(probe_until=now + probe_timeout, updated_at=now)
-            )
-            if result.rowcount == 1:
+            if (await conn.execute(_TAKE_PROBE, params)).rowcount == 1:
                 return True
-            # Lost the probe, or the breaker closed meanwhile.
-            opened_now = (
-                await conn.execute(select(_health.c.opened_at).where(_health.c.provider == provider))
-            ).scalar()
+            # Lost the probe to another caller, or the breaker closed meanwhile.
+            opened_now = (await conn.execute(_OPENED_AT, params)).scalar()
         return opened_now is None
 
     async def record(
         self, provider: str, ok: bool, latency_s: float, now: float, *, failure_threshold: int
     ) -> None:
-        threshold = max(1, failure_threshold)
+        params = {
+            "b_provider": provider,
+            "b_now": now,
+            "b_ok": ok,
+            "b_latency": latency_s,
+            "b_threshold": max(1, failure_threshold),
+            "b_keep": self._keep_calls,
+        }
+        self._records += 1
         async with self._engine.begin() as conn:
-            await conn.execute(
-                _insert_ignoring_conflicts(self._dialect, _health).values(
-                    provider=provider, consecutive_failures=0, updated_at=now
-                )
-            )
-            row = _health.c
-            if ok:
-                values: dict[str, Any] = {
-                    "consecutive_failures": 0,
-                    "opened_at": None,
-                    "probe_until": None,
-                    "updated_at": now,
-                }
-            else:
-                # Right-hand sides see the row as it was: a failed probe, or the threshold reached, opens.
-                opens = or_(row.consecutive_failures + 1 >= threshold, row.probe_until.is_not(None))
-                values = {
-                    "consecutive_failures": row.consecutive_failures + 1,
-                    "opened_at": case((opens, now), else_=row.opened_at),
-                    "probe_until": None,
-                    "updated_at": now,
-                }
-            await conn.execute(update(_health).where(row.provider == provider).values(**values))
-            await conn.execute(
-                _calls.insert().values(provider=provider, ok=ok, latency_s=latency_s, created_at=now)
-            )
-            await self._prune_calls(conn, provider, now)
-
-    async def _prune_calls(self, conn: AsyncConnection, provider: str, now: float) -> None:
-        mine = _calls.c.provider == provider
-        await conn.execute(delete(_calls).where(mine, _calls.c.created_at < now - CALLS_MAX_AGE))
-        # Beyond the newest CALLS_MAX_ROWS (no row at that offset: NULL, nothing deleted).
-        cutoff = (
-            select(_calls.c.id)
-            .where(mine)
-            .order_by(_calls.c.id.desc())
-            .offset(CALLS_MAX_ROWS)
-            .limit(1)
-            .scalar_subquery()
-        )
-        await conn.execute(delete(_calls).where(mine, _calls.c.id <= cutoff))
+            await conn.execute(self._ensure_row, params)
+            await conn.execute(_RECORD_SUCCESS if ok else _RECORD_FAILURE, params)
+            await conn.execute(_INSERT_CALL, params)
+            await conn.execute(_PRUNE_OLD_CALLS, params)
+            if self._records % self._prune_every == 0:
+                await conn.execute(_PRUNE_EXCESS_CALLS, params)
 
     async def release_probe(self, provider: str) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(update(_health).where(_health.c.provider == provider).values(probe_until=None))
+            await conn.execute(_RELEASE_PROBE, {"b_provider": provider})
 
     async def snapshot(self, now: float, *, cooldown: float, window: int = 50) -> list[ProviderHealthRow]:
         recent = (

@@ -164,3 +164,13 @@ async def test_old_calls_are_pruned(health: SqlHealthRepository, engine: AsyncEn
     assert sorted(rows) == [("p", 1), ("q", 1)]  # p's old call went; q's waits for q's next record
     rows_now = {r.provider: r.calls for r in await health.snapshot(later, cooldown=COOLDOWN)}
     assert rows_now == {"p": 1, "q": 0}
+
+
+async def test_calls_beyond_the_kept_number_are_pruned(engine: AsyncEngine) -> None:  # noqa: F811
+    health = SqlHealthRepository(engine, keep_calls=3, prune_every=1)
+    for n in range(6):
+        await succeed(health, T0 + n, latency=float(n))
+    await succeed(health, T0 + 6, provider="q")
+    rows = {r.provider: r for r in await health.snapshot(T0 + 7, cooldown=COOLDOWN, window=50)}
+    assert (rows["p"].calls, rows["p"].median_latency_s) == (3, 4.0)  # the newest three: 3, 4, 5
+    assert rows["q"].calls == 1

@@ -106,6 +106,7 @@ async def test_claim_writes_the_job_and_its_slot(engine: AsyncEngine, repo: SqlQ
     assert (claim.job.id, claim.job.status, claim.provider, claim.slot) == (job_id, "running", "p", 0)
     assert claim.lease_expires_at == T0 + 5 + LEASE
     assert claim.taken_over is False
+    assert claim.delivery is None
     assert claim.job.started_at == T0 + 5
     row = await job_row(engine, job_id)
     assert (row["status"], row["worker_id"], row["lease_expires_at"]) == ("running", "w1", T0 + 35)
@@ -163,11 +164,13 @@ async def test_lease_expiry_lets_another_worker_take_over(
     assert await repo.claim("w2", T0 + LEASE - 1, LEASE) is None  # still w1's
     assert await repo.renew(job_id, "w1", T0 + 2 * LEASE) is True
     assert await repo.claim("w2", T0 + LEASE + 1, LEASE) is None  # renewed
+    assert await repo.record_delivery(job_id, "w1", '{"message_id":7}') is True  # posted, then died
 
     now = T0 + 2 * LEASE + 1  # w1 stopped renewing (died)
     new = await repo.claim("w2", now, LEASE)
     assert new is not None
     assert (new.job.id, new.taken_over, new.slot) == (job_id, True, 0)
+    assert new.delivery == '{"message_id":7}'  # settle from it, do not post again
     assert new.job.started_at == T0  # the first start stays
     assert await repo.renew(job_id, "w1", now + 100) is False
     assert await repo.record_delivery(job_id, "w1", '{"x":1}') is False
@@ -314,10 +317,12 @@ async def test_concurrent_claimers_on_separate_engines_never_share_jobs_or_excee
     await setup_repo.sync_slots(caps)
     job_ids = [
         await add_job(setup, user, created_at=T0 + n, queue_provider="pq"[n % 2])
-        for n, user in enumerate([u for u in range(12) for _ in range(5)])
+        for n, user in enumerate([u for u in range(16) for _ in range(6)])
     ]
     claimed: dict[int, str] = {}
     twice: list[int] = []
+    slot_holders: dict[tuple[str, int], int] = {}
+    shared_slots: list[tuple[str, int]] = []
     in_flight: dict[str, set[int]] = {"p": set(), "q": set()}
     peak = {"p": 0, "q": 0}
     rng = random.Random(9)
@@ -336,9 +341,15 @@ async def test_concurrent_claimers_on_separate_engines_never_share_jobs_or_excee
                 claimed[claim.job.id] = name
                 held = in_flight[claim.provider]
                 held.add(claim.job.id)
+                slot = (claim.provider, claim.slot)
+                if slot in slot_holders:
+                    shared_slots.append(slot)
+                slot_holders[slot] = claim.job.id
                 peak[claim.provider] = max(peak[claim.provider], len(held))
                 await asyncio.sleep(rng.random() * 0.004)
                 held.discard(claim.job.id)  # before the slot is freed: never under-counts
+                if slot_holders.get(slot) == claim.job.id:
+                    del slot_holders[slot]
                 await finish(engine_, claim.job.id)
                 await repo_.release_slots(claim.job.id, worker_id=name)
         finally:
@@ -347,6 +358,7 @@ async def test_concurrent_claimers_on_separate_engines_never_share_jobs_or_excee
     await asyncio.wait_for(asyncio.gather(*(worker(f"w{n}") for n in range(4))), timeout=90)
     await setup_repo.aclose()
     assert twice == []
+    assert shared_slots == []
     assert sorted(claimed) == sorted(job_ids)
     assert peak["p"] <= caps["p"] and peak["q"] <= caps["q"], peak
     assert len(set(claimed.values())) > 1  # the work really was shared
