@@ -16,7 +16,14 @@ it has slot rows. A claim never *waits* for a lock, so claims cannot deadlock wi
 On SQLite, SQLAlchemy renders no ``FOR UPDATE``; the transaction begins with ``BEGIN IMMEDIATE`` (see
 :mod:`bot.storage.engine`), which serializes writers, so the first candidate always wins.
 
-An idle worker's claim costs one read-only statement (:func:`_claimable_work_exists`, driven by the
+Fair order: each unfinished job gets a level, its rank among its user's unfinished jobs (running ones
+first, then queued ones oldest first); claims take the lowest level first, then the oldest job. That is
+round-robin over users (A1, B1, C1, A2, A3... for users A with five jobs, B and C with one each) and it
+holds across workers because it is computed from the database; :meth:`SqlQueueRepository.position`
+ranks queued jobs the same way. Jobs whose provider has no free slot are passed over (their user's
+level does not change), as the single-process dispatcher did.
+
+An idle worker's claim costs one read-only statement (:func:`_claimable_providers`, driven by the
 small ``provider_slots`` table): no write lock is taken when there is nothing to start.
 
 Slots
@@ -24,8 +31,9 @@ Slots
 A slot is *free* when no job holds it, or when its lease ran out and its job is no longer running under
 the worker that took the slot (finished, released, taken over: an orphan). A slot whose lease ran out
 while its job still runs under the same worker is *not* given to another job: it goes, with the job, to
-the worker that takes the job over. So a stalled worker that comes back and renews in time loses
-nothing, and one that was taken over learns it from :meth:`SqlQueueRepository.renew` (False).
+the worker that takes the job over. So a stalled worker that comes back and renews before anyone took
+its job over loses nothing, and one that was taken over learns it from
+:meth:`SqlQueueRepository.renew` (False).
 
 When :meth:`SqlQueueRepository.sync_slots` lowers a provider's capacity while slots above it are busy,
 those slots are renumbered negative ("retiring": ``slot = -slot - 1``): never claimed again, and deleted
@@ -231,8 +239,25 @@ def _claim_candidates() -> Any:
     )
 
 
+def _position() -> Any:
+    """The 1-based place of job ``b_job_id`` among queued jobs, in claim order."""
+    unfinished = _levelled("unfinished")
+    ranked = (
+        select(
+            unfinished.c.id,
+            func.row_number()
+            .over(order_by=(unfinished.c.level, unfinished.c.created_at, unfinished.c.id))
+            .label("place"),
+        )
+        .where(unfinished.c.status == "queued")
+        .subquery("ranked")
+    )
+    return select(ranked.c.place).where(ranked.c.id == _JOB_ID)
+
+
 _CLAIMABLE_PROVIDERS = _claimable_providers()
 _CLAIM_CANDIDATES = _claim_candidates()
+_POSITION = _position()
 # Lock the job if no other transaction holds it, and only if it is still claimable.
 _LOCK_JOB = (
     select(_jobs.c.id)
@@ -268,6 +293,15 @@ _TAKE_SLOT = (
     .values(job_id=_JOB_ID, worker_id=_WORKER, lease_expires_at=_UNTIL)
 )
 _OWNED = and_(_jobs.c.id == _JOB_ID, _jobs.c.worker_id == _WORKER, _jobs.c.status == "running")
+_IS_OWNED = select(_jobs.c.id).where(_OWNED)
+# acquire_slot has no clock: a slot counts as free by ownership alone (see _slot_free).
+_LOCK_FREE_SLOT = (
+    select(_slots.c.slot)
+    .where(_slots.c.provider == _PROVIDER, _slot_free(None))
+    .order_by(_slots.c.slot)
+    .limit(1)
+    .with_for_update(skip_locked=True, of=_slots)
+)
 _RENEW_JOB = update(_jobs).where(_OWNED).values(lease_expires_at=_UNTIL)
 _RENEW_SLOTS = (
     update(_slots)
@@ -495,23 +529,35 @@ class SqlQueueRepository:
         if cap > 0:
             rows = [{"provider": provider, "slot": n} for n in range(cap)]
             await conn.execute(_insert_ignoring_conflicts(self._dialect, _slots), rows)
-        above = and_(_slots.c.provider == provider, _slots.c.slot >= cap)
-        await conn.execute(delete(_slots).where(above, _slots.c.job_id.is_(None)))
-        # Busy slots above the capacity retire: never claimed again, deleted when their job lets go.
-        await conn.execute(update(_slots).where(above).values(slot=-_slots.c.slot - 1))
+        mine = _slots.c.provider == provider
+        await conn.execute(delete(_slots).where(mine, _slots.c.slot >= cap, _slots.c.job_id.is_(None)))
+        # Busy slots above the capacity retire: renumbered below every slot number in use (negative),
+        # never claimed again, deleted when their job lets go.
+        busy = (
+            await conn.execute(
+                select(_slots.c.slot).where(mine, _slots.c.slot >= cap).order_by(_slots.c.slot)
+            )
+        ).scalars()
+        lowest = (await conn.execute(select(func.min(_slots.c.slot)).where(mine))).scalar()
+        number = min(-1, (lowest or 0) - 1)
+        for slot in list(busy):
+            await conn.execute(update(_slots).where(mine, _slots.c.slot == slot).values(slot=number))
+            number -= 1
 
     # --- claims ---
 
     async def claim(self, worker_id: str, now: float, lease_seconds: float) -> Claim | None:
-        async with self._read_engine.connect() as conn:
-            rows = [
-                row for row in await conn.execute(_CLAIMABLE_PROVIDERS, {"b_now": now}) if row[0] is not None
-            ]
-        if not rows:
-            return None
-        free = sorted({provider for provider, has_free in rows if has_free})
-        params = {"b_now": now, "b_until": now + lease_seconds, "b_worker_id": worker_id, "b_free": free}
         for _attempt in range(CLAIM_ATTEMPTS):
+            async with self._read_engine.connect() as conn:
+                rows = [
+                    row
+                    for row in await conn.execute(_CLAIMABLE_PROVIDERS, {"b_now": now})
+                    if row[0] is not None
+                ]
+            if not rows:
+                return None  # the common idle case: one read, no write lock
+            free = sorted({provider for provider, has_free in rows if has_free})
+            params = {"b_now": now, "b_until": now + lease_seconds, "b_worker_id": worker_id, "b_free": free}
             async with self._engine.begin() as conn:
                 claim, contended = await self._claim_in(conn, params)
             if claim is not None or not contended:
@@ -587,32 +633,14 @@ class SqlQueueRepository:
         return True
 
     async def acquire_slot(self, job_id: int, worker_id: str, provider: str, until: float) -> int | None:
+        params = {"b_job_id": job_id, "b_worker_id": worker_id, "b_provider": provider, "b_until": until}
         async with self._engine.begin() as conn:
-            owned = (
-                await conn.execute(
-                    select(_jobs.c.id).where(
-                        _jobs.c.id == job_id, _jobs.c.worker_id == worker_id, _jobs.c.status == "running"
-                    )
-                )
-            ).first()
-            if owned is None:
+            if (await conn.execute(_IS_OWNED, params)).first() is None:
                 return None
-            slot = (
-                await conn.execute(
-                    select(_slots.c.slot)
-                    .where(_slots.c.provider == provider, _slot_free(None))
-                    .order_by(_slots.c.slot)
-                    .limit(1)
-                    .with_for_update(skip_locked=True, of=_slots)
-                )
-            ).scalar()
+            slot = (await conn.execute(_LOCK_FREE_SLOT, params)).scalar()
             if slot is None:
                 return None
-            await conn.execute(
-                update(_slots)
-                .where(_slots.c.provider == provider, _slots.c.slot == slot)
-                .values(job_id=job_id, worker_id=worker_id, lease_expires_at=until)
-            )
+            await conn.execute(_TAKE_SLOT, {**params, "b_slot": slot})
             return int(slot)
 
     async def release_slots(
@@ -678,19 +706,8 @@ class SqlQueueRepository:
     # --- what users and operators see ---
 
     async def position(self, job_id: int) -> int | None:
-        unfinished = _levelled("unfinished")
-        ranked = (
-            select(
-                unfinished.c.id,
-                func.row_number()
-                .over(order_by=(unfinished.c.level, unfinished.c.created_at, unfinished.c.id))
-                .label("place"),
-            )
-            .where(unfinished.c.status == "queued")
-            .subquery("ranked")
-        )
         async with self._read_engine.connect() as conn:
-            place = (await conn.execute(select(ranked.c.place).where(ranked.c.id == job_id))).scalar()
+            place = (await conn.execute(_POSITION, {"b_job_id": job_id})).scalar()
         return int(place) if place is not None else None
 
     async def depth(self) -> QueueDepth:

@@ -284,6 +284,24 @@ async def test_sync_slots_follows_capacity_and_retires_busy_slots(
     assert (await repo.depth()).slots["p"] == (2, 2)
 
 
+async def test_capacity_lowered_twice_while_the_same_slot_is_busy(
+    engine: AsyncEngine,  # noqa: F811
+    repo: SqlQueueRepository,
+) -> None:
+    await repo.sync_slots({"p": 2})
+    first = [await add_job(engine, user, created_at=T0 + user) for user in range(2)]
+    assert [(await repo.claim("w", T0, LEASE)).slot for _ in first] == [0, 1]  # type: ignore[union-attr]
+    await repo.sync_slots({"p": 1})  # slot 1 retires while busy
+    await repo.sync_slots({"p": 2})  # slot 1 exists again, the retiring one still busy
+    second = await add_job(engine, 7, created_at=T0 + 7)
+    assert (await repo.claim("w", T0, LEASE)).slot == 1  # type: ignore[union-attr]
+    await repo.sync_slots({"p": 1})  # retires slot 1 again: must not collide with the first
+    assert (await repo.depth()).slots["p"] == (3, 1)
+    for job_id in [*first, second]:
+        await repo.release_slots(job_id)
+    assert [s["slot"] for s in await slot_rows(engine, "p")] == [0]
+
+
 async def test_depth_and_workers(engine: AsyncEngine, repo: SqlQueueRepository) -> None:  # noqa: F811
     await repo.sync_slots({"p": 1})
     for user in range(3):
