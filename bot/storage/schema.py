@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 # Snowflakes need 64 bits; SQLite's INTEGER PRIMARY KEY must stay INTEGER to be the rowid alias.
@@ -96,6 +97,19 @@ Index("jobs_user_created", jobs.c.user_id, jobs.c.created_at)
 Index("jobs_user_status", jobs.c.user_id, jobs.c.status, jobs.c.created_at)
 Index("jobs_status", jobs.c.status, jobs.c.created_at)
 Index("jobs_guild_created", jobs.c.guild_id, jobs.c.created_at)
+# The queue: "is a job waiting for this provider?" (a claim's first, read-only look).
+Index("jobs_queue_provider_status", jobs.c.queue_provider, jobs.c.status)
+# The queue in claim order: only unfinished jobs (the round-robin levels are numbered over these), so
+# claims and queue positions do not read the whole history. The WHERE must stay word for word what
+# bot.storage.queue_sql writes (SQLite only uses a partial index for a query that repeats its condition).
+_UNFINISHED_JOBS = text("status IN ('queued', 'running')")
+Index(
+    "jobs_unfinished_user",
+    jobs.c.user_id,
+    jobs.c.created_at,
+    sqlite_where=_UNFINISHED_JOBS,
+    postgresql_where=_UNFINISHED_JOBS,
+)
 
 job_references = Table(
     "job_references",
