@@ -23,7 +23,7 @@ EXIT_OK = 0
 async def create_bot(settings: Settings, *, sync_only: bool = False, **client_options: Any) -> PaletteBot:
     """Everything the bot needs, wired together (used by `python -m bot` and by the tests)."""
     point_discord_at(settings)
-    db = await open_database(settings.database_path)
+    db = await open_database(settings.database_url, max_job_reference_bytes=settings.max_job_reference_bytes)
     # Provider results and image URLs from Discord messages never share a connection pool: a user's
     # host that trickles its bytes must not hold the connections that results need.
     generator = Generator(settings, build_providers(settings, build_downloader(settings)))
