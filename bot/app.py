@@ -44,7 +44,7 @@ ROLES = ("all", "gateway", "worker")
 
 async def open_storage(settings: Settings) -> tuple[Database, QueueRepository, HealthRepository]:
     """The database, the queue in it and the shared provider health."""
-    db = await open_database(settings.database_url)
+    db = await open_database(settings.database_url, max_job_reference_bytes=settings.max_job_reference_bytes)
     return db, SqlQueueRepository(db.engine), SqlHealthRepository(db.engine)
 
 
