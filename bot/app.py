@@ -44,7 +44,7 @@ ROLES = ("all", "gateway", "worker")
 
 async def open_storage(settings: Settings) -> tuple[Database, QueueRepository, HealthRepository]:
     """The database, the queue in it and the shared provider health."""
-    db = await open_database(settings.database_url)
+    db = await open_database(settings.database_url, max_job_reference_bytes=settings.max_job_reference_bytes)
     return db, SqlQueueRepository(db.engine), SqlHealthRepository(db.engine)
 
 
@@ -187,43 +187,74 @@ async def _run(settings: Settings, sync_only: bool, role: str) -> int:
     return EXIT_OK
 
 
+class WorkerRole:
+    """The worker role's parts: the database, the queue, providers, a REST-only Discord client, the
+    worker and its heartbeat. ``python -m bot worker`` runs one; tests run one beside a gateway."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = new_worker_id("worker")
+        self.db: Database | None = None
+        self.queue: QueueRepository | None = None
+        self.generator: Generator | None = None
+        self.client: WorkerClient | None = None
+        self.worker: Worker | None = None
+        self.encoders: EncoderPool | None = None
+        self.presence: Presence | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        point_discord_at(settings)
+        self.db, self.queue, health = await open_storage(settings)
+        self.generator = build_generator(settings, health)
+        self.client = WorkerClient(settings, self.db)
+        assert settings.discord_token is not None
+        await self.client.login(settings.discord_token.get_secret_value())
+        self.worker, _presenter, self.encoders = attach_worker(
+            self.client, settings, self.db, self.queue, self.generator, self.worker_id
+        )
+        self.presence = Presence(self.queue, "worker", self.worker_id)
+        await self.presence.start()
+        self.client.moderation.watch()
+        await self.worker.start()
+        log.info("worker %s ready (REST only, no gateway)", self.worker_id)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Running jobs get ``grace`` seconds, the rest go back to the queue; then everything closes."""
+        if self.worker is not None:
+            await self.worker.stop(grace=grace)
+        if self.presence is not None:
+            await self.presence.stop()
+        if self.client is not None:
+            await self.client.modlog.drain(timeout=5)
+            await self.client.close()
+        if self.generator is not None:
+            await self.generator.aclose()
+        if self.encoders is not None:
+            await asyncio.to_thread(self.encoders.close)
+        if self.queue is not None:
+            await self.queue.aclose()
+        if self.db is not None:
+            await self.db.close()
+        self.worker = self.presence = self.client = self.generator = self.encoders = None
+        self.queue = self.db = None
+
+
 async def _run_worker(settings: Settings) -> int:
     """The worker role: Discord's REST API only, jobs from the database."""
-    point_discord_at(settings)
-    db, queue, health = await open_storage(settings)
-    generator = build_generator(settings, health)
-    client = WorkerClient(settings, db)
-    worker_id = new_worker_id("worker")
-    presence = Presence(queue, "worker", worker_id)
-    worker: Worker | None = None
-    encoders: EncoderPool | None = None
+    role = WorkerRole(settings)
     _monitor = start_from_env()
     stopping = _stop_event()
     try:
-        assert settings.discord_token is not None
-        await client.login(settings.discord_token.get_secret_value())
-        worker, _presenter, encoders = attach_worker(client, settings, db, queue, generator, worker_id)
-        await presence.start()
-        client.moderation.watch()
-        await worker.start()
-        log.info("worker %s ready (REST only, no gateway)", worker_id)
+        await role.start()
         await stopping.wait()
         log.info(
             "shutting down: no new jobs; running ones get %.0f s, the rest go back to the queue",
             settings.shutdown_grace,
         )
-        await worker.stop(grace=settings.shutdown_grace)
+        await role.stop(grace=settings.shutdown_grace)
     finally:
-        if worker is not None:
-            await worker.stop(grace=0)
-        await presence.stop()
-        await client.modlog.drain(timeout=5)
-        await client.close()
-        await generator.aclose()
-        if encoders is not None:
-            await asyncio.to_thread(encoders.close)
-        await queue.aclose()
-        await db.close()
+        await role.stop()
     return EXIT_OK
 
 

@@ -100,6 +100,8 @@ class ImageSpool:
     def __init__(self, directory: Path, budget: int) -> None:
         self.directory = directory
         self.budget = ImageBudget(budget)
+        #: Images that waited on disk (for tests and the benchmark).
+        self.spilled = 0
         self._made = False
 
     def _ensure_dir(self) -> None:
@@ -123,6 +125,7 @@ class ImageSpool:
                 else:
                     path = await asyncio.to_thread(self._write, image.data)
                     item.path = path
+                    self.spilled += 1
                 held.append(item)
         except BaseException:
             await self.discard(held)

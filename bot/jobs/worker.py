@@ -181,6 +181,7 @@ class Lease:
         self.expires_at = expires_at
         self.clock = clock
         self.lost = False
+        self.settled = False
         self._on_lost: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -219,12 +220,20 @@ class Lease:
 
     async def _keep(self) -> None:
         interval = max(0.05, self.seconds / 3)
-        while not self.lost:
+        while not (self.lost or self.settled):
             await asyncio.sleep(interval)
-            await self.renew()
+            if not self.settled:
+                await self.renew()
+
+    def settle(self) -> None:
+        """The job was settled (which ended the lease): stop renewing; what follows (telling the user)
+        must not be cut short by a renewal that now, rightly, finds the job no longer running."""
+        self.settled = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
     def _lose(self) -> None:
-        if self.lost:
+        if self.lost or self.settled:
             return
         self.lost = True
         log.warning("job %s: another worker has taken it over; this one stops working on it", self.job_id)
@@ -426,6 +435,7 @@ class Worker:
     async def start(self) -> None:
         """Match the queue's slots to this worker's caps, give jobs from older versions a queue provider,
         then claim. Jobs left running by a worker that died are taken over once their lease expires."""
+        self._stopping = False
         await self.queue.sync_slots(self.generator.capacity())
         adopted = await self._adopt_unassigned()
         if adopted:
@@ -618,9 +628,9 @@ class Worker:
             log.exception("job %s failed unexpectedly", job.id)
             await self._fail(running, ProviderError("Something went wrong while generating."))
             return
-        running.spooled = await self.spool.admit(outcome.images)
-        outcome.images = []  # the spool holds them now (memory budget, or disk)
         try:
+            running.spooled = await self.spool.admit(outcome.images)
+            outcome.images = []  # the spool holds them now (memory budget, or disk)
             async with self._delivery_slots:
                 if lease.lost:
                     raise LeaseLost()
@@ -688,7 +698,7 @@ class Worker:
                 raise LeaseLost()
         delivery = recorded.delivery
         try:
-            await self._retry(
+            await self._settle(
                 lease,
                 lambda: self.jobs.finish_job(
                     job.id,
@@ -707,7 +717,7 @@ class Worker:
         # The result is out but cannot be accounted for: it is free, and the user is told so. Retried
         # for as long as this worker holds the job; the recorded delivery keeps anyone from reposting it.
         error = SettledFree()
-        finished = await self._retry(
+        finished = await self._settle(
             lease,
             lambda: self.jobs.finish_job(
                 job.id,
@@ -730,7 +740,7 @@ class Worker:
         error.message = redact(error.message, self.settings.secrets())
         if not await lease.renew():  # confirm the job is still ours before settling it
             raise LeaseLost()
-        finished = await self._retry(
+        finished = await self._settle(
             lease,
             lambda: self.jobs.finish_job(
                 job.id, 0, status="failed", error=error.message, error_kind=kind, now=self.clock()
@@ -739,6 +749,14 @@ class Worker:
         )
         if finished:
             await self._safe(self.presenter.failed(job, error))
+
+    async def _settle(
+        self, lease: Lease, finish: Callable[[], Awaitable[bool]], *, forever: bool = False
+    ) -> bool:
+        """``finish_job`` through :meth:`_retry`; once it went through, the lease is over."""
+        finished = bool(await self._retry(lease, finish, forever=forever))
+        lease.settle()
+        return finished
 
     async def _retry(
         self, lease: Lease, attempt: Callable[[], Awaitable[Any]], *, forever: bool = False

@@ -357,6 +357,8 @@ class FakePresenter:
         self.delivering = asyncio.Event()
         self.error: BaseException | None = None
         self.delivered_sizes: list[list[int]] = []
+        #: Seconds ``failed`` takes (a slow Discord).
+        self.failed_delay = 0.0
         self._next_message = 5000
 
     async def started(self, job: JobRecord) -> None:
@@ -385,6 +387,7 @@ class FakePresenter:
         )
 
     async def failed(self, job: JobRecord, error: PaletteError) -> None:
+        await asyncio.sleep(self.failed_delay)
         self.calls.add("failed", job.id, error.message)
 
     async def notice(self, job: JobRecord, note: PaletteError) -> None:

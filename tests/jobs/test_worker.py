@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.errors import ProviderUnavailable
+from bot.errors import ContentRefused, ProviderUnavailable
 from bot.generation import Generator
 from bot.jobs.spool import ImageSpool
 from bot.jobs.worker import RecordedDelivery, Worker
@@ -225,6 +225,18 @@ async def test_a_transient_renewal_error_does_not_give_the_job_up(tmp_path: Path
         provider.gate.set()
         await r.until(lambda: r.done(job.id))
         assert r.store.rows[job.id].committed == 1 and provider.cancelled == 0
+
+
+async def test_telling_the_user_after_settling_is_not_cut_short_by_the_ended_lease(tmp_path: Path) -> None:
+    provider = SyncProvider()
+    provider.error = ContentRefused(provider="listenhub", status=400)
+    async with rig(tmp_path, provider, lease=0.06) as r:
+        r.presenter.failed_delay = 0.3  # several lease periods: the lease ended with settling
+        job = r.store.add_job(provider="listenhub")
+        r.worker.poke()
+        await r.until(lambda: "failed" in r.store.calls.names())
+        row = r.store.rows[job.id]
+        assert (row.status, row.refunded) == ("failed", 1)
 
 
 async def test_settling_is_retried(tmp_path: Path) -> None:
