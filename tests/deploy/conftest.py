@@ -78,8 +78,11 @@ class Deployment:
         return await self.start_gateway(self.process("gateway", name, **settings))
 
     async def start_gateway(self, proc: PaletteProcess) -> PaletteProcess:
+        """Start (or restart) a gateway; ready once its new session got READY and every GUILD_CREATE.
+
+        Interactions sent after that reach the bot behind its guilds on the same socket, so the test need
+        not wait for discord.py's ``on_ready`` (which idles ``guild_ready_timeout``, 2 s, first)."""
         known = set(map(id, self.fake.gateway.sessions))
-        await proc.start()
 
         def new_session() -> GatewaySession | None:
             for session in self.fake.gateway.live_sessions():
@@ -88,8 +91,11 @@ class Deployment:
                     return session
             return None
 
-        self.sessions[proc.name] = await self.fake.wait_for_state(new_session, 30, f"{proc.name} session")
-        await self.fake.wait_for_state(lambda: self.fake.find_command("imagine"), 30, "slash commands")
+        await proc.start(wait=False)
+        await proc.wait_ready(60, ready=lambda: new_session() and self.fake.find_command("imagine"))
+        session = new_session()
+        assert session is not None
+        self.sessions[proc.name] = session
         return proc
 
     async def workers(self, n: int, **settings: object) -> list[PaletteProcess]:

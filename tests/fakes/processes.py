@@ -152,7 +152,8 @@ class PaletteProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def start(self, ready_timeout: float = 60) -> PaletteProcess:
+    async def start(self, ready_timeout: float = 60, *, wait: bool = True) -> PaletteProcess:
+        """Spawn the process; with ``wait``, return once it logged that it is ready."""
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"=== start {self.starts} {self.name}\n".encode())
@@ -161,20 +162,29 @@ class PaletteProcess:
                 *self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=log
             )
         self.peak_rss = self.cpu_s = None
-        await self.wait_ready(ready_timeout)
+        if wait:
+            await self.wait_ready(ready_timeout)
         return self
 
-    async def wait_ready(self, timeout: float = 60) -> None:
+    async def wait_ready(self, timeout: float = 60, ready: Any = None) -> None:
+        """Until the role's ready line is in the log (or ``ready()`` is true); fails at once if the process
+        exits or logs a traceback first."""
         marker = re.compile(READY_MARKERS[self.role or "run"])
         deadline = time.monotonic() + timeout
-        while not marker.search(log := self.current_log()):
-            if not self.running:
-                raise AssertionError(f"{self.name} exited during start-up:\n{self.log_tail()}")
-            if "Traceback (most recent call last)" in log:
-                raise AssertionError(f"{self.name} failed during start-up:\n{self.log_tail()}")
+        while not (ready() if ready is not None else marker.search(self.current_log())):
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name} was not ready after {timeout} s:\n{self.log_tail()}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
+
+    def check_alive(self) -> None:
+        """Raise if the process has exited or logged a traceback (during start-up, that means it failed)."""
+        if not self.running:
+            raise AssertionError(
+                f"{self.name} exited (code {self.proc and self.proc.returncode}):\n{self.log_tail()}"
+            )
+        if "Traceback (most recent call last)" in self.current_log():
+            raise AssertionError(f"{self.name} logged a traceback:\n{self.log_tail()}")
 
     def _read_figures(self) -> None:
         if self.running:

@@ -261,7 +261,7 @@ class FakeMountsea:
     @property
     def submitted_prompts(self) -> list[str]:
         """The prompt of every accepted submit, in order (a prompt twice: a task submitted twice)."""
-        return [t.body["input"]["prompt"] for t in self.tasks.values()]
+        return [t.request["input"]["prompt"] for t in self.tasks.values()]
 
     def image_bytes(self, task_id: str) -> list[bytes]:
         return [self.files[f] for f in self.tasks[task_id].files if f in self.files]
