@@ -41,10 +41,11 @@ async def test_one_gateway_two_workers_deliver_every_result_once(tmp_path: Path,
         FakeListenHub() as tripwire_lh,
         FakeMountsea() as tripwire_ms,
     ):
-        # The gateway never calls a provider: its provider URLs lead to fakes that must stay untouched.
-        await d.gateway(LISTENHUB_BASE_URL=tripwire_lh.base_url, MOUNTSEA_BASE_URL=tripwire_ms.base_url)
-        # Each worker has its own ListenHub (the same API) so the test can see who ran what.
+        # Every process starts at once on the empty database, as `docker compose up` starts them. The
+        # gateway never calls a provider: its provider URLs lead to fakes that must stay untouched. Each
+        # worker has its own ListenHub (the same API) so the test can see who ran what.
         await asyncio.gather(
+            d.gateway(LISTENHUB_BASE_URL=tripwire_lh.base_url, MOUNTSEA_BASE_URL=tripwire_ms.base_url),
             d.process("worker", "worker-1").start(),
             d.process("worker", "worker-2", LISTENHUB_BASE_URL=second_lh.base_url).start(),
         )
@@ -78,8 +79,7 @@ async def test_sigkill_a_worker_with_jobs_in_flight(tmp_path: Path, database_url
     async with deployment(tmp_path, database_url, users=3) as d:
         d.listenhub.hold()  # synchronous calls stay in flight until released
         d.mountsea.hold_tasks = True  # tasks stay "processing" until released
-        await d.gateway()
-        (doomed,) = await d.workers(1)
+        _, (doomed,) = await asyncio.gather(d.gateway(), d.workers(1))
         interactions = []
         for i in range(6):
             model = LISTENHUB_MODEL if i % 2 == 0 else MOUNTSEA_MODEL
@@ -116,8 +116,7 @@ async def test_sigkill_a_worker_with_jobs_in_flight(tmp_path: Path, database_url
 async def test_gateway_killed_while_workers_deliver_then_back(tmp_path: Path, database_url: str) -> None:
     async with deployment(tmp_path, database_url, users=3) as d:
         d.listenhub.hold()
-        gateway = await d.gateway()
-        await d.workers(2)
+        gateway, _ = await asyncio.gather(d.gateway(), d.workers(2))
         interactions = [await d.imagine(d.users[i % 3], f"job {i}") for i in range(6)]
         await d.listenhub.wait_for(lambda: d.listenhub.held == 6, timeout=30)
         await gateway.kill()
@@ -142,13 +141,13 @@ async def test_caps_and_round_robin_hold_across_three_workers(tmp_path: Path, da
     async with deployment(tmp_path, database_url, users=4, **settings) as d:
         lh, queued_jobs = d.listenhub, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
         lh.hold()
-        await d.gateway()
-        await d.workers(3)
+        d.mountsea.hold_tasks = True
+        await asyncio.gather(d.gateway(), d.workers(3))
         warmup, *people = d.users
         first = [await d.imagine(warmup, f"{warmup.username} {i}") for i in range(2)]
         await lh.wait_for(lambda: lh.held == 2, timeout=30)
         # A, B and C queue four jobs each, in that order (the worst order for first come, first served),
-        # one at a time so the database has them in the order they were sent. The third worker is idle,
+        # one at a time so the database has them in the order they were sent. The third worker is idle
         # and woken by each new job: it must not start a third call.
         queued = []
         for user in people:
@@ -156,19 +155,25 @@ async def test_caps_and_round_robin_hold_across_three_workers(tmp_path: Path, da
                 queued.append(await d.imagine(user, f"{user.username} {i}"))
                 await d.wait_db(queued_jobs, lambda n: n == len(queued))
         assert lh.in_flight == 2 and len(lh.started_prompts) == 2
-        # Let one call finish at a time: exactly one slot frees, so exactly one job starts next, and the
-        # order of starts is the order of claims, whichever worker makes them.
+        # The idle worker takes a Mountsea job instead (that provider has room) and keeps it busy, so from
+        # now on the only worker free to claim is the one whose ListenHub call just ended: no two workers
+        # race for a slot, and the order of starts is the order the queue hands jobs out.
+        task = await d.imagine(warmup, "a task", model=MOUNTSEA_MODEL)
+        await d.wait_db("SELECT COUNT(*) FROM jobs WHERE status = 'running'", lambda n: n == 3)
+        # Let one call finish at a time: exactly one slot frees, so exactly one job starts next.
         for n in range(3, 15):
             lh.release(1)
             await lh.wait_for(lambda n=n: len(lh.started_prompts) == n, timeout=30)
             assert lh.in_flight <= 2
         lh.release_all()
-        await d.all_final([*first, *queued])
+        d.mountsea.hold_tasks = False
+        await d.all_final([*first, *queued, task])
 
         order = [prompt.split()[0] for prompt in lh.started_prompts[2:]]
         names = [user.username for user in people]
         assert lh.max_in_flight == 2  # the cap, counted over all three workers
-        assert order == names * 4, " ".join(order)  # round-robin over users, in order of their first job
+        rows = await d.query("SELECT id, prompt, created_at, started_at FROM jobs ORDER BY started_at")
+        assert order == names * 4, " ".join(order) + "\n" + "\n".join(map(str, rows))
         await d.check_ledger()
 
 
@@ -176,9 +181,8 @@ async def test_a_ban_on_one_gateway_applies_on_another_within_a_second(
     tmp_path: Path, database_url: str
 ) -> None:
     async with deployment(tmp_path, database_url, users=2) as d:
-        await d.gateway("gateway-a")
-        await d.gateway("gateway-b")
-        await d.workers(1)
+        await asyncio.gather(d.gateway("gateway-a"), d.workers(1))
+        await d.gateway("gateway-b")  # after A, so the test knows which gateway session is whose
         a, b = d.sessions["gateway-a"], d.sessions["gateway-b"]
         owner = d.fake.users[d.guild.owner_id]
         victim = d.users[0]
