@@ -129,8 +129,8 @@ class Harness:
         self.monitor = LoopMonitor(self.workdir / "bench-loop.json")  # the benchmark process's own loop
         self.monitor.start()
         try:
-            await self.bot.start()
-            await asyncio.gather(*(w.start() for w in self.worker_procs))
+            # Ready means on_ready (logged): its one-off gc.collect()/freeze() must not land in a figure.
+            await asyncio.gather(self.bot.start(), *(w.start() for w in self.worker_procs))
             await self.discord.wait_for_state(lambda: self.discord.find_command("imagine"), 30, "commands")
             await self._start_profiler()
         except BaseException:

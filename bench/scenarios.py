@@ -317,7 +317,7 @@ def _deploy_common(h: Harness) -> dict[str, Any]:
 async def deploy_1k(quick: bool, database_url: str | None = None) -> Result:
     """One gateway + two workers: 1000 jobs from 200 users (cap 32, latency 1 s), then a burst of 200 more
     commands while those are queued. Makespan over every job, the gateway's loop, the burst's acks."""
-    jobs, users, burst_n, latency = (60, 20, 20, 0.2) if quick else (1000, 200, 200, 1.0)
+    jobs, users, burst_n, latency = (30, 10, 10, 0.1) if quick else (1000, 200, 200, 1.0)
     name = "deploy_1k"
     async with Harness(
         users=users, latency=latency, concurrency=32, workers=2, database_url=database_url

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fakes.discord import FakeDiscord, GatewaySession, Interaction, Message
-from tests.fakes.processes import PaletteProcess, palette_env, query, run_cli
+from tests.fakes.processes import PaletteProcess, palette_env, query, run_cli, start_gateway
 from tests.fakes.providers.listenhub import FakeListenHub
 from tests.fakes.providers.mountsea import FakeMountsea
 
@@ -78,24 +78,8 @@ class Deployment:
         return await self.start_gateway(self.process("gateway", name, **settings))
 
     async def start_gateway(self, proc: PaletteProcess) -> PaletteProcess:
-        """Start (or restart) a gateway; ready once its new session got READY and every GUILD_CREATE.
-
-        Interactions sent after that reach the bot behind its guilds on the same socket, so the test need
-        not wait for discord.py's ``on_ready`` (which idles ``guild_ready_timeout``, 2 s, first)."""
-        known = set(map(id, self.fake.gateway.sessions))
-
-        def new_session() -> GatewaySession | None:
-            for session in self.fake.gateway.live_sessions():
-                conn = session.connection
-                if id(session) not in known and conn is not None and conn.sent_seq >= session.ready_seq:
-                    return session
-            return None
-
-        await proc.start(wait=False)
-        await proc.wait_ready(60, ready=lambda: new_session() and self.fake.find_command("imagine"))
-        session = new_session()
-        assert session is not None
-        self.sessions[proc.name] = session
+        """Start (or restart) a gateway; ready once its new session has its guilds (see start_gateway)."""
+        self.sessions[proc.name] = await start_gateway(proc, self.fake)
         return proc
 
     async def workers(self, n: int, **settings: object) -> list[PaletteProcess]:

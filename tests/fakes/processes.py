@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.discord import FakeDiscord
+from tests.fakes.discord import FakeDiscord, GatewaySession
 from tests.fakes.providers.listenhub import FakeListenHub
 from tests.fakes.providers.mountsea import FakeMountsea
 
@@ -227,6 +227,28 @@ class PaletteProcess:
 
     def log_problems(self) -> list[str]:
         return [line for line in self.log_text().splitlines() if " ERROR " in line or " WARNING " in line]
+
+
+async def start_gateway(proc: PaletteProcess, fake: FakeDiscord, timeout: float = 60) -> GatewaySession:
+    """Start (or restart) a process that connects to the gateway (``gateway`` or all-in-one); return its
+    new session once that got READY and every GUILD_CREATE, and the slash commands are registered.
+
+    Interactions sent after that reach the bot behind its guilds on the same socket, so there is no need
+    to wait for discord.py's ``on_ready``, which first idles ``guild_ready_timeout`` (2 s)."""
+    known = set(map(id, fake.gateway.sessions))
+
+    def new_session() -> GatewaySession | None:
+        for session in fake.gateway.live_sessions():
+            conn = session.connection
+            if id(session) not in known and conn is not None and conn.sent_seq >= session.ready_seq:
+                return session
+        return None
+
+    await proc.start(wait=False)
+    await proc.wait_ready(timeout, ready=lambda: new_session() and fake.find_command("imagine"))
+    session = new_session()
+    assert session is not None
+    return session
 
 
 async def run_cli(
