@@ -46,6 +46,8 @@ def bot_env(fake: FakeDiscord, listenhub: FakeListenHub, mountsea: FakeMountsea,
         USER_MAX_CONCURRENT="0",
         POLL_INTERVAL="0.05",
         RETRY_BACKOFF_BASE="0.01",
+        # A killed process's jobs are taken over once their leases run out: 5 s instead of 30 here.
+        JOB_LEASE_SECONDS="5",
         LOG_LEVEL="INFO",
     )
     return env
