@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
@@ -169,7 +169,8 @@ class JobService:
                 NewReference(position=i, mime_type=r.mime_type, data=r.data, url=r.url)
                 for i, r in enumerate(plan.references)
             ],
-            **_queue_fields(plan),
+            # It waits for a slot of its best route's provider.
+            queue_provider=plan.routes[0].provider,
         )
         job = await self.jobs.reserve_job(new_job, limits, self.clock())
         if origin.interaction_token is None:
@@ -215,10 +216,3 @@ class JobService:
             if time.monotonic() > deadline:
                 raise TimeoutError("jobs still running")
             await asyncio.sleep(0.01)
-
-
-def _queue_fields(plan: Plan) -> dict[str, Any]:
-    """The queue's columns of a new job: it waits for a slot of its best route's provider."""
-    if "queue_provider" in getattr(NewJob, "__dataclass_fields__", {}):
-        return {"queue_provider": plan.routes[0].provider}
-    return {}

@@ -147,9 +147,10 @@ class RecordedDelivery:
         ]
 
 
-def recorded_delivery(job: JobRecord) -> RecordedDelivery | None:
-    """The delivery stored with the job, if it was posted before (None when not, or unreadable)."""
-    text = getattr(job, "delivery", None)
+def recorded_delivery(claim: Claim) -> RecordedDelivery | None:
+    """The delivery stored with the claimed job, if it was posted before (None when not)."""
+    job = claim.job
+    text = claim.delivery or job.delivery
     if not text:
         return None
     try:
@@ -446,7 +447,7 @@ class Worker:
     async def _adopt_unassigned(self) -> int:
         adopted = 0
         for job in await self.jobs.unfinished_jobs():
-            if getattr(job, "queue_provider", None):
+            if job.queue_provider:
                 continue
             model = get_model(job.model)
             routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
@@ -585,7 +586,7 @@ class Worker:
     async def _work(self, running: RunningJob) -> None:
         claim, lease, slots = running.claim, running.lease, running.slots
         job = claim.job
-        recorded = recorded_delivery(job)
+        recorded = recorded_delivery(claim)
         if recorded is not None:
             # Posted by a worker that died before settling: settle from the record, never post again.
             await slots.release_all()

@@ -222,7 +222,10 @@ class WorkerClient(discord.Client):
 
     def __init__(self, settings: Settings, db: Database, **client_options: Any) -> None:
         client_options.setdefault("allowed_mentions", discord.AllowedMentions.none())
-        super().__init__(intents=discord.Intents.none(), **client_options)
+        # No gateway, so intents change nothing; "guilds" keeps discord.py's state from warning.
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(intents=intents, **client_options)
         self.settings = settings
         self.db = db
         self.modlog = ModLogSender(self)  # type: ignore[arg-type]

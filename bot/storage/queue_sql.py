@@ -188,32 +188,62 @@ def _claimable_providers() -> Any:
     return union_all(with_free_slot, expired)
 
 
+#: How far back a user's started jobs are looked for when counting how often they were served while
+#: their oldest waiting job waited (a job is refunded after JOB_MAX_AGE anyway).
+SERVED_HORIZON = 86_400.0
+
+
 def _levelled(name: str) -> Any:
-    """Unfinished jobs with their round-robin level: each user's running jobs first, then their queued
-    ones oldest first, numbered 1, 2, 3... per user. Serving the lowest level first (then the oldest)
-    is round-robin over users: a user whose first job just started has their second at level 2, behind
-    every other user's first. (Numbering queued jobs alone would not be: the second job of a user
-    would step up to level 1 as soon as the first started, ahead of later users' first jobs.)"""
-    level = (
-        func.row_number()
-        .over(
-            partition_by=_jobs.c.user_id,
-            order_by=(case((_jobs.c.status == "running", 0), else_=1), _jobs.c.created_at, _jobs.c.id),
-        )
-        .label("level")
-    )
-    return (
+    """Unfinished jobs with their round-robin level. A user's queued jobs are numbered 1, 2, 3...
+    oldest first, after the jobs of that user that *started* while their oldest queued job waited
+    (running or finished since: the user was served in the meantime). Serving the lowest level first
+    (then the oldest) is round-robin over users, as a rotation in which a served user goes to the back:
+    a user whose first job just started, or just finished, has their next one behind every other
+    waiting user's first. (Counting running jobs only would not be: once a user's first job finished,
+    their second, older than later users' first jobs, would step ahead of them.) Running jobs (a
+    taken-over claim) are numbered among themselves, first."""
+    queued = _jobs.c.status == literal_column("'queued'")
+    ranked = (
         select(
             _jobs.c.id,
+            _jobs.c.user_id,
             _jobs.c.status,
             _jobs.c.lease_expires_at,
             _jobs.c.queue_provider,
             _jobs.c.created_at,
-            level,
+            func.row_number()
+            .over(partition_by=(_jobs.c.user_id, _jobs.c.status), order_by=(_jobs.c.created_at, _jobs.c.id))
+            .label("nth"),
+            # When the user's oldest queued job was queued.
+            func.min(case((queued, _jobs.c.created_at)))
+            .over(partition_by=_jobs.c.user_id)
+            .label("first_wait"),
         )
         .where(_UNFINISHED)
-        .subquery(name)
+        .subquery(f"{name}_ranked")
     )
+    started = _jobs.alias(f"{name}_started")
+    # One index range per queued job (jobs_user_created), whatever the planner thinks of the row counts.
+    served = (
+        select(func.count())
+        .where(
+            started.c.user_id == ranked.c.user_id,
+            started.c.created_at >= ranked.c.first_wait - SERVED_HORIZON,
+            started.c.started_at >= ranked.c.first_wait,
+        )
+        .scalar_subquery()
+    )
+    level = case(
+        (ranked.c.status == literal_column("'queued'"), served + ranked.c.nth), else_=ranked.c.nth
+    ).label("level")
+    return select(
+        ranked.c.id,
+        ranked.c.status,
+        ranked.c.lease_expires_at,
+        ranked.c.queue_provider,
+        ranked.c.created_at,
+        level,
+    ).subquery(name)
 
 
 def _claim_candidates() -> Any:

@@ -19,14 +19,7 @@ from bot.storage.queue import Claim, QueueDepth, WorkerInfo
 T0 = 1_700_000_000.0
 
 
-@dataclass(frozen=True, slots=True)
-class Row(JobRecord):
-    """A job row with the queue's columns (whether or not :class:`JobRecord` has them yet)."""
-
-    queue_provider: str | None = None
-    worker_id: str | None = None
-    lease_expires_at: float | None = None
-    delivery: str | None = None
+Row = JobRecord
 
 
 class Clock:
@@ -264,7 +257,14 @@ class FakeQueue:
                 started_at=row.started_at or now,
             )
             self.calls.add("claim", row.id, worker_id)
-            return Claim(claimed, row.queue_provider, slot, now + lease_seconds, taken_over=expired)
+            return Claim(
+                claimed,
+                row.queue_provider,
+                slot,
+                now + lease_seconds,
+                taken_over=expired,
+                delivery=row.delivery,
+            )
         return None
 
     def _ours(self, job_id: int, worker_id: str) -> bool:

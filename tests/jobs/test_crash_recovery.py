@@ -18,7 +18,14 @@ JOBS_PER_PROVIDER = 15
 
 
 def bot_env(fake: FakeDiscord, listenhub: FakeListenHub, mountsea: FakeMountsea, db: Path) -> dict[str, str]:
-    return palette_env(fake, database_url=f"sqlite:///{db}", listenhub=listenhub, mountsea=mountsea)
+    return palette_env(
+        fake,
+        database_url=f"sqlite:///{db}",
+        listenhub=listenhub,
+        mountsea=mountsea,
+        # A killed process's jobs are taken over once their leases run out: 5 s instead of 30 here.
+        JOB_LEASE_SECONDS=5,
+    )
 
 
 async def count_task_ids(db: Path) -> int:

@@ -213,13 +213,26 @@ async def test_images_beyond_the_memory_budget_wait_on_disk(tmp_path: Path) -> N
         tmp_path, image_memory_budget=budget, listenhub_concurrency=8, **UNLIMITED
     ) as palette:
         palette.listenhub.make_image = lambda width, height: big  # type: ignore[method-assign]
-        palette.listenhub.processing_delay = 0.3  # all in flight together
-        palette.fake.rate_limit_next("PATCH", r"/webhooks/.*/messages/", retry_after=0.5)  # a slow upload
+        worker = palette.bot.worker
+        assert worker is not None
+        # Discord is slow: every finished result waits to be posted until all six are finished.
+        waiting: list[int] = []
+        everyone = asyncio.Event()
+        real = worker.presenter.deliver
+
+        async def slow_discord(job: Any, outcome: Any, images: Any) -> Any:
+            waiting.append(job.id)
+            if len(waiting) == 6:
+                everyone.set()
+            await everyone.wait()
+            return await real(job, outcome, images)
+
+        worker.presenter.deliver = slow_discord  # type: ignore[method-assign]
         interactions = [await palette.imagine(palette.users[i % 2], f"big {i}") for i in range(6)]
         messages = [await palette.result_message(ix, timeout=30) for ix in interactions]
         await palette.idle()
-        spool = palette.bot.worker.spool  # type: ignore[union-attr]
-        assert spool.spilled > 0  # some waited on disk
+        spool = worker.spool
+        assert spool.spilled == 4  # two fit the budget, four waited on disk
         assert spool.budget.peak <= budget and spool.budget.used == 0
         assert all(m.files[0][1] == big for m in messages)  # all delivered, byte for byte
         assert not any(spool.directory.iterdir())

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.storage import schema
@@ -79,6 +79,27 @@ async def test_claims_go_round_robin_over_users_and_positions_agree(
         assert await repo.position(job_id) is None  # no longer queued
     assert claimed == expected
     assert await repo.claim("w0", T0 + 100, LEASE) is None
+
+
+async def test_a_thousand_jobs_of_two_hundred_users_are_served_one_per_user_per_round(
+    engine: AsyncEngine,  # noqa: F811
+    repo: SqlQueueRepository,
+) -> None:
+    await repo.sync_slots({"p": 400})
+    rng = random.Random(3)
+    users = [user for user in range(200) for _ in range(5)]
+    rng.shuffle(users)
+    rows = [
+        {"user_id": user, "kind": "imagine", "model": "m", "prompt": "x", "count": 1, "reserved": 1,
+         "created_at": T0 + n, "queue_provider": "p", "status": "queued"}
+        for n, user in enumerate(users)
+    ]  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(insert(schema.jobs), rows)
+    assert (await repo.depth()).queued == 1000
+    served = [(await repo.claim("w", T0 + 2000, LEASE)).job.user_id for _ in range(300)]  # type: ignore[union-attr]
+    assert sorted(served[:200]) == list(range(200))  # everyone's first job before anyone's second
+    assert len(set(served[200:])) == 100
 
 
 async def test_new_users_job_goes_before_an_earlier_users_second_job(
