@@ -112,17 +112,28 @@ class BenchDiscord(FakeDiscord):
         self.done_at: dict[int, float] = {}
         #: interaction id -> (filename, size) of the files delivered.
         self.delivered: dict[int, list[tuple[str, int]]] = {}
+        #: Interactions whose result came as a new channel message (the bot's fallback when it cannot
+        #: edit the status message), not on the interaction's own message.
+        self.in_channel: set[int] = set()
+        #: prompt -> interaction id (the benchmark's prompts are unique), to attribute channel results:
+        #: the result embed's title is the prompt.
+        self.by_prompt: dict[str, int] = {}
         # Interactions are only ever created by slash commands here, so the base class's scan of every
         # interaction for a matching source message (component interactions) is not needed.
 
     def _message_changed(self, msg: Message) -> None:
-        if msg.interaction_id is not None:
-            if msg.files and not msg.deleted and not msg.loading and msg.interaction_id not in self.done_at:
-                self.done_at[msg.interaction_id] = time.monotonic()
-                self.delivered[msg.interaction_id] = [(name, len(data)) for name, data, _ in msg.files]
+        interaction_id = msg.interaction_id
+        if interaction_id is None and msg.files and msg.embeds:
+            interaction_id = self.by_prompt.get(str(msg.embeds[0].get("title", "")))
+            if interaction_id is not None and interaction_id not in self.done_at:
+                self.in_channel.add(interaction_id)
+        if interaction_id is not None:
+            if msg.files and not msg.deleted and not msg.loading and interaction_id not in self.done_at:
+                self.done_at[interaction_id] = time.monotonic()
+                self.delivered[interaction_id] = [(name, len(data)) for name, data, _ in msg.files]
                 if not self.keep_files:
                     self._drop_files(msg)
-            ix = self.interactions.get(msg.interaction_id)
+            ix = self.interactions.get(interaction_id)
             if ix is not None:
                 ix._changed()
         self._state_changed()

@@ -207,9 +207,11 @@ class Harness:
     async def imagine(self, user: Any, prompt: str, **options: Any) -> Any:
         if self.t0 is None:
             self.t0 = time.monotonic()
-        return await self.discord.invoke_slash(
+        ix = await self.discord.invoke_slash(
             user, self.channel, "imagine", options={"prompt": prompt, **options}
         )
+        self.discord.by_prompt[prompt] = ix.id
+        return ix
 
     async def wait_done(self, interactions: list[Any], timeout: float) -> None:
         """Until every interaction got its final message with a file (or an error, or the timeout)."""

@@ -185,6 +185,8 @@ def _stats(h: Harness, interactions: list[Any], owner: dict[int, int]) -> dict[s
         "jobs": jobs,
         "users": users,
         "failed": len(failed),
+        # Results posted as a new channel message because the status message could not be edited.
+        "posted_in_channel": sum(1 for ix in interactions if ix.id in h.discord.in_channel),
         "makespan_s": round(makespan, 3),
         "ideal_s": ideal,
         "makespan_ratio": makespan / ideal if ideal else math.nan,
@@ -348,6 +350,8 @@ async def deploy_1k(quick: bool, database_url: str | None = None) -> Result:
         Figure(name, f"ack p99 of a {burst_n}-command burst ({queued_during_burst} jobs queued)", p99, "ms",
                "< 50 ms", check(p99, "<", 50)),
         Figure(name, "unacknowledged burst commands", unacked, "count", "0", unacked == 0),
+        Figure(name, "results posted in the channel, not on their status message",
+               stats["posted_in_channel"], "count", "0", stats["posted_in_channel"] == 0),
         Figure(name, f"Jain's index over {users} users' mean wait", stats["jain"], "x", ">= 0.9",
                check(stats["jain"], ">=", 0.9)),
         Figure(name, "failed jobs", stats["failed"], "count", "0", stats["failed"] == 0),
