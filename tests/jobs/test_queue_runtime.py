@@ -271,3 +271,25 @@ async def test_a_ban_made_in_one_process_applies_in_another_within_a_second(data
         there.close()
         await one.close()
         await two.close()
+
+
+async def test_palette_status_shows_the_deployment_to_the_operator(tmp_path: Path) -> None:
+    from tests.presentation.test_admin import MANAGER
+
+    async with running_palette(tmp_path) as palette:
+        await palette.result_message(await palette.imagine(palette.alice, "one"))
+        await palette.idle()
+        owner = palette.fake.app_owner
+        palette.fake.add_member(palette.guild, owner, permissions=MANAGER)
+        ix = await palette.admin(owner, "status")
+        await ix.wait_for(lambda i: bool(i.original and i.original.embeds and not i.original.loading), 10)
+        fields = {f["name"]: f["value"] for f in ix.original.embeds[0]["fields"]}
+        assert fields["Queue"] == "0 waiting · 0 generating"
+        assert fields["Processes"].startswith("all on ") and "seen" in fields["Processes"]
+        assert fields["Provider slots in use"] == "listenhub 0/4 · mountsea 0/8"
+        assert "breaker closed" in next(v for k, v in fields.items() if k.endswith("listenhub"))
+        # A server manager sees neither the processes nor the providers.
+        ix = await palette.admin(palette.member("manager", permissions=MANAGER), "status")
+        await ix.wait_for(lambda i: bool(i.original and i.original.embeds and not i.original.loading), 10)
+        names = {f["name"] for f in ix.original.embeds[0]["fields"]}
+        assert "Processes" not in names and "Provider slots in use" not in names
