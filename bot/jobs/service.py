@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from bot.catalog import get_model
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.limits import LimitPolicy
@@ -118,6 +119,8 @@ class JobService:
         self.policy = policy
         self.clock = clock
         self.accepting = True
+        # Job id -> the provider it will wait for, between submit() and hand_over().
+        self._providers: dict[int, str] = {}
         #: The worker of this process, when it runs one (all-in-one): woken at once on submit.
         self.worker: Worker | None = None
 
@@ -135,12 +138,13 @@ class JobService:
         kind: str = "imagine",
         parent_job_id: int | None = None,
     ) -> JobRecord:
-        """Validate, reserve quota atomically and persist the job in the queue. Raises PaletteError on
-        refusal.
+        """Validate, reserve quota atomically and persist the job. Raises PaletteError on refusal.
 
-        The job's interaction token is withheld from the row until :meth:`hand_over`: until then the
-        command handler owns the status message (it shows "queued"), and a worker that claims the job
-        meanwhile waits for the hand-over before editing it, so the stages never go backwards.
+        The job is stored without its queue provider: no worker can claim it until :meth:`hand_over`.
+        Until then the command handler owns the status message (it shows "queued"), so a worker's
+        "generating", result or failure can never be overwritten by that "queued" edit, in whichever
+        process either runs. (A job whose command handler died before handing it over is adopted by a
+        worker after a while: :data:`bot.jobs.worker.ADOPT_AFTER`.)
         """
         plan = self.generator.plan(spec)
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
@@ -161,40 +165,36 @@ class JobService:
             prompt=plan.prompt,
             params=json.dumps(params),
             count=plan.count,
-            interaction_token=None,
-            interaction_created_at=origin.interaction_created_at if origin.interaction_token else None,
+            interaction_token=origin.interaction_token,
+            interaction_created_at=origin.interaction_created_at,
             parent_job_id=parent_job_id,
             status_message_id=origin.status_message_id,
             references=[
                 NewReference(position=i, mime_type=r.mime_type, data=r.data, url=r.url)
                 for i, r in enumerate(plan.references)
             ],
-            # It waits for a slot of its best route's provider.
-            queue_provider=plan.routes[0].provider,
+            queue_provider=None,  # set by hand_over
         )
         job = await self.jobs.reserve_job(new_job, limits, self.clock())
-        if origin.interaction_token is None:
-            await self._wake()
+        self._providers[job.id] = plan.routes[0].provider
         return job
 
-    async def hand_over(self, job: JobRecord, origin: JobOrigin) -> None:
-        """The command handler is done with the status message: the worker may edit it now."""
-        if origin.interaction_token is not None:
-            try:
-                await self.jobs.set_interaction(
-                    job.id, origin.interaction_token, origin.interaction_created_at
-                )
-            except Exception as exc:  # the worker then posts the result in the channel
-                log.warning("job %s: could not hand it over (%s)", job.id, type(exc).__name__)
-        await self._wake()
-
-    async def _wake(self) -> None:
+    async def hand_over(self, job: JobRecord) -> None:
+        """The command handler is done with the status message: the job joins the queue, waiting for a
+        slot of its best route's provider (the workers are told)."""
+        provider = self._providers.pop(job.id, None) or self._first_provider(job)
+        try:
+            await self.queue.set_queue_provider(job.id, provider)
+        except Exception as exc:  # a worker adopts it after a while
+            log.warning("job %s: could not queue it (%s)", job.id, type(exc).__name__)
+            return
         if self.worker is not None:
             self.worker.poke()
-        try:
-            await self.queue.notify()
-        except Exception as exc:  # workers also look on their own, a moment later
-            log.warning("could not notify the workers (%s)", type(exc).__name__)
+
+    def _first_provider(self, job: JobRecord) -> str:
+        model = get_model(job.model)
+        routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
+        return routes[0].provider if routes else next(iter(self.generator.providers), "")
 
     async def position(self, job_id: int) -> int | None:
         """The job's place in line over the whole deployment (None once a worker has it)."""

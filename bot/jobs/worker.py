@@ -79,6 +79,11 @@ WAKE_TIMEOUT = 5.0
 SLOT_POLL = 0.2
 #: Heartbeat of a process in the ``workers`` table.
 HEARTBEAT_SECONDS = 5.0
+#: A job without a queue provider is one the command handler has not handed over yet (it is showing
+#: "queued"). One still without after this long lost its handler (the gateway died in between) or comes
+#: from a version before the database queue: a worker queues it for its model's first route.
+ADOPT_AFTER = 60.0
+ADOPT_INTERVAL = 15.0
 
 
 def new_worker_id(role: str) -> str:
@@ -406,6 +411,8 @@ class Worker:
         # a worker whose uploads are slow leaves new jobs to the other workers.
         self.max_waiting = self.max_jobs + DELIVERY_CONCURRENCY
         self.lease_seconds = settings.job_lease_seconds
+        self.adopt_after = ADOPT_AFTER
+        self._adopted_at = 0.0
         self.settle_attempts = 4
         self.settle_backoff = 0.25
         self.settle_backoff_max = 30.0
@@ -438,16 +445,16 @@ class Worker:
         then claim. Jobs left running by a worker that died are taken over once their lease expires."""
         self._stopping = False
         await self.queue.sync_slots(self.generator.capacity())
-        adopted = await self._adopt_unassigned()
-        if adopted:
-            log.info("queued %d job(s) from before the database queue", adopted)
+        await self._adopt_unassigned()
         self._loop_task = asyncio.create_task(self._loop(), name="palette-worker")
         self._listen_task = asyncio.create_task(self._listen(), name="palette-worker-wakeups")
 
     async def _adopt_unassigned(self) -> int:
+        """Queue the jobs nobody handed over (see :data:`ADOPT_AFTER`)."""
+        self._adopted_at = self.clock()
         adopted = 0
         for job in await self.jobs.unfinished_jobs():
-            if job.queue_provider:
+            if job.queue_provider or self.clock() - job.created_at < self.adopt_after:
                 continue
             model = get_model(job.model)
             routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
@@ -456,6 +463,8 @@ class Worker:
             )
             if provider and await self.queue.set_queue_provider(job.id, provider):
                 adopted += 1
+        if adopted:
+            log.info("queued %d job(s) that no command handler handed over", adopted)
         return adopted
 
     async def stop(self, grace: float = 0.0) -> None:
@@ -515,6 +524,8 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             try:
+                if self.clock() - self._adopted_at >= ADOPT_INTERVAL:
+                    await self._adopt_unassigned()
                 await self._fill()
             except asyncio.CancelledError:
                 raise

@@ -174,13 +174,12 @@ class Flows:
                 fetched, max_bytes=settings.max_reference_bytes, max_pixels=settings.max_reference_pixels
             )
             spec = replace(spec, references=references)
-        origin = self.origin(interaction)
-        job = await jobs.submit(spec, origin, kind=kind, parent_job_id=parent_job_id)
+        job = await jobs.submit(spec, self.origin(interaction), kind=kind, parent_job_id=parent_job_id)
         try:
             await self.show_queued(interaction, job)
         finally:
-            # Only now may a worker edit the status message: "queued" can never land after its stages.
-            await jobs.hand_over(job, origin)
+            # Only now can a worker claim it: "queued" can never land after a worker's stages.
+            await jobs.hand_over(job)
         return job
 
     async def show_queued(self, interaction: discord.Interaction, job: JobRecord) -> None:

@@ -8,11 +8,10 @@ the job row (``@original`` when the command handler could not learn it). When th
 the message is gone, the result is posted in the channel with a mention instead, and in a DM when the
 channel is closed to the bot.
 
-Stages: the command handler shows "queued" and then hands the job over (it stores the interaction token
-in the row, :meth:`bot.jobs.service.JobService.hand_over`); until then a worker that already claimed the
-job waits (at most :data:`HANDOVER_WAIT`) before editing, so its "generating", result or failure can
-never be overwritten by the "queued" edit. Within the worker, edits of one job are serialized and never
-go back to an earlier stage.
+Stages: the command handler shows "queued" before it hands the job over to the queue
+(:meth:`bot.jobs.service.JobService.hand_over`); no worker can claim it earlier, so a worker's
+"generating", result or failure can never be overwritten by the "queued" edit. Within the worker, edits
+of one job are serialized and never go back to an earlier stage.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from bot.jobs.spool import EncoderPool, ImageSpool, SpooledImage, Upload, prepar
 from bot.presentation import embeds
 from bot.presentation.views import result_view
 from bot.storage import JobRecord
-from bot.storage.repository import JobRepository
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +43,6 @@ UPLOAD_OVERHEAD = 64 * 1024
 MIN_IMAGE_BUDGET = 64 * 1024
 UPLOAD_ATTEMPTS = 3
 ENTITY_TOO_LARGE = 40005
-#: How long a worker waits for the command handler to hand a job over (show "queued", store the token).
-HANDOVER_WAIT = 5.0
-HANDOVER_POLL = 0.05
 #: The interaction's original response, for the webhook's message routes.
 ORIGINAL = "@original"
 
@@ -60,53 +55,22 @@ class DiscordPresenter:
     def __init__(
         self,
         client: discord.Client,
-        jobs: JobRepository,
         *,
         spool: ImageSpool,
         encoders: EncoderPool | None = None,
     ) -> None:
         self.client = client
-        self.jobs = jobs
         self.spool = spool
         self.encoders = encoders
         # Which stage each job's status message shows, so a late edit never overwrites a later stage
         # (this worker's edits of one job run concurrently: "generating" is shown in the background).
         self._stage: dict[int, int] = {}
         self._locks: dict[int, asyncio.Lock] = {}
-        # Rows re-read after the hand-over (the interaction token arrives after the claim).
-        self._fresh: dict[int, JobRecord] = {}
-        self.handover_wait = HANDOVER_WAIT
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
     # ------------------------------------------------------------------ the job row
-
-    async def _handed_over(self, job: JobRecord) -> JobRecord:
-        """The job as the command handler left it: with its interaction token (and status message id)
-        once it is done with the status message. A job from an interaction whose token is not in the row
-        yet is re-read until it is, for at most :attr:`handover_wait` seconds."""
-        if job.id in self._fresh:
-            return self._fresh[job.id]
-        if job.interaction_token or job.interaction_created_at is None:
-            return job
-        async with self._lock(job.id):
-            if job.id in self._fresh:
-                return self._fresh[job.id]
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.handover_wait
-            fresh = job
-            while True:
-                row = await self.jobs.get_job(job.id)
-                if row is not None:
-                    fresh = row
-                if fresh.interaction_token or loop.time() >= deadline:
-                    break
-                await asyncio.sleep(HANDOVER_POLL)
-            if not fresh.interaction_token:
-                log.info("job %s: the command handler did not hand it over; posting in the channel", job.id)
-            self._fresh[job.id] = fresh
-            return fresh
 
     def _webhook(self, job: JobRecord) -> discord.Webhook | None:
         if not job.interaction_token or self.client.application_id is None:
@@ -123,7 +87,6 @@ class DiscordPresenter:
     # ------------------------------------------------------------------ JobPresenter
 
     async def started(self, job: JobRecord) -> None:
-        job = await self._handed_over(job)
         async with self._lock(job.id):
             if self._stage.get(job.id, 0) >= STARTED:
                 return
@@ -141,7 +104,6 @@ class DiscordPresenter:
     async def failed(self, job: JobRecord, error: PaletteError) -> None:
         text = embeds.failure_text(error)
         try:
-            job = await self._handed_over(job)
             async with self._lock(job.id):
                 self._stage[job.id] = FAILURE
                 webhook = self._webhook(job)
@@ -158,7 +120,6 @@ class DiscordPresenter:
     async def notice(self, job: JobRecord, note: PaletteError) -> None:
         """A line after the result (it stays on the status message): a followup, else in the channel."""
         text = f"⚠️ {note.message}"
-        job = await self._handed_over(job)
         webhook = self._webhook(job)
         if webhook is not None:
             try:
@@ -180,7 +141,6 @@ class DiscordPresenter:
         uploads: list[Upload] = []
         names: list[str] = []
         try:
-            job = await self._handed_over(job)
             for attempt in range(UPLOAD_ATTEMPTS):
                 await self.spool.discard(uploads)
                 uploads = await self._prepare(images, budget)
@@ -313,6 +273,5 @@ class DiscordPresenter:
         """The job's last edit is done. Its stage is kept a while (a late "generating" edit still running
         in the background must see it); the rest goes."""
         self._locks.pop(job_id, None)
-        self._fresh.pop(job_id, None)
         while len(self._stage) > STAGES_KEPT:
             del self._stage[next(iter(self._stage))]

@@ -328,6 +328,10 @@ class AdminCog(commands.Cog):
         )
         if workers is not None:
             embed.add_field(name="Processes", value=describe_workers(workers, time.time()), inline=False)
+            slots = " · ".join(
+                f"{name} {used}/{total}" for name, (used, total) in sorted(depth.slots.items())
+            )
+            embed.add_field(name="Provider slots in use", value=slots or "none", inline=False)
         await interaction.followup.send(embed=embed, ephemeral=True)
 
     @palette.command(name="settings", description="Show the whole Palette policy of this server")

@@ -99,22 +99,21 @@ async def test_a_gateway_and_a_separate_worker(tmp_path: Path, database_url: str
         assert report.balanced and report.committed == 2 and report.refunded == 0
 
 
-async def test_the_worker_edits_the_status_message_only_after_the_hand_over(tmp_path: Path) -> None:
+async def test_no_worker_claims_a_job_before_the_command_handler_hands_it_over(tmp_path: Path) -> None:
     async with running_palette(tmp_path) as palette:
         handed = asyncio.Event()
         real = palette.bot.jobs.hand_over
 
-        async def late_hand_over(job: Any, origin: Any) -> None:
+        async def late_hand_over(job: Any) -> None:
             await handed.wait()
-            await real(job, origin)
+            await real(job)
 
         palette.bot.jobs.hand_over = late_hand_over  # type: ignore[method-assign]
         ix = await palette.imagine(palette.alice, "patience")
         await ix.wait_for(lambda i: bool(i.original and "Queued" in (i.original.content or "")), 10)
-        # The worker claimed it and the provider made it, but the status message is still the handler's.
-        await until(lambda: palette.listenhub.calls["generate"] == 1)
-        await asyncio.sleep(0.3)
-        assert "Queued" in ix.original.content and not ix.original.files
+        await asyncio.sleep(0.5)
+        # Stored and charged, but not claimable: the status message is still the command handler's.
+        assert palette.listenhub.calls["generate"] == 0 and (await palette.bot.queue.depth()).queued == 1
         handed.set()
         message = await palette.result_message(ix)
         contents = [e.get("content") for e in message.edits if "content" in e]
@@ -123,20 +122,22 @@ async def test_the_worker_edits_the_status_message_only_after_the_hand_over(tmp_
         assert message.files and not message.content
 
 
-async def test_a_job_never_handed_over_is_posted_in_the_channel(tmp_path: Path) -> None:
+async def test_a_job_whose_handler_died_before_handing_it_over_is_adopted(tmp_path: Path) -> None:
     async with running_palette(tmp_path) as palette:
 
-        async def gateway_died(job: Any, origin: Any) -> None:
-            palette.bot.worker.poke()  # type: ignore[union-attr]
+        async def gateway_died(job: Any) -> None:
+            return None
 
         palette.bot.jobs.hand_over = gateway_died  # type: ignore[method-assign]
-        assert palette.bot.presenter is not None
-        palette.bot.presenter.handover_wait = 0.3
+        worker = palette.bot.worker
+        assert worker is not None
         ix = await palette.imagine(palette.alice, "orphan")
-        message = await palette.fake.wait_for_message(
-            lambda m: bool(m.files) and f"<@{palette.alice.id}>" in (m.content or ""), timeout=15
-        )
-        assert message.id != ix.original.id
+        await ix.wait_for(lambda i: bool(i.original and "Queued" in (i.original.content or "")), 10)
+        assert palette.listenhub.calls["generate"] == 0
+        worker.adopt_after = 0.0  # (an hour later...)
+        await worker._adopt_unassigned()
+        worker.poke()
+        message = await palette.result_message(ix)  # on its status message: the token is in the row
         assert (await palette.job_of(message)).committed == 1
 
 
@@ -175,9 +176,13 @@ async def test_a_taken_over_job_with_a_recorded_delivery_is_never_posted_again(t
         await bot.worker.stop()
         ix = await palette.imagine(palette.alice, "posted before the crash")
         await ix.wait_for(lambda i: bool(i.original and "Queued" in (i.original.content or "")), 10)
-        # Another worker claimed it, posted it and died before settling.
-        claim = await bot.queue.claim("dead-worker", time.time(), 0.5)
-        assert claim is not None
+        # Another worker claimed it (once it was handed over), posted it and died before settling.
+        claim = None
+        deadline = time.monotonic() + 10
+        while claim is None:
+            assert time.monotonic() < deadline
+            claim = await bot.queue.claim("dead-worker", time.time(), 0.5)
+            await asyncio.sleep(0.01)
         posted = {
             "message_id": ix.original.id,
             "channel_id": palette.channel.id,
@@ -271,3 +276,25 @@ async def test_a_ban_made_in_one_process_applies_in_another_within_a_second(data
         there.close()
         await one.close()
         await two.close()
+
+
+async def test_palette_status_shows_the_deployment_to_the_operator(tmp_path: Path) -> None:
+    from tests.presentation.test_admin import MANAGER
+
+    async with running_palette(tmp_path) as palette:
+        await palette.result_message(await palette.imagine(palette.alice, "one"))
+        await palette.idle()
+        owner = palette.fake.app_owner
+        palette.fake.add_member(palette.guild, owner, permissions=MANAGER)
+        ix = await palette.admin(owner, "status")
+        await ix.wait_for(lambda i: bool(i.original and i.original.embeds and not i.original.loading), 10)
+        fields = {f["name"]: f["value"] for f in ix.original.embeds[0]["fields"]}
+        assert fields["Queue"] == "0 waiting · 0 generating"
+        assert fields["Processes"].startswith("all on ") and "seen" in fields["Processes"]
+        assert fields["Provider slots in use"] == "listenhub 0/4 · mountsea 0/8"
+        assert "breaker closed" in next(v for k, v in fields.items() if k.endswith("listenhub"))
+        # A server manager sees neither the processes nor the providers.
+        ix = await palette.admin(palette.member("manager", permissions=MANAGER), "status")
+        await ix.wait_for(lambda i: bool(i.original and i.original.embeds and not i.original.loading), 10)
+        names = {f["name"] for f in ix.original.embeds[0]["fields"]}
+        assert "Processes" not in names and "Provider slots in use" not in names

@@ -357,15 +357,19 @@ async def test_shutdown_gives_running_jobs_the_grace_then_hands_the_rest_back(tm
         assert slow.cancelled == 1 and "finish_job" not in [n for n, a in r.store.calls.log if a[0] == stuck]
 
 
-async def test_jobs_from_before_the_queue_get_their_provider_on_start(tmp_path: Path) -> None:
+async def test_jobs_nobody_handed_over_get_their_provider_after_a_while(tmp_path: Path) -> None:
     async with rig(tmp_path, SyncProvider(), TaskFake(), start=False) as r:
         old = r.store.add_job(provider=None)  # nano-banana-pro: listenhub first
         task = r.store.add_job(provider=None)
         r.store.update(task.id, provider="mountsea", task_id="t-1", status="running")
+        fresh = r.clock.now + 61
+        r.clock.now = fresh
+        handing_over = r.store.add_job(provider=None)  # its command handler is showing "queued"
         await r.worker.start()
         await r.until(lambda: r.done(old.id) and r.done(task.id))
         assert ("set_queue_provider", (old.id, "listenhub")) in r.store.calls.log
         assert ("set_queue_provider", (task.id, "mountsea")) in r.store.calls.log
+        assert r.store.rows[handing_over.id].queue_provider is None  # not yet: it is being handed over
 
 
 async def test_failover_takes_a_slot_at_the_next_provider(tmp_path: Path) -> None:
