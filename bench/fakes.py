@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import time
@@ -50,6 +51,12 @@ def photo_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=4)
+def cached_photo_png(width: int, height: int) -> bytes:
+    """:func:`photo_png`, made once per size per benchmark run (a 4K one takes seconds)."""
+    return photo_png(width, height)
+
+
 class BenchListenHub(FakeListenHub):
     def __init__(self, *, latency: float = 1.0) -> None:
         super().__init__(scale=1.0, processing_delay=latency)
@@ -65,7 +72,7 @@ class BenchListenHub(FakeListenHub):
         key = (width, height)
         body = self._bodies.get(key)
         if body is None:
-            png = photo_png(width, height)
+            png = cached_photo_png(width, height)
             self.png_sizes[key] = len(png)
             part = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png).decode("ascii")}}
             body = json.dumps(
@@ -105,17 +112,28 @@ class BenchDiscord(FakeDiscord):
         self.done_at: dict[int, float] = {}
         #: interaction id -> (filename, size) of the files delivered.
         self.delivered: dict[int, list[tuple[str, int]]] = {}
+        #: Interactions whose result came as a new channel message (the bot's fallback when it cannot
+        #: edit the status message), not on the interaction's own message.
+        self.in_channel: set[int] = set()
+        #: prompt -> interaction id (the benchmark's prompts are unique), to attribute channel results:
+        #: the result embed's title is the prompt.
+        self.by_prompt: dict[str, int] = {}
         # Interactions are only ever created by slash commands here, so the base class's scan of every
         # interaction for a matching source message (component interactions) is not needed.
 
     def _message_changed(self, msg: Message) -> None:
-        if msg.interaction_id is not None:
-            if msg.files and not msg.deleted and not msg.loading and msg.interaction_id not in self.done_at:
-                self.done_at[msg.interaction_id] = time.monotonic()
-                self.delivered[msg.interaction_id] = [(name, len(data)) for name, data, _ in msg.files]
+        interaction_id = msg.interaction_id
+        if interaction_id is None and msg.files and msg.embeds:
+            interaction_id = self.by_prompt.get(str(msg.embeds[0].get("title", "")))
+            if interaction_id is not None and interaction_id not in self.done_at:
+                self.in_channel.add(interaction_id)
+        if interaction_id is not None:
+            if msg.files and not msg.deleted and not msg.loading and interaction_id not in self.done_at:
+                self.done_at[interaction_id] = time.monotonic()
+                self.delivered[interaction_id] = [(name, len(data)) for name, data, _ in msg.files]
                 if not self.keep_files:
                     self._drop_files(msg)
-            ix = self.interactions.get(msg.interaction_id)
+            ix = self.interactions.get(interaction_id)
             if ix is not None:
                 ix._changed()
         self._state_changed()

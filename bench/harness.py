@@ -1,4 +1,9 @@
-"""Runs the real bot (``python -m bot``) as a subprocess against the fakes, and measures it from outside."""
+"""Runs the real bot as subprocesses against the fakes, and measures it from outside.
+
+One all-in-one ``python -m bot`` (the default), or one ``python -m bot gateway`` and N ``python -m bot
+worker`` sharing one database: a SQLite file in the run's folder, or a fresh PostgreSQL database made on
+the server of ``--database-url`` (and dropped afterwards).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,86 +23,25 @@ from typing import Any
 
 from bench.fakes import BenchDiscord, BenchListenHub
 from bot.loopmonitor import LoopMonitor
+from tests.fakes.processes import PaletteProcess, cpu_seconds, palette_env, read_vm
+
+__all__ = ["BotProcess", "Harness", "cpu_seconds", "read_vm"]
 
 ROOT = Path(__file__).resolve().parent.parent
-READY_LINE = "logged in as"
-# Every provider setting the bot reads; all but ListenHub are blanked so a developer's .env cannot leak in.
-OTHER_PROVIDERS = ("NANOBANANA_PRO", "APIMART", "MOUNTSEA")
 
 
-def read_vm(pid: int, field_name: str = "VmHWM") -> int | None:
-    """A ``/proc/<pid>/status`` memory figure in bytes (Linux), ``VmHWM`` being the peak resident set."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+class BotProcess(PaletteProcess):
+    """A bot process of the benchmark: its opt-in loop monitor writes ``loop-<name>.json``."""
 
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time a process has used so far (``/proc/<pid>/stat``, Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@dataclass
-class BotProcess:
-    """``python -m bot`` in a subprocess, with its log in a file."""
-
-    env: dict[str, str]
-    workdir: Path
-    proc: asyncio.subprocess.Process | None = None
-    peak_rss: int | None = None
-    cpu_s: float | None = None
-    log_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log_path = self.workdir / "bot.log"
-
-    async def start(self, ready_timeout: float = 60) -> None:
-        log = self.log_path.open("wb")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", cwd=self.workdir, env=self.env, stdout=log, stderr=log
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + ready_timeout
-        while READY_LINE not in self.log_path.read_text(errors="replace"):
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"the bot exited during start-up:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the bot was not ready after {ready_timeout} s:\n{self.log_tail()}")
-            await asyncio.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def rss_now(self) -> int | None:
-        return read_vm(self.pid, "VmRSS")
-
-    async def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.peak_rss = read_vm(self.proc.pid, "VmHWM")
-        self.cpu_s = cpu_seconds(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+    def __init__(
+        self, env: dict[str, str], workdir: Path, *, role: str | None = None, name: str = "bot"
+    ) -> None:
+        env = dict(env, PALETTE_LOOP_MONITOR_FILE=str(workdir / f"loop-{name}.json"))
+        super().__init__(env, workdir, role=role, name=name)
 
     def loop_report(self) -> dict[str, Any]:
         try:
-            return dict(json.loads((self.workdir / "loop-monitor.json").read_text()))
+            return dict(json.loads((self.workdir / f"loop-{self.name}.json").read_text()))
         except (OSError, ValueError):
             return {}
 
@@ -105,16 +49,39 @@ class BotProcess:
         value = self.loop_report().get("max_stall_s")
         return None if value is None else float(value)
 
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
     def log_errors(self) -> list[str]:
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace").splitlines()
-            return [line for line in text if " ERROR " in line or " WARNING " in line]
-        return []
+        return self.log_problems()
+
+
+async def create_postgres_database(server_url: str) -> str:
+    """A new, empty database on the server of ``server_url`` (any database there to connect to)."""
+    import asyncpg
+
+    name = f"palette_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_asyncpg_url(server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"{server_url.rsplit('/', 1)[0]}/{name}"
+
+
+async def drop_postgres_database(url: str) -> None:
+    import asyncpg
+
+    base, name = url.rsplit("/", 1)
+    admin = await asyncpg.connect(_asyncpg_url(f"{base}/postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _asyncpg_url(url: str) -> str:
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
 
 
 @dataclass
@@ -127,6 +94,10 @@ class Harness:
     prepare: Iterable[str] = ("1K",)
     extra_env: dict[str, str] = field(default_factory=dict)
     profile: bool = False
+    #: 0: one all-in-one ``python -m bot``; N: one gateway and N workers.
+    workers: int = 0
+    #: ``None``: a SQLite file; a PostgreSQL URL: a fresh database on that server (dropped afterwards).
+    database_url: str | None = None
 
     async def __aenter__(self) -> Harness:
         self.t0: float | None = None  # when the first command was sent (monotonic, like the bot's clock)
@@ -146,11 +117,20 @@ class Harness:
             user = self.discord.add_user(f"user{i}")
             self.discord.add_member(self.guild, user)
             self.people.append(user)
-        self.bot = BotProcess(self.bot_env(), self.workdir)
+        self._pg_database: str | None = None
+        if self.database_url is not None and not self.database_url.startswith("sqlite"):
+            self._pg_database = await create_postgres_database(self.database_url)
+        env = self.bot_env()
+        #: The process that talks to Discord's gateway: the all-in-one bot, or the gateway.
+        self.bot = BotProcess(env, self.workdir, role="gateway" if self.workers else None, name="bot")
+        self.worker_procs = [
+            BotProcess(env, self.workdir, role="worker", name=f"worker-{i + 1}") for i in range(self.workers)
+        ]
         self.monitor = LoopMonitor(self.workdir / "bench-loop.json")  # the benchmark process's own loop
         self.monitor.start()
         try:
-            await self.bot.start()
+            # Ready means on_ready (logged): its one-off gc.collect()/freeze() must not land in a figure.
+            await asyncio.gather(self.bot.start(), *(w.start() for w in self.worker_procs))
             await self.discord.wait_for_state(lambda: self.discord.find_command("imagine"), 30, "commands")
             await self._start_profiler()
         except BaseException:
@@ -158,55 +138,52 @@ class Harness:
             raise
         return self
 
+    @property
+    def processes(self) -> list[BotProcess]:
+        return [self.bot, *self.worker_procs]
+
+    @property
+    def db_url(self) -> str:
+        return self._pg_database or f"sqlite:///{self.workdir / 'palette.db'}"
+
     def bot_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PALETTE_", "DISCORD_"))}
-        env.update(
-            PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-            DISCORD_TOKEN=self.discord.bot_token,
-            DISCORD_API_BASE=self.discord.api_base,
-            DISCORD_GATEWAY_URL=self.discord.gateway_url,
-            DISCORD_DEV_GUILD_ID="",
-            DATABASE_URL=f"sqlite:///{self.workdir / 'palette.db'}",
-            LISTENHUB_API_KEY=self.provider.api_key,
-            LISTENHUB_BASE_URL=self.provider.base_url,
-            LISTENHUB_CONCURRENCY=str(self.concurrency),
-            ALLOW_PRIVATE_URLS="true",
-            USER_DAILY_LIMIT="0",
-            USER_HOURLY_LIMIT="0",
-            USER_MAX_CONCURRENT="0",
-            HTTP_READ_TIMEOUT="120",
-            SHUTDOWN_GRACE="1",
-            LOG_LEVEL="INFO",
-            PALETTE_LOOP_MONITOR="1",
-            PALETTE_LOOP_MONITOR_FILE=str(self.workdir / "loop-monitor.json"),
+        env = palette_env(
+            self.discord,
+            database_url=self.db_url,
+            listenhub=self.provider,
+            LISTENHUB_CONCURRENCY=self.concurrency,
+            HTTP_READ_TIMEOUT=120,
+            SHUTDOWN_GRACE=1,
+            PALETTE_LOOP_MONITOR=1,
         )
-        for name in OTHER_PROVIDERS:
-            env[f"{name}_API_KEY"] = ""
+        env.pop("POLL_INTERVAL")  # the bot's own defaults for everything not about the fakes
+        env.pop("RETRY_BACKOFF_BASE")
         env.update(self.extra_env)
         return env
 
     async def _start_profiler(self) -> None:
-        """``BENCH_PYSPY=DIR``: sample the bot with py-spy (not a dependency: ``pip install py-spy``)."""
+        """``BENCH_PYSPY=DIR``: sample every bot process with py-spy (``pip install py-spy``)."""
         out = os.environ.get("BENCH_PYSPY")
-        self._profiler: asyncio.subprocess.Process | None = None
+        self._profilers: list[asyncio.subprocess.Process] = []
         if not out:
             return
         os.makedirs(out, exist_ok=True)
-        target = Path(out) / f"bot-{self.bot.pid}.txt"
-        self._profiler = await asyncio.create_subprocess_exec(
-            "py-spy", "record", "--pid", str(self.bot.pid), "--format", "raw", "--rate", "200",
-            "--threads", "--output", str(target), stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        for proc in self.processes:
+            target = Path(out) / f"{proc.name}-{proc.pid}.txt"
+            self._profilers.append(await asyncio.create_subprocess_exec(
+                "py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200",
+                "--threads", "--output", str(target), stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            ))  # fmt: skip
 
     async def stop_bot(self) -> None:
-        """Stop the profiler (if any), then the bot; peak RSS and loop stall are read on the way."""
-        profiler = getattr(self, "_profiler", None)
-        if profiler is not None and profiler.returncode is None:
-            profiler.send_signal(signal.SIGINT)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(profiler.wait(), 30)
-        await self.bot.stop()
+        """Stop the profilers (if any), then every bot process; peak RSS and CPU are read on the way."""
+        for profiler in getattr(self, "_profilers", []):
+            if profiler.returncode is None:
+                profiler.send_signal(signal.SIGINT)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(profiler.wait(), 30)
+        await asyncio.gather(*(p.stop() for p in self.processes))
 
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
@@ -217,8 +194,12 @@ class Harness:
         await self.discord.stop()
         keep = os.environ.get("BENCH_KEEP_LOGS")  # a folder: keep the bot's log of each run there
         if keep:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(keep_log, self.bot.log_path, Path(keep))
+            for proc in self.processes:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(keep_log, proc.log_path, Path(keep))
+        if self._pg_database is not None:
+            with contextlib.suppress(Exception):
+                await drop_postgres_database(self._pg_database)
         self._tmp.cleanup()
 
     # ------------------------------------------------------------------ driving
@@ -226,9 +207,11 @@ class Harness:
     async def imagine(self, user: Any, prompt: str, **options: Any) -> Any:
         if self.t0 is None:
             self.t0 = time.monotonic()
-        return await self.discord.invoke_slash(
+        ix = await self.discord.invoke_slash(
             user, self.channel, "imagine", options={"prompt": prompt, **options}
         )
+        self.discord.by_prompt[prompt] = ix.id
+        return ix
 
     async def wait_done(self, interactions: list[Any], timeout: float) -> None:
         """Until every interaction got its final message with a file (or an error, or the timeout)."""
@@ -237,8 +220,9 @@ class Harness:
         while time.monotonic() < deadline:
             if all(i in self.discord.done_at or self._failed(i) for i in ids):
                 return
-            if self.bot.proc is not None and self.bot.proc.returncode is not None:
-                raise RuntimeError(f"the bot exited:\n{self.bot.log_tail()}")
+            for proc in self.processes:
+                if proc.proc is not None and proc.proc.returncode is not None:
+                    raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
             await asyncio.sleep(0.02)
 
     def _failed(self, interaction_id: int) -> bool:
@@ -257,4 +241,4 @@ class Harness:
 
 def keep_log(log: Path, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(log, folder / f"bot-{int(time.time() * 1000)}.log")
+    shutil.copy(log, folder / f"{log.stem}-{int(time.time() * 1000)}.log")

@@ -19,8 +19,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Harness
+from bench.fakes import cached_photo_png
+from bench.harness import Harness, cpu_seconds
 from bench.report import Figure, check, jain, percentile
+from tests.fakes.providers.common import image_dimensions
+from tests.fakes.providers.listenhub import SIZES
 
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -57,11 +60,11 @@ async def _stop(h: Harness) -> None:
 # ---------------------------------------------------------------------------------------------- burst
 
 
-async def burst(quick: bool) -> Result:
+async def burst(quick: bool, database_url: str | None = None) -> Result:
     """500 /imagine from 200 users within 2 s: how fast is each one acknowledged?"""
     n, users, window = (100, 40, 0.4) if quick else (500, 200, 2.0)
     name = "burst"
-    async with Harness(users=users, latency=1.0, concurrency=32) as h:
+    async with Harness(users=users, latency=1.0, concurrency=32, database_url=database_url) as h:
         loop = asyncio.get_running_loop()
         start = loop.time()
         interactions = []
@@ -102,10 +105,10 @@ async def _single(h: Harness, runs: int, resolution: str) -> list[float]:
     return e2e
 
 
-async def single_1k(quick: bool) -> Result:
+async def single_1k(quick: bool, database_url: str | None = None) -> Result:
     """One 1K job, provider latency 2.0 s: end-to-end / provider latency."""
     latency, runs = 2.0, (2 if quick else 3)
-    async with Harness(users=1, latency=latency, concurrency=4) as h:
+    async with Harness(users=1, latency=latency, concurrency=4, database_url=database_url) as h:
         e2e = await _single(h, runs, "1K")
         await _stop(h)
         ratio = statistics.median(e2e) / latency
@@ -119,10 +122,12 @@ async def single_1k(quick: bool) -> Result:
         return figures, details
 
 
-async def single_4k(quick: bool) -> Result:
+async def single_4k(quick: bool, database_url: str | None = None) -> Result:
     """One 4K job whose PNG exceeds the 10 MiB upload limit: end-to-end minus provider latency."""
     latency, runs = 2.0, (1 if quick else 2)
-    async with Harness(users=1, latency=latency, concurrency=4, prepare=("4K",)) as h:
+    async with Harness(
+        users=1, latency=latency, concurrency=4, prepare=("4K",), database_url=database_url
+    ) as h:
         e2e = await _single(h, runs, "4K")
         delivered = [size for files in h.discord.delivered.values() for _, size in files]
         await _stop(h)
@@ -143,24 +148,29 @@ async def single_4k(quick: bool) -> Result:
 # ---------------------------------------------------------------------------------------------- load
 
 
-async def _load(h: Harness, jobs: int, resolution: str) -> dict[str, Any]:
+async def _submit(
+    h: Harness, jobs: int, resolution: str, tag: str = "load"
+) -> tuple[list[Any], dict[int, int]]:
+    """``jobs`` /imagine from every user in turn, like many people typing at once; (interactions, owner)."""
     users = len(h.people)
     per_user = math.ceil(jobs / users)
     interactions: list[Any] = []
     owner: dict[int, int] = {}
-    started = time.monotonic()
-    for round_ in range(per_user):  # interleaved, like many people typing at once
+    for round_ in range(per_user):
         for u, user in enumerate(h.people):
             if len(interactions) == jobs:
                 break
-            ix = await h.imagine(user, f"load {resolution} {u}/{round_}", resolution=resolution)
+            ix = await h.imagine(user, f"{tag} {resolution} {u}/{round_}", resolution=resolution)
             interactions.append(ix)
             owner[ix.id] = u
             if len(interactions) % 25 == 0:
                 await asyncio.sleep(0)  # let the gateway writer flush
-    submitted_in = time.monotonic() - started
+    return interactions, owner
+
+
+def _stats(h: Harness, interactions: list[Any], owner: dict[int, int]) -> dict[str, Any]:
+    jobs, users = len(interactions), len(set(owner.values()))
     ideal = math.ceil(jobs / h.concurrency) * h.latency
-    await h.wait_done(interactions, timeout=ideal * 4 + 60)
     done = h.discord.done_at
     failed = [ix for ix in interactions if ix.id not in done]
     first = min(ix.created_at for ix in interactions)
@@ -174,11 +184,12 @@ async def _load(h: Harness, jobs: int, resolution: str) -> dict[str, Any]:
     return {
         "jobs": jobs,
         "users": users,
-        "submitted_in_s": round(submitted_in, 3),
         "failed": len(failed),
+        # Results posted as a new channel message because the status message could not be edited.
+        "posted_in_channel": sum(1 for ix in interactions if ix.id in h.discord.in_channel),
         "makespan_s": round(makespan, 3),
         "ideal_s": ideal,
-        "makespan_ratio": makespan / ideal,
+        "makespan_ratio": makespan / ideal if ideal else math.nan,
         "jain": jain(means),
         "user_mean_wait_s": {
             "min": round(min(means, default=math.nan), 3),
@@ -188,10 +199,19 @@ async def _load(h: Harness, jobs: int, resolution: str) -> dict[str, Any]:
     }
 
 
-async def load_1k(quick: bool) -> Result:
+async def _load(h: Harness, jobs: int, resolution: str) -> dict[str, Any]:
+    started = time.monotonic()
+    interactions, owner = await _submit(h, jobs, resolution)
+    submitted_in = time.monotonic() - started
+    ideal = math.ceil(jobs / h.concurrency) * h.latency
+    await h.wait_done(interactions, timeout=ideal * 4 + 60)
+    return {"submitted_in_s": round(submitted_in, 3), **_stats(h, interactions, owner)}
+
+
+async def load_1k(quick: bool, database_url: str | None = None) -> Result:
     """1000 jobs from 200 users, provider cap 32 in flight, latency 1 s."""
     jobs, users = (200, 40) if quick else (1000, 200)
-    async with Harness(users=users, latency=1.0, concurrency=32) as h:
+    async with Harness(users=users, latency=1.0, concurrency=32, database_url=database_url) as h:
         stats = await _load(h, jobs, "1K")
         await _stop(h)
         details = {**stats, **_common(h)}
@@ -210,10 +230,12 @@ async def load_1k(quick: bool) -> Result:
     return figures, details
 
 
-async def load_4k(quick: bool) -> Result:
+async def load_4k(quick: bool, database_url: str | None = None) -> Result:
     """4K images with 32 in flight: peak memory of the bot."""
     jobs, users = (32, 32) if quick else (64, 32)
-    async with Harness(users=users, latency=1.0, concurrency=32, prepare=("4K",)) as h:
+    async with Harness(
+        users=users, latency=1.0, concurrency=32, prepare=("4K",), database_url=database_url
+    ) as h:
         stats = await _load(h, jobs, "4K")
         await _stop(h)
         details = {**stats, **_common(h)}
@@ -230,7 +252,7 @@ async def load_4k(quick: bool) -> Result:
 # ---------------------------------------------------------------------------------------------- storage
 
 
-async def reservations(quick: bool) -> Result:
+async def reservations(quick: bool, database_url: str | None = None) -> Result:
     """1000 concurrent reservations by one user whose daily limit is 50 (in-process: a storage figure).
 
     This one calls the storage layer (``Database.jobs.reserve_job``) directly in the benchmark process:
@@ -265,11 +287,179 @@ async def reservations(quick: bool) -> Result:
     return figures, {"granted": granted, "refused": refused, "errors": errors[:5], "elapsed_s": elapsed}
 
 
-SCENARIOS: dict[str, Callable[[bool], Awaitable[Result]]] = {
+# ---------------------------------------------------------------------------------------------- deployments
+
+
+def _processes(h: Harness) -> dict[str, Any]:
+    """Peak RSS, CPU and the longest loop stall of every bot process (read when they were stopped)."""
+    return {
+        p.name: {
+            "role": p.role or "all",
+            "peak_rss_mb": None if p.peak_rss is None else round(p.peak_rss / MB, 1),
+            "cpu_s": None if p.cpu_s is None else round(p.cpu_s, 1),
+            "max_loop_stall_ms": _ms(p.loop_stall()),
+            "loop_stalls_over_50ms": p.loop_report().get("stalls_over_50ms"),
+            "log_warnings": p.log_errors()[:10],
+        }
+        for p in h.processes
+    }
+
+
+def _deploy_common(h: Harness) -> dict[str, Any]:
+    return {
+        "processes": _processes(h),
+        "database": "postgresql" if h.db_url.startswith("postgres") else "sqlite",
+        "bench_process_cpu_s": round(sum(os.times()[:2]) - h.cpu0, 1),
+        "bench_process_max_loop_stall_ms": round(h.monitor.max_stall * 1000, 1),
+        "provider_max_in_flight": h.provider.max_in_flight,
+        "provider_calls": h.provider.calls["generate"],
+    }
+
+
+async def deploy_1k(quick: bool, database_url: str | None = None) -> Result:
+    """One gateway + two workers: 1000 jobs from 200 users (cap 32, latency 1 s), then a burst of 200 more
+    commands while those are queued. Makespan over every job, the gateway's loop, the burst's acks."""
+    jobs, users, burst_n, latency = (30, 10, 10, 0.1) if quick else (1000, 200, 200, 1.0)
+    name = "deploy_1k"
+    async with Harness(
+        users=users, latency=latency, concurrency=32, workers=2, database_url=database_url
+    ) as h:
+        interactions, owner = await _submit(h, jobs, "1K")
+        # The burst: one more command from every user, as fast as the fake can send them.
+        burst: list[Any] = []
+        for i in range(burst_n):
+            ix = await h.imagine(h.people[i % users], f"burst {i}", resolution="1K")
+            burst.append(ix)
+            owner[ix.id] = i % users
+        queued_during_burst = len(interactions) - len(h.discord.done_at)
+        everything = interactions + burst
+        ideal = math.ceil(len(everything) / h.concurrency) * h.latency
+        await h.wait_done(everything, timeout=ideal * 4 + 60)
+        await _stop(h)
+        stats = _stats(h, everything, owner)
+        acks = [(ix.acked_at - ix.created_at) * 1000 for ix in burst if ix.acked_at is not None]
+        details = {**stats, "burst": burst_n, "queued_during_burst": queued_during_burst, **_deploy_common(h)}
+    gateway = details["processes"]["bot"]
+    stall = gateway["max_loop_stall_ms"]
+    p99 = percentile(acks, 99)
+    unacked = burst_n - len(acks)
+    figures = [
+        Figure(name, f"makespan / ideal ({len(everything)} jobs, ideal {stats['ideal_s']:.0f} s, 2 workers)",
+               stats["makespan_ratio"], "x", "<= 1.05", check(stats["makespan_ratio"], "<=", 1.05)),
+        Figure(name, "longest event-loop stall (gateway)", stall, "ms", "< 50 ms", check(stall, "<", 50)),
+        Figure(name, f"ack p99 of a {burst_n}-command burst ({queued_during_burst} jobs queued)", p99, "ms",
+               "< 50 ms", check(p99, "<", 50)),
+        Figure(name, "unacknowledged burst commands", unacked, "count", "0", unacked == 0),
+        Figure(name, "results posted in the channel, not on their status message",
+               stats["posted_in_channel"], "count", "0", stats["posted_in_channel"] == 0),
+        Figure(name, f"Jain's index over {users} users' mean wait", stats["jain"], "x", ">= 0.9",
+               check(stats["jain"], ">=", 0.9)),
+        Figure(name, "failed jobs", stats["failed"], "count", "0", stats["failed"] == 0),
+    ]  # fmt: skip
+    return figures, details
+
+
+_FLOOR_PNG: list[bytes] = []
+
+
+def _keep_png(png: bytes) -> None:
+    _FLOOR_PNG[:] = [png]
+
+
+def _fit_one(budget: int) -> int:
+    from bot.images import fit_for_upload
+
+    return len(fit_for_upload(_FLOOR_PNG[0], limit_bytes=budget).data)
+
+
+async def cpu_floor(png: bytes, count: int) -> tuple[float, int]:
+    """Seconds to fit ``count`` copies of ``png`` into an upload with the bot's encoder, one process per
+    core (the least time a deployment on this machine could need for it); and the processes used.
+
+    Each process gets the image once, up front, and is warmed up: only the encoding is timed."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bot.presentation.presenter import DEFAULT_UPLOAD_LIMIT, UPLOAD_OVERHEAD
+
+    budget = DEFAULT_UPLOAD_LIMIT - UPLOAD_OVERHEAD
+    cores = os.cpu_count() or 1
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(cores, initializer=_keep_png, initargs=(png,)) as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, _fit_one, budget) for _ in range(cores)))
+        started = time.perf_counter()
+        await asyncio.gather(*(loop.run_in_executor(pool, _fit_one, budget) for _ in range(count)))
+        return time.perf_counter() - started, cores
+
+
+async def deploy_4k(quick: bool, database_url: str | None = None) -> Result:
+    """One gateway + two workers: 64 4K jobs, 32 in flight. Peak RSS per worker; makespan / CPU floor."""
+    jobs, users = (8, 8) if quick else (64, 32)
+    name = "deploy_4k"
+    png = await asyncio.to_thread(cached_photo_png, *image_dimensions(SIZES["4K"], "1:1", 1.0))
+    floor, cores = await cpu_floor(png, jobs)
+    async with Harness(
+        users=users, latency=1.0, concurrency=32, prepare=("4K",), workers=2, database_url=database_url
+    ) as h:
+        stats = await _load(h, jobs, "4K")
+        await _stop(h)
+        details = {**stats, "cpu_floor_s": round(floor, 2), "cpu_floor_cores": cores, **_deploy_common(h)}
+    workers = {k: v for k, v in details["processes"].items() if v["role"] == "worker"}
+    rss = max((v["peak_rss_mb"] or 0 for v in workers.values()), default=None)
+    ratio = stats["makespan_s"] / floor if floor else math.nan
+    figures = [
+        Figure(name, f"peak RSS per worker (max of {len(workers)}; {jobs} 4K jobs, 32 in flight)", rss, "MB",
+               "< 600 MB", check(rss, "<", 600)),
+        Figure(name, f"makespan / CPU floor (floor {floor:.1f} s: {jobs} encodes on {cores} cores)", ratio,
+               "x", "<= 1.5", check(ratio, "<=", 1.5)),
+        Figure(name, "peak RSS of the gateway", details["processes"]["bot"]["peak_rss_mb"], "MB", "", None),
+        Figure(name, "failed jobs", stats["failed"], "count", "0", stats["failed"] == 0),
+    ]  # fmt: skip
+    return figures, details
+
+
+async def _throughput_once(workers: int, jobs: int, users: int, database_url: str | None) -> dict[str, Any]:
+    async with Harness(
+        users=users, latency=0.0, concurrency=64, workers=workers, database_url=database_url
+    ) as h:
+        cpu0 = {p.name: cpu_seconds(p.pid) or 0.0 for p in h.processes}
+        interactions, owner = await _submit(h, jobs, "1K", tag="throughput")
+        await h.wait_done(interactions, timeout=jobs + 60)
+        cpu1 = {p.name: cpu_seconds(p.pid) or 0.0 for p in h.processes}
+        await _stop(h)
+        stats = _stats(h, interactions, owner)
+        cpu = {name: round(cpu1[name] - cpu0[name], 2) for name in cpu0}
+        return {**stats, "cpu_s": cpu, **_deploy_common(h)}
+
+
+async def deploy_throughput(quick: bool, database_url: str | None = None) -> Result:
+    """Zero provider latency (pure overhead): jobs/s and CPU ms per job for the all-in-one process and for
+    one gateway with 1, 2 and 4 workers, side by side."""
+    jobs, users = (20, 10) if quick else (300, 50)
+    name = "deploy_throughput"
+    figures: list[Figure] = []
+    details: dict[str, Any] = {}
+    for workers in (0, 1, 2, 4):
+        label = "all-in-one" if workers == 0 else f"gateway + {workers} worker{'s' * (workers > 1)}"
+        run = await _throughput_once(workers, jobs, users, database_url)
+        details[label] = run
+        rate = run["jobs"] / run["makespan_s"] if run["makespan_s"] else math.nan
+        cpu_ms = sum(run["cpu_s"].values()) * 1000 / run["jobs"]
+        figures += [
+            Figure(name, f"{label}: jobs/s ({jobs} jobs, zero latency)", rate, "/s", "", None),
+            Figure(name, f"{label}: CPU ms per job (all bot processes)", cpu_ms, "ms", "", None),
+            Figure(name, f"{label}: failed jobs", run["failed"], "count", "0", run["failed"] == 0),
+        ]
+    return figures, details
+
+
+SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
     "burst": burst,
     "single_1k": single_1k,
     "single_4k": single_4k,
     "load_1k": load_1k,
     "load_4k": load_4k,
     "reservations": reservations,
+    "deploy_1k": deploy_1k,
+    "deploy_4k": deploy_4k,
+    "deploy_throughput": deploy_throughput,
 }

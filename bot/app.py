@@ -1,65 +1,180 @@
-"""Start-up and shutdown of the bot process."""
+"""Start-up and shutdown of a Palette process, in one of three roles.
+
+* ``all`` (``python -m bot``, ``python -m bot run``): the gateway and a worker in one process.
+* ``gateway`` (``python -m bot gateway``): connected to Discord's gateway; answers interactions and
+  queues jobs in the database. Never calls a provider (the generator only validates requests).
+* ``worker`` (``python -m bot worker``): no gateway connection. Logs in to Discord's REST API, claims
+  jobs from the database, calls providers, posts results and mod-log entries.
+
+Any number of each may run against one database. Each part closes what it created.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
+import socket
+from pathlib import Path
 from typing import Any
+
+import discord
 
 from bot.config import Settings
 from bot.generation import Generator
+from bot.jobs.spool import SPOOL_DIR_NAME, EncoderPool, ImageSpool
+from bot.jobs.worker import Presence, Worker, new_worker_id
 from bot.loopmonitor import start_from_env
-from bot.presentation.client import PaletteBot, point_discord_at
+from bot.presentation.client import PaletteBot, WorkerClient, point_discord_at
+from bot.presentation.moderation import ModLoggingPresenter
+from bot.presentation.presenter import DiscordPresenter
 from bot.providers import build_downloader, build_providers, build_reference_downloader
-from bot.storage import open_database
+from bot.storage import Database, open_database
+from bot.storage.queue import HealthRepository, QueueRepository
+from bot.storage.queue_sql import SqlHealthRepository, SqlQueueRepository
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+ROLES = ("all", "gateway", "worker")
 
 
-async def create_bot(settings: Settings, *, sync_only: bool = False, **client_options: Any) -> PaletteBot:
-    """Everything the bot needs, wired together (used by `python -m bot` and by the tests)."""
-    point_discord_at(settings)
-    db = await open_database(settings.database_path)
+async def open_storage(settings: Settings) -> tuple[Database, QueueRepository, HealthRepository]:
+    """The database, the queue in it and the shared provider health."""
+    db = await open_database(settings.database_url, max_job_reference_bytes=settings.max_job_reference_bytes)
+    return db, SqlQueueRepository(db.engine), SqlHealthRepository(db.engine)
+
+
+def build_generator(settings: Settings, health: HealthRepository) -> Generator:
     # Provider results and image URLs from Discord messages never share a connection pool: a user's
     # host that trickles its bytes must not hold the connections that results need.
-    generator = Generator(settings, build_providers(settings, build_downloader(settings)))
+    return Generator(settings, build_providers(settings, build_downloader(settings)), health=health)
+
+
+async def create_bot(
+    settings: Settings, *, role: str = "all", sync_only: bool = False, **client_options: Any
+) -> PaletteBot:
+    """The gateway client with everything it needs (and, for ``all``, this process's worker); used by
+    `python -m bot` and by the tests."""
+    if role not in ("all", "gateway"):
+        raise ValueError(f"create_bot makes the 'all' or 'gateway' role, not {role!r}")
+    point_discord_at(settings)
+    db, queue, health = await open_storage(settings)
+    generator = build_generator(settings, health)
     references = build_reference_downloader(settings)
-    return PaletteBot(settings, db, generator, references, sync_only=sync_only, **client_options)
+    bot = PaletteBot(
+        settings,
+        db,
+        generator,
+        references,
+        queue=queue,
+        role=role,
+        worker_id=new_worker_id(role),
+        sync_only=sync_only,
+        **client_options,
+    )
+    if role == "all":
+        bot.worker, bot.presenter, bot.encoders = attach_worker(
+            bot, settings, db, queue, generator, bot.worker_id
+        )
+        bot.jobs.worker = bot.worker
+    return bot
+
+
+def attach_worker(
+    client: discord.Client,
+    settings: Settings,
+    db: Database,
+    queue: QueueRepository,
+    generator: Generator,
+    worker_id: str,
+) -> tuple[Worker, DiscordPresenter, EncoderPool]:
+    """A worker posting through ``client`` (which carries ``moderation`` for the mod log): its image
+    spool (memory budget, then disk in the data directory), encoder processes and presenter."""
+    spool = ImageSpool(spool_directory(settings, worker_id), settings.image_memory_budget)
+    encoders = EncoderPool(settings.image_encoders)
+    presenter = DiscordPresenter(client, spool=spool, encoders=encoders)
+    # Each delivered result also goes to the server's mod log (in the background).
+    worker = Worker(
+        db.jobs,
+        queue,
+        generator,
+        ModLoggingPresenter(presenter, client),  # type: ignore[arg-type]
+        settings,
+        worker_id=worker_id,
+        spool=spool,
+    )
+    return worker, presenter, encoders
+
+
+def spool_directory(settings: Settings, worker_id: str) -> Path:
+    """This process's spool, ``<data dir>/spool/<worker id>``; spools of dead processes of this host
+    (a crash leaves files behind) are removed on the way."""
+    root = settings.data_directory / SPOOL_DIR_NAME
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            # <role>-<host>-<pid>-<tail>; host names may contain dashes.
+            parts = entry.name.rsplit("-", 2)
+            if len(parts) != 3 or not parts[1].isdigit() or not parts[0].endswith(f"-{host}"):
+                continue
+            if not _alive(int(parts[1])):
+                shutil.rmtree(entry, ignore_errors=True)
+    return root / worker_id
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def shutdown(bot: PaletteBot) -> None:
-    """Close the bot, then the provider clients (with the result downloader), the reference downloader
-    and the database."""
+    """Close the bot (its worker gives unfinished jobs back), then the provider clients (with the result
+    downloader), the reference downloader, the encoder processes, the queue and the database."""
     if not bot.is_closed():
         await bot.close()
     await bot.generator.aclose()
     await bot.downloader.aclose()
+    if bot.encoders is not None:
+        await asyncio.to_thread(bot.encoders.close)
+    await bot.queue.aclose()
     await bot.db.close()
 
 
-async def _run(settings: Settings, sync_only: bool) -> int:
-    bot = await create_bot(settings, sync_only=sync_only)
-    _monitor = start_from_env()  # PALETTE_LOOP_MONITOR=1: record event-loop stalls (benchmark)
+def _stop_event() -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
+    return stopping
+
+
+async def _run(settings: Settings, sync_only: bool, role: str) -> int:
+    bot = await create_bot(settings, role=role, sync_only=sync_only)
+    _monitor = start_from_env()  # PALETTE_LOOP_MONITOR=1: record event-loop stalls (benchmark)
+    stopping = _stop_event()
     assert settings.discord_token is not None
     runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
     stopper = asyncio.create_task(stopping.wait())
     try:
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
-            log.info(
-                "shutting down: no new jobs; running ones get %.0f s, the rest resume on the next start",
-                settings.shutdown_grace,
-            )
-            await bot.jobs.stop(grace=settings.shutdown_grace)
+            bot.jobs.stop()
+            if bot.worker is not None:
+                log.info(
+                    "shutting down: no new jobs; running ones get %.0f s, the rest go back to the queue",
+                    settings.shutdown_grace,
+                )
+                await bot.worker.stop(grace=settings.shutdown_grace)
         elif runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
     finally:
@@ -72,11 +187,82 @@ async def _run(settings: Settings, sync_only: bool) -> int:
     return EXIT_OK
 
 
-def run_bot(settings: Settings, *, sync_only: bool = False) -> int:
-    import discord
+class WorkerRole:
+    """The worker role's parts: the database, the queue, providers, a REST-only Discord client, the
+    worker and its heartbeat. ``python -m bot worker`` runs one; tests run one beside a gateway."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = new_worker_id("worker")
+        self.db: Database | None = None
+        self.queue: QueueRepository | None = None
+        self.generator: Generator | None = None
+        self.client: WorkerClient | None = None
+        self.worker: Worker | None = None
+        self.encoders: EncoderPool | None = None
+        self.presence: Presence | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        point_discord_at(settings)
+        self.db, self.queue, health = await open_storage(settings)
+        self.generator = build_generator(settings, health)
+        self.client = WorkerClient(settings, self.db)
+        assert settings.discord_token is not None
+        await self.client.login(settings.discord_token.get_secret_value())
+        self.worker, _presenter, self.encoders = attach_worker(
+            self.client, settings, self.db, self.queue, self.generator, self.worker_id
+        )
+        self.presence = Presence(self.queue, "worker", self.worker_id)
+        await self.presence.start()
+        self.client.moderation.watch()
+        await self.worker.start()
+        log.info("worker %s ready (REST only, no gateway)", self.worker_id)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Running jobs get ``grace`` seconds, the rest go back to the queue; then everything closes."""
+        if self.worker is not None:
+            await self.worker.stop(grace=grace)
+        if self.presence is not None:
+            await self.presence.stop()
+        if self.client is not None:
+            await self.client.modlog.drain(timeout=5)
+            await self.client.close()
+        if self.generator is not None:
+            await self.generator.aclose()
+        if self.encoders is not None:
+            await asyncio.to_thread(self.encoders.close)
+        if self.queue is not None:
+            await self.queue.aclose()
+        if self.db is not None:
+            await self.db.close()
+        self.worker = self.presence = self.client = self.generator = self.encoders = None
+        self.queue = self.db = None
+
+
+async def _run_worker(settings: Settings) -> int:
+    """The worker role: Discord's REST API only, jobs from the database."""
+    role = WorkerRole(settings)
+    _monitor = start_from_env()
+    stopping = _stop_event()
     try:
-        return asyncio.run(_run(settings, sync_only))
+        await role.start()
+        await stopping.wait()
+        log.info(
+            "shutting down: no new jobs; running ones get %.0f s, the rest go back to the queue",
+            settings.shutdown_grace,
+        )
+        await role.stop(grace=settings.shutdown_grace)
+    finally:
+        await role.stop()
+    return EXIT_OK
+
+
+def run_bot(settings: Settings, *, sync_only: bool = False, role: str = "all") -> int:
+    try:
+        if role == "worker":
+            return asyncio.run(_run_worker(settings))
+        return asyncio.run(_run(settings, sync_only, role))
     except discord.LoginFailure:
         log.error(
             "Discord rejected the token. Check DISCORD_TOKEN in .env "

@@ -1,13 +1,16 @@
 """`python -m bot`: run the bot, or use the generation pipeline from the command line.
 
-python -m bot                      run the Discord bot (needs DISCORD_TOKEN)
+python -m bot                      run the Discord bot (needs DISCORD_TOKEN): gateway and worker in one
+python -m bot gateway              only the gateway part: answers Discord, queues jobs in the database
+python -m bot worker               only the worker part: runs queued jobs, posts results (no gateway)
 python -m bot sync                 push slash commands to Discord now
 python -m bot generate --model M --prompt P [--aspect-ratio R] [--resolution 1K] [--count N]
                        [--seed S] [--ref FILE ...] [--out DIR]
 python -m bot models               the model catalog and which routes are enabled
 python -m bot doctor               check settings, database path and providers
 python -m bot check-ledger         verify that every reservation is committed, refunded or open
-python -m bot backup PATH          consistent online copy of the database
+python -m bot backup PATH          consistent online copy of the database (SQLite)
+python -m bot copy-db --to URL     copy everything from DATABASE_URL into an empty database at URL
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bot", description="Palette, the AI image bot for Discord."
     )
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the Discord bot (the default)")
+    sub.add_parser("run", help="run the Discord bot, gateway and worker in one process (the default)")
+    sub.add_parser("gateway", help="answer Discord and queue jobs; workers (other processes) run them")
+    sub.add_parser("worker", help="run queued jobs and post their results (no gateway connection)")
     sub.add_parser("sync", help="sync slash commands with Discord now")
 
     gen = sub.add_parser("generate", help="generate images without Discord")
@@ -67,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-ledger", help="verify the usage ledger balances")
     backup = sub.add_parser("backup", help="copy the database consistently while the bot runs")
     backup.add_argument("path", help="destination file")
+    copy = sub.add_parser(
+        "copy-db", help="copy everything from DATABASE_URL into an empty database (e.g. SQLite -> PostgreSQL)"
+    )
+    copy.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="target: postgresql://user:password@host:5432/db or sqlite:///file",
+    )
     return parser
 
 
@@ -80,13 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.secrets())
     command = args.command or "run"
     try:
-        if command in ("run", "sync"):
+        if command in ("run", "sync", "gateway", "worker"):
             if settings.discord_token is None:
                 print(NO_TOKEN_HELP, file=sys.stderr)
                 return EXIT_USAGE
             from bot.app import run_bot
 
-            return run_bot(settings, sync_only=command == "sync")
+            role = {"run": "all", "sync": "all"}.get(command, command)
+            return run_bot(settings, sync_only=command == "sync", role=role)
         if command == "generate":
             return asyncio.run(_generate(settings, args))
         if command == "models":
@@ -97,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check_ledger(settings))
         if command == "backup":
             return asyncio.run(_backup(settings, Path(args.path)))
+        if command == "copy-db":
+            return asyncio.run(_copy_db(settings, args.to))
     except KeyboardInterrupt:
         return EXIT_FAIL
     raise AssertionError(command)
@@ -180,13 +197,16 @@ async def _doctor(settings: Settings) -> int:
     ok = True
     print(f"discord token: {'set' if settings.discord_token else 'MISSING (set DISCORD_TOKEN in .env)'}")
     ok &= settings.discord_token is not None
-    try:
-        db_path = settings.database_path
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"database: {db_path} (directory writable)")
-    except (OSError, ValueError) as exc:
-        print(f"database: PROBLEM: {exc}")
-        ok = False
+    if settings.database_is_sqlite:
+        try:
+            db_path = settings.database_path
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            print(f"database: {db_path} (directory writable)")
+        except (OSError, ValueError) as exc:
+            print(f"database: PROBLEM: {exc}")
+            ok = False
+    else:
+        ok &= await _doctor_database(settings)
     enabled = settings.enabled_providers()
     if not enabled:
         print("providers: NONE enabled (set at least one *_API_KEY)")
@@ -222,10 +242,36 @@ async def _doctor(settings: Settings) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
+async def _doctor_database(settings: Settings) -> bool:
+    from sqlalchemy import text
+
+    from bot.storage.engine import create_engine
+
+    engine = create_engine(settings.database_url, pool_pre_ping=False)
+    try:
+        async with engine.connect() as conn:
+            version = await conn.scalar(text("SHOW server_version"))
+    except Exception as exc:
+        print(f"database: {settings.database_url_safe}: PROBLEM: {_safe_error(exc, settings.secrets())}")
+        return False
+    finally:
+        await engine.dispose()
+    print(f"database: {settings.database_url_safe} (PostgreSQL {version}, reachable)")
+    return True
+
+
+def _safe_error(exc: BaseException, secrets: Sequence[str]) -> str:
+    """One line about a database error, without a password in it."""
+    from bot.logs import redact
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return redact(f"{type(exc).__name__}: {first}", secrets)
+
+
 async def _check_ledger(settings: Settings) -> int:
     from bot.storage import open_database
 
-    db = await open_database(settings.database_path)
+    db = await open_database(settings.database_url)
     try:
         report = await db.jobs.ledger_balance()
     finally:
@@ -263,6 +309,15 @@ def overwrites_database(target: Path, database: Path) -> bool:
 async def _backup(settings: Settings, path: Path) -> int:
     from bot.storage import open_database
 
+    if not settings.database_is_sqlite:
+        print(
+            f"error: backup writes a SQLite file, and DATABASE_URL ({settings.database_url_safe}) is a "
+            "PostgreSQL database: back it up with pg_dump (e.g. `pg_dump --format=custom "
+            "--file=palette.dump DBNAME`), or copy it into a SQLite file with "
+            "`python -m bot copy-db --to sqlite:///PATH`.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if await asyncio.to_thread(overwrites_database, path, settings.database_path):
         # The copy is renamed into place: over the open database (or its WAL) it would corrupt it.
         print(
@@ -271,13 +326,60 @@ async def _backup(settings: Settings, path: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    db = await open_database(settings.database_path)
+    db = await open_database(settings.database_url)
     try:
         await db.backup(path)
     finally:
         await db.close()
     print(f"backup written to {path}")
     return EXIT_OK
+
+
+async def _copy_db(settings: Settings, to: str) -> int:
+    """Copy DATABASE_URL into the empty database at ``to``; then check the copy's ledger."""
+    from bot.storage import open_database
+    from bot.storage.copy import TargetNotEmpty, copy_database
+    from bot.storage.engine import DatabaseUrlError, parse_database_url, safe_url
+
+    try:
+        target_url = parse_database_url(to)
+    except DatabaseUrlError as exc:
+        print(f"error: --to: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    secrets = [*settings.secrets(), *([str(target_url.password)] if target_url.password else [])]
+    shown = safe_url(target_url.set(drivername=target_url.get_backend_name()))
+    try:
+        source = await open_database(settings.database_url)
+    except Exception as exc:
+        print(
+            f"error: cannot open {settings.database_url_safe}: {_safe_error(exc, secrets)}", file=sys.stderr
+        )
+        return EXIT_FAIL
+    try:
+        try:
+            target = await open_database(to, max_job_reference_bytes=settings.max_job_reference_bytes)
+        except Exception as exc:
+            print(f"error: cannot open {shown}: {_safe_error(exc, secrets)}", file=sys.stderr)
+            return EXIT_FAIL
+        try:
+            print(f"copying {source.url} -> {target.url}")
+            report = await copy_database(
+                source, target, progress=lambda table, rows: print(f"  {table}: {rows} rows")
+            )
+            balance = await target.jobs.ledger_balance()
+        except TargetNotEmpty as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:
+            print(f"error: copy failed, {shown} left empty: {_safe_error(exc, secrets)}", file=sys.stderr)
+            return EXIT_FAIL
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    print(f"copied {report.total} rows")
+    print(balance.describe())
+    return EXIT_OK if balance.balanced else EXIT_FAIL
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -39,7 +39,12 @@ class ProviderSettings:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # A rejected value never appears in the error (DATABASE_URL may carry a password, keys are keys).
+        hide_input_in_errors=True,
     )
 
     # --- Discord ---
@@ -49,7 +54,12 @@ class Settings(BaseSettings):
     discord_dev_guild_id: int | None = None
 
     # --- storage ---
+    # sqlite:///relative.db, sqlite:////absolute.db, or postgresql://user:password@host:5432/dbname
     database_url: str = "sqlite:///data/palette.db"
+    # Reference images stored with one job, in bytes (all of them together); beyond it the request is refused.
+    max_job_reference_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # Working files (images waiting for upload). Empty: the SQLite database's directory, else ./data.
+    data_dir: Path | None = None
 
     # --- providers (enabled when the key is set) ---
     listenhub_api_key: SecretStr | None = None
@@ -84,6 +94,17 @@ class Settings(BaseSettings):
     job_max_age: float = Field(3600.0, gt=0)
     # On SIGTERM/SIGINT: seconds running jobs get to finish before the rest is left for the next start.
     shutdown_grace: float = Field(20.0, ge=0)
+    # --- the queue (several processes share one database) ---
+    # A worker's claim on a job lasts this long unless renewed (every third of it); a worker that dies
+    # stops renewing and, once it has run out, another worker takes the job over.
+    job_lease_seconds: float = Field(30.0, gt=0)
+    # Jobs one worker runs at once (talking to providers); 0 = the sum of the provider caps.
+    worker_max_jobs: int = Field(0, ge=0)
+    # Bytes of finished images a worker keeps in memory on their way to Discord; beyond it they wait on
+    # disk (in the data directory) until they are uploaded.
+    image_memory_budget: int = Field(512 * 1024 * 1024, ge=0)
+    # Processes that re-encode results too large for an upload; 0 = one per CPU core.
+    image_encoders: int = Field(0, ge=0)
     # Circuit breaker: after this many consecutive faults a provider is skipped for the cool-down.
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown: float = Field(60.0, ge=0)
@@ -126,7 +147,15 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("discord_dev_guild_id", mode="before")
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        from bot.storage.engine import parse_database_url
+
+        parse_database_url(value)  # DatabaseUrlError (a ValueError) never quotes the URL
+        return value.strip()
+
+    @field_validator("discord_dev_guild_id", "data_dir", mode="before")
     @classmethod
     def _blank_guild_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -155,15 +184,47 @@ class Settings(BaseSettings):
         return {name: i for i, name in enumerate(order)}
 
     @property
+    def database_is_sqlite(self) -> bool:
+        from bot.storage.engine import is_sqlite
+
+        return is_sqlite(self.database_url)
+
+    @property
     def database_path(self) -> Path:
-        """The SQLite file from DATABASE_URL (`sqlite:///relative.db` or `sqlite:////absolute.db`)."""
-        url = self.database_url
-        for prefix in ("sqlite:///", "sqlite://"):
-            if url.startswith(prefix):
-                return Path(url[len(prefix) :])
-        raise ValueError("DATABASE_URL must start with sqlite:/// (only SQLite is supported for now)")
+        """The SQLite file from DATABASE_URL (`sqlite:///relative.db` or `sqlite:////absolute.db`);
+        ValueError for PostgreSQL (and for ``:memory:``)."""
+        from bot.storage.engine import sqlite_path
+
+        path = sqlite_path(self.database_url)
+        if path is None:
+            raise ValueError("DATABASE_URL is not a SQLite file (this needs sqlite:///path/to/palette.db)")
+        return path
+
+    @property
+    def database_url_safe(self) -> str:
+        """DATABASE_URL as it may be shown: the password masked."""
+        from bot.storage.engine import parse_database_url, safe_url
+
+        url = parse_database_url(self.database_url)
+        return safe_url(url.set(drivername=url.get_backend_name()))
+
+    @property
+    def data_directory(self) -> Path:
+        """Where working files go: DATA_DIR, else beside a SQLite database, else ``./data``."""
+        if self.data_dir is not None:
+            return self.data_dir
+        from bot.storage.engine import sqlite_path
+
+        path = sqlite_path(self.database_url)
+        return path.parent if path is not None else Path("data")
 
     def secrets(self) -> list[str]:
         """Every configured secret value; used to scrub logs."""
         values = [self.discord_token] + [p.api_key for p in self.providers()]
-        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        from bot.storage.engine import parse_database_url
+
+        password = parse_database_url(self.database_url).password
+        if password:
+            found.append(str(password))
+        return found

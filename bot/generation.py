@@ -3,6 +3,12 @@
 The same pipeline serves the Discord bot and the command line. Everything that can be checked without
 the network is checked in :meth:`Generator.plan` (cheap, synchronous) and :func:`load_references`
 (image decoding, in a thread) before any provider is called, so bad input costs nothing.
+
+Concurrency caps have one owner: whoever hands out provider slots (:class:`SlotHolder`). In the bot that
+is the queue in the database (a claimed job holds a slot of its provider, counted over every worker; see
+:class:`bot.jobs.worker.QueueSlots`); on the command line it is :class:`LocalSlots`, a semaphore per
+provider. Circuit breakers likewise come from a :class:`~bot.storage.queue.HealthRepository`: shared
+through the database in the bot, :class:`~bot.health.LocalHealth` on the command line.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from bot.catalog import ModelSpec, Route, available_models, get_model
 from bot.config import Settings
@@ -21,14 +28,23 @@ from bot.errors import (
     InvalidPrompt,
     NoRouteAvailable,
     OutOfCredits,
+    ProviderBusy,
     ProviderError,
     ProviderUnavailable,
     UnknownModel,
     UnsupportedOption,
 )
-from bot.health import CircuitBreaker, ProviderHealth
+from bot.health import LocalHealth
 from bot.images import inspect_image_async, normalize_reference_async
-from bot.providers.base import GeneratedImage, ImageProvider, ProviderRequest, Reference, TaskProvider
+from bot.providers.base import (
+    GeneratedImage,
+    ImageProvider,
+    ProviderRequest,
+    ProviderResult,
+    Reference,
+    TaskProvider,
+)
+from bot.storage.queue import HealthRepository, ProviderHealthRow
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +54,81 @@ UNLIMITED_REFERENCE_BYTES = 20 * 1024 * 1024
 
 #: Called when an asynchronous provider accepted a task, so the job can be resumed from its id.
 TaskHook = Callable[[str, str, str], Awaitable[None]]  # (provider, provider_model, task_id)
+
+#: Failing over to a provider whose slots are all taken: wait this long for one, then skip that route.
+#: Long enough to ride out a burst, short enough that a job whose first route failed is not stuck behind
+#: a provider that is saturated for minutes (it then fails with ProviderBusy and is refunded).
+FAILOVER_SLOT_WAIT = 20.0
+
+
+class SlotHolder(Protocol):
+    """The provider slots one generation holds. A slot is one call in flight at that provider."""
+
+    def held(self, provider: str) -> int:
+        """How many slots are held at ``provider``."""
+        ...
+
+    async def acquire(self, provider: str, *, timeout: float | None) -> bool:
+        """One more slot at ``provider``: waiting up to ``timeout`` seconds (0: only if one is free now;
+        None: as long as it takes). False when none came."""
+        ...
+
+    async def release(self, provider: str) -> None:
+        """Give back every slot held at ``provider``."""
+        ...
+
+
+class LocalSlots:
+    """Provider slots of one process: a semaphore per provider (``*_CONCURRENCY``). For the command line
+    and tests; the bot's slots are rows in the database (counted over every worker)."""
+
+    def __init__(self, capacity: dict[str, int]) -> None:
+        self.capacity = dict(capacity)
+        self._semaphores = {name: asyncio.Semaphore(max(1, n)) for name, n in capacity.items()}
+
+    def holder(self) -> LocalSlotHolder:
+        return LocalSlotHolder(self)
+
+    def semaphore(self, provider: str) -> asyncio.Semaphore:
+        if provider not in self._semaphores:
+            self._semaphores[provider] = asyncio.Semaphore(self.capacity.setdefault(provider, 1))
+        return self._semaphores[provider]
+
+
+class LocalSlotHolder:
+    """The slots one generation holds from :class:`LocalSlots`."""
+
+    def __init__(self, pool: LocalSlots) -> None:
+        self._pool = pool
+        self._held: dict[str, int] = {}
+
+    def held(self, provider: str) -> int:
+        return self._held.get(provider, 0)
+
+    async def acquire(self, provider: str, *, timeout: float | None) -> bool:
+        semaphore = self._pool.semaphore(provider)
+        if timeout is not None and timeout <= 0:
+            if semaphore.locked():
+                return False
+            await semaphore.acquire()  # free: returns at once
+        elif timeout is None:
+            await semaphore.acquire()
+        else:
+            try:
+                await asyncio.wait_for(semaphore.acquire(), timeout)
+            except TimeoutError:
+                return False
+        self._held[provider] = self._held.get(provider, 0) + 1
+        return True
+
+    async def release(self, provider: str) -> None:
+        semaphore = self._pool.semaphore(provider)
+        for _ in range(self._held.pop(provider, 0)):
+            semaphore.release()
+
+    async def release_all(self) -> None:
+        for provider in list(self._held):
+            await self.release(provider)
 
 
 @dataclass(frozen=True)
@@ -115,25 +206,67 @@ def _shown(value: str, limit: int = 40) -> str:
 
 
 class Generator:
-    """Runs generations through the enabled providers, respecting each provider's concurrency cap."""
+    """Runs generations through the enabled providers, within their concurrency caps, with failover.
 
-    def __init__(self, settings: Settings, providers: dict[str, ImageProvider]) -> None:
+    ``slots`` caps concurrency when a caller runs a generation without slots of its own (the command
+    line); ``health`` holds the circuit breakers (shared through the database in the bot).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        providers: dict[str, ImageProvider],
+        *,
+        health: HealthRepository | None = None,
+        slots: LocalSlots | None = None,
+    ) -> None:
         self.settings = settings
         self.providers = providers
         self.rank = settings.provider_rank()
-        self.semaphores = {
-            name: asyncio.Semaphore(settings.provider(name).concurrency)  # type: ignore[arg-type]
-            for name in providers
-        }
-        self.health = {
-            name: ProviderHealth(
-                name,
-                CircuitBreaker(
-                    failure_threshold=settings.breaker_failures, cooldown=settings.breaker_cooldown
-                ),
+        self.health: HealthRepository = health if health is not None else LocalHealth()
+        self.slots = slots if slots is not None else LocalSlots(self.capacity())
+        self.failover_slot_wait = FAILOVER_SLOT_WAIT
+
+    def capacity(self) -> dict[str, int]:
+        """``*_CONCURRENCY`` of each enabled provider: calls in flight there, over the whole deployment."""
+        return {name: self.settings.provider(name).concurrency for name in self.providers}  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ health
+
+    async def _allow(self, provider: str) -> bool:
+        settings = self.settings
+        return await self.health.allow(
+            provider,
+            time.time(),
+            cooldown=settings.breaker_cooldown,
+            # A probe's claim outlives a worker that dies while probing, but not by much.
+            probe_timeout=settings.http_read_timeout + settings.http_connect_timeout,
+        )
+
+    async def _record(self, provider: str, ok: bool, latency_s: float) -> None:
+        try:
+            await self.health.record(
+                provider, ok, latency_s, time.time(), failure_threshold=self.settings.breaker_failures
             )
-            for name in providers
+        except Exception:  # the figures must not fail a generation that worked
+            log.warning("could not record %s's health", provider, exc_info=True)
+
+    async def _release_probe(self, provider: str) -> None:
+        try:
+            await self.health.release_probe(provider)
+        except Exception:
+            log.warning("could not release %s's probe", provider, exc_info=True)
+
+    async def health_snapshot(self) -> list[ProviderHealthRow]:
+        """Every enabled provider's breaker and recent figures (over the deployment when shared)."""
+        rows = {
+            row.provider: row
+            for row in await self.health.snapshot(time.time(), cooldown=self.settings.breaker_cooldown)
         }
+        return [
+            rows.get(name) or ProviderHealthRow(name, "closed", 0, 0, 0.0, None)
+            for name in sorted(self.providers)
+        ]
 
     @property
     def enabled(self) -> set[str]:
@@ -212,36 +345,65 @@ class Generator:
 
     # ------------------------------------------------------------------ running
 
-    async def run(self, plan: Plan, *, on_task: TaskHook | None = None) -> GenerationOutcome:
+    async def run(
+        self, plan: Plan, *, on_task: TaskHook | None = None, slots: SlotHolder | None = None
+    ) -> GenerationOutcome:
         """Generate, handing the job to the next route when one fails for provider reasons.
 
         Routes whose circuit breaker is open are skipped. Faults that another provider could avoid
         (unavailable, busy, rate limited, timed out, out of credits, bad credentials) move on to the
         next route; anything about the request itself (refused content, invalid request) does not.
+
+        ``slots``: the provider slots the caller holds (a claimed job holds one at its queue provider).
+        Every route needs one at its provider: failing over acquires one there, waiting up to
+        :attr:`failover_slot_wait` (then that route is skipped as busy). Slots at a provider are given
+        back when its route failed; the caller gives back the ones of the route that worked. Without
+        ``slots``, the generator's own :class:`LocalSlots` are used and all given back at the end.
         """
+        if slots is None:
+            local = self.slots.holder()
+            try:
+                return await self.run(plan, on_task=on_task, slots=local)
+            finally:
+                await local.release_all()
         failovers: list[tuple[str, str]] = []
         last_error: ProviderError | None = None
-        for route in plan.routes:
-            health = self.health[route.provider]
-            if not health.breaker.allow():
-                failovers.append((route.provider, "circuit open"))
+        for index, route in enumerate(plan.routes):
+            provider = route.provider
+            if not await self._allow(provider):
+                failovers.append((provider, "circuit open"))
                 continue
+            if not slots.held(provider):
+                # The first route of a caller holding nothing waits its turn; failing over waits a while.
+                first = index == 0 and not any(slots.held(r.provider) for r in plan.routes)
+                holding = [r.provider for r in plan.routes if slots.held(r.provider)]
+                got = await slots.acquire(provider, timeout=None if first else self.failover_slot_wait)
+                if not got:
+                    await self._release_probe(provider)
+                    log.warning("route %s is busy (no free slot); trying the next route", provider)
+                    failovers.append((provider, "busy"))
+                    last_error = ProviderBusy(provider=provider)
+                    continue
+                for other in holding:  # e.g. the slot a job was queued for, when its route is skipped
+                    if other != provider:
+                        await slots.release(other)
             started = time.monotonic()
             try:
-                outcome = await self.run_route(plan, route, on_task=on_task)
+                outcome = await self.run_route(plan, route, on_task=on_task, slots=slots)
             except ProviderError as exc:
                 if not is_provider_fault(exc):
-                    health.breaker.release()
+                    await self._release_probe(provider)
                     raise
-                health.failure(time.monotonic() - started)
-                log.warning("route %s failed (%s); trying the next route", route.provider, type(exc).__name__)
-                failovers.append((route.provider, type(exc).__name__))
+                await self._record(provider, False, time.monotonic() - started)
+                await slots.release(provider)  # done with this provider: its slot is someone else's now
+                log.warning("route %s failed (%s); trying the next route", provider, type(exc).__name__)
+                failovers.append((provider, type(exc).__name__))
                 last_error = exc
                 continue
             except BaseException:
-                health.breaker.release()
+                await self._release_probe(provider)
                 raise
-            health.success(outcome.latency_s)
+            await self._record(provider, True, outcome.latency_s)
             outcome.failovers = failovers
             return outcome
         if last_error is not None:
@@ -251,8 +413,23 @@ class Generator:
         )
 
     async def run_route(
-        self, plan: Plan, route: Route, *, on_task: TaskHook | None = None
+        self,
+        plan: Plan,
+        route: Route,
+        *,
+        on_task: TaskHook | None = None,
+        slots: SlotHolder | None = None,
     ) -> GenerationOutcome:
+        """One route's calls. With ``slots`` (holding a slot at the route's provider), the extra calls of a
+        split request take more slots there if they are free, else run one after another in the ones
+        held; without, the route takes its slots from :class:`LocalSlots`."""
+        if slots is None:
+            local = self.slots.holder()
+            try:
+                await local.acquire(route.provider, timeout=None)
+                return await self.run_route(plan, route, on_task=on_task, slots=local)
+            finally:
+                await local.release_all()
         provider = self.providers[route.provider]
         references = await prepare_references(route, plan.references)
         base = ProviderRequest(
@@ -267,10 +444,17 @@ class Generator:
             params=dict(route.params),
         )
         batches = split_count(plan.count, route.max_per_call)
+        lanes = max(1, slots.held(route.provider))
+        while lanes < len(batches) and await slots.acquire(route.provider, timeout=0):
+            lanes += 1
+        lane = asyncio.Semaphore(lanes)
+
+        async def call(n: int) -> ProviderResult:
+            async with lane:
+                return await self._call(provider, replace(base, count=n), on_task)
+
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(self._call(provider, replace(base, count=n), on_task) for n in batches), return_exceptions=True
-        )
+        results = await asyncio.gather(*(call(n) for n in batches), return_exceptions=True)
         images: list[GeneratedImage] = []
         errors: list[BaseException] = []
         task_ids: list[str] = []
@@ -305,21 +489,37 @@ class Generator:
             failed=max(0, plan.count - len(images)),
         )
 
-    async def _call(self, provider: ImageProvider, request: ProviderRequest, on_task: TaskHook | None):
-        async with self.semaphores[provider.name]:
-            if isinstance(provider, TaskProvider):
-                started = time.monotonic()
-                task_id = await provider.submit(request)
-                if on_task is not None:
-                    await on_task(provider.name, request.model_id, task_id)
-                return await provider.wait(task_id, request, started=started)
-            return await provider.generate(request)
+    async def _call(
+        self, provider: ImageProvider, request: ProviderRequest, on_task: TaskHook | None
+    ) -> ProviderResult:
+        """One provider call (the caller holds its slot)."""
+        if isinstance(provider, TaskProvider):
+            started = time.monotonic()
+            task_id = await provider.submit(request)
+            if on_task is not None:
+                await on_task(provider.name, request.model_id, task_id)
+            return await provider.wait(task_id, request, started=started)
+        return await provider.generate(request)
 
-    async def resume(self, provider_name: str, task_id: str, plan: Plan, route: Route) -> GenerationOutcome:
-        """Finish a task submitted before a restart: poll it, never submit again."""
+    async def resume(
+        self, provider_name: str, task_id: str, plan: Plan, route: Route, *, slots: SlotHolder | None = None
+    ) -> GenerationOutcome:
+        """Finish a task submitted before a restart (or by a worker that died): poll it, never submit
+        again. The task is in flight at ``provider_name``: it needs a slot there (waited for)."""
         provider = self.providers[provider_name]
         if not isinstance(provider, TaskProvider):
             raise ValueError(f"{provider_name} has no tasks to resume")
+        if slots is None:
+            local = self.slots.holder()
+            try:
+                return await self.resume(provider_name, task_id, plan, route, slots=local)
+            finally:
+                await local.release_all()
+        if not slots.held(provider_name):
+            held = [name for name in self.providers if slots.held(name)]
+            await slots.acquire(provider_name, timeout=None)
+            for other in held:
+                await slots.release(other)
         request = ProviderRequest(
             model_id=route.model_for(bool(plan.references)),
             prompt=plan.prompt,
@@ -328,8 +528,7 @@ class Generator:
             count=plan.count,
             seed=plan.seed,
         )
-        async with self.semaphores[provider_name]:
-            result = await provider.wait(task_id, request)
+        result = await provider.wait(task_id, request)
         return GenerationOutcome(
             images=result.images[: plan.count],
             provider=provider_name,

@@ -1,5 +1,9 @@
 """Provider health: a circuit breaker per provider and the recent figures `/palette status` shows.
 
+The bot shares this state between its processes through the database
+(:class:`bot.storage.queue.HealthRepository`); :class:`LocalHealth` is the same contract in memory, for
+the command line.
+
 Closed: calls go through. After ``failure_threshold`` consecutive provider faults the breaker opens and
 the provider is skipped (jobs fail over to the next route) for ``cooldown`` seconds; then it is
 half-open and exactly one call probes it: success closes it, failure opens it again.
@@ -13,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from statistics import median
+
+from bot.storage.queue import ProviderHealthRow
 
 
 class BreakerState(StrEnum):
@@ -108,3 +114,65 @@ class ProviderHealth:
             median_latency_s=median(latencies) if latencies else None,
             consecutive_failures=self.breaker.consecutive_failures,
         )
+
+
+class LocalHealth:
+    """:class:`bot.storage.queue.HealthRepository` in memory, for one process without a shared database
+    (the ``generate`` command, unit tests). The bot itself shares its breakers through the database.
+
+    Breakers are made on first use with the thresholds of that call; ``now`` is not needed here (the
+    breakers keep their own monotonic clock) and a probe cannot outlive its process.
+    """
+
+    def __init__(self, *, window: int = 50, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._health: dict[str, ProviderHealth] = {}
+        self._cooldown: float = 60.0
+        self._threshold: int = 5
+
+    def _get(self, provider: str) -> ProviderHealth:
+        health = self._health.get(provider)
+        if health is None:
+            breaker = CircuitBreaker(
+                failure_threshold=self._threshold, cooldown=self._cooldown, clock=self.clock
+            )
+            health = self._health[provider] = ProviderHealth(provider, breaker, self.window)
+        return health
+
+    async def allow(self, provider: str, now: float, *, cooldown: float, probe_timeout: float) -> bool:
+        self._cooldown = cooldown
+        health = self._get(provider)
+        health.breaker.cooldown = cooldown
+        return health.breaker.allow()
+
+    async def record(
+        self, provider: str, ok: bool, latency_s: float, now: float, *, failure_threshold: int
+    ) -> None:
+        self._threshold = max(1, failure_threshold)
+        health = self._get(provider)
+        health.breaker.failure_threshold = self._threshold
+        if ok:
+            health.success(latency_s)
+        else:
+            health.failure(latency_s)
+
+    async def release_probe(self, provider: str) -> None:
+        if provider in self._health:
+            self._health[provider].breaker.release()
+
+    async def snapshot(self, now: float, *, cooldown: float, window: int = 50) -> list[ProviderHealthRow]:
+        rows = []
+        for name in sorted(self._health):
+            snap = self._health[name].snapshot()
+            rows.append(
+                ProviderHealthRow(
+                    provider=snap.provider,
+                    state=str(snap.state),
+                    consecutive_failures=snap.consecutive_failures,
+                    calls=snap.calls,
+                    error_rate=snap.error_rate,
+                    median_latency_s=snap.median_latency_s,
+                )
+            )
+        return rows

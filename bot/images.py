@@ -40,10 +40,12 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_INPUT_MIME",
     "EncodedImage",
+    "FittedImage",
     "ImageInfo",
     "extension_for",
     "fit_for_upload",
     "fit_for_upload_async",
+    "fit_upload_file",
     "image_size",
     "inspect_image",
     "inspect_image_async",
@@ -791,6 +793,49 @@ def fit_for_upload(data: bytes, *, limit_bytes: int) -> EncodedImage:
 async def fit_for_upload_async(data: bytes, *, limit_bytes: int) -> EncodedImage:
     """:func:`fit_for_upload` in a worker thread."""
     return await asyncio.to_thread(fit_for_upload, data, limit_bytes=limit_bytes)
+
+
+@dataclass(frozen=True)
+class FittedImage:
+    """What :func:`fit_upload_file` made: the upload's metadata, and its bytes (``data``) or the file they
+    were written to (``path``)."""
+
+    mime_type: str
+    width: int
+    height: int
+    size_bytes: int
+    sha256: str
+    data: bytes | None = field(default=None, repr=False)
+    path: str | None = None
+
+    @property
+    def extension(self) -> str:
+        return extension_for(self.mime_type)
+
+
+def fit_upload_file(source: bytes | str, *, limit_bytes: int, out_path: str | None = None) -> FittedImage:
+    """:func:`fit_for_upload` for a separate process: the image from ``source`` (its bytes, or a file), the
+    result with its SHA-256 returned as bytes or, with ``out_path``, written there (only the metadata
+    travels back). An image that already fits and came from a file is left in that file.
+
+    Module-level and pickle-friendly: this is what the worker's encoder processes run.
+    """
+    from_file = isinstance(source, str)
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            data = f.read()
+    else:
+        data = source
+    fitted = fit_for_upload(data, limit_bytes=limit_bytes)
+    digest = sha256_hex(fitted.data)
+    size = len(fitted.data)
+    if from_file and fitted.data is data:
+        return FittedImage(fitted.mime_type, fitted.width, fitted.height, size, digest, path=source)
+    if out_path is not None:
+        with open(out_path, "wb") as f:
+            f.write(fitted.data)
+        return FittedImage(fitted.mime_type, fitted.width, fitted.height, size, digest, path=out_path)
+    return FittedImage(fitted.mime_type, fitted.width, fitted.height, size, digest, data=fitted.data)
 
 
 # --- misc ---------------------------------------------------------------------------------------------------

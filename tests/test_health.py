@@ -54,3 +54,24 @@ def test_health_snapshot_reports_error_rate_and_latency() -> None:
     snap = health.snapshot()
     assert snap.calls == 3 and abs(snap.error_rate - 1 / 3) < 1e-9
     assert snap.median_latency_s == 2.0 and snap.consecutive_failures == 1
+
+
+async def test_local_health_keeps_the_health_repository_contract() -> None:
+    """The command line's breakers: the same calls as the shared ones, kept in memory."""
+    from bot.health import LocalHealth
+
+    clock = Clock()
+    health = LocalHealth(clock=clock)
+    assert await health.allow("p", 0, cooldown=30, probe_timeout=60)
+    for _ in range(2):
+        await health.record("p", False, 0.5, 0, failure_threshold=2)
+    assert not await health.allow("p", 0, cooldown=30, probe_timeout=60)
+    clock.now = 30
+    assert await health.allow("p", 0, cooldown=30, probe_timeout=60)  # the one probe
+    assert not await health.allow("p", 0, cooldown=30, probe_timeout=60)
+    await health.release_probe("p")  # it ended without a verdict: the next caller probes
+    assert await health.allow("p", 0, cooldown=30, probe_timeout=60)
+    await health.record("p", True, 1.5, 0, failure_threshold=2)
+    (row,) = await health.snapshot(0, cooldown=30)
+    assert (row.provider, row.state, row.calls, row.consecutive_failures) == ("p", "closed", 3, 0)
+    assert abs(row.error_rate - 2 / 3) < 1e-9 and row.median_latency_s == 1.5

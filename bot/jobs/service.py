@@ -1,8 +1,10 @@
-"""Jobs end to end: accept (validate, reserve, persist, enqueue), run, deliver, settle the ledger.
+"""Jobs: accepting them (validate, reserve quota, persist in the queue) and the types the runtime shares.
 
-The service knows nothing about Discord: it talks to a :class:`JobPresenter` (the Discord layer
-implements it) to show progress and post results. Settling is idempotent (``finish_job`` only acts on
-unfinished jobs), so a job is charged for exactly the images delivered and refunded for the rest, once.
+Accepting is the gateway's side (:class:`JobService`); running, posting and settling is the worker's
+(:class:`bot.jobs.worker.Worker`), possibly in another process: the database is the queue between them.
+Neither knows about Discord: the worker talks to a :class:`JobPresenter` (the Discord layer implements
+it) to show progress and post results. Settling is idempotent (``finish_job`` only acts on unfinished
+jobs), so a job is charged for exactly the images delivered and refunded for the rest, once.
 """
 
 from __future__ import annotations
@@ -11,22 +13,23 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.catalog import get_model
-from bot.errors import PaletteError, ProviderError
+from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
-from bot.jobs.dispatcher import Dispatcher, QueuedJob
 from bot.limits import LimitPolicy
-from bot.logs import redact
-from bot.providers.base import Reference
-from bot.storage import Database, JobRecord, NewJob, NewReference, NewResult
+from bot.storage import JobRecord, NewJob, NewReference
+from bot.storage.queue import QueueRepository
+from bot.storage.repository import JobRepository
+
+if TYPE_CHECKING:
+    from bot.jobs.spool import SpooledImage
+    from bot.jobs.worker import Worker
 
 log = logging.getLogger(__name__)
-
-DELIVERY_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,21 @@ class Delivery:
 
 
 class JobPresenter(Protocol):
-    """How a job's life is shown to its requester."""
+    """How a job's life is shown to its requester (by the worker that runs it)."""
 
     async def started(self, job: JobRecord) -> None: ...
 
-    async def deliver(self, job: JobRecord, outcome: GenerationOutcome) -> Delivery: ...
+    async def deliver(
+        self, job: JobRecord, outcome: GenerationOutcome, images: Sequence[SpooledImage]
+    ) -> Delivery:
+        """Post ``images`` (``outcome`` says who made them; its own image list is empty by then)."""
+        ...
 
     async def failed(self, job: JobRecord, error: PaletteError) -> None: ...
+
+    async def notice(self, job: JobRecord, note: PaletteError) -> None:
+        """Tell the requester something about a job that was already posted (it was made free)."""
+        ...
 
 
 class JobExpired(PaletteError):
@@ -81,27 +92,37 @@ class DeliveryError(PaletteError):
     """The images were generated but could not be posted."""
 
 
+class SettledFree(PaletteError):
+    """Posted, but Palette could not record it: the job is refunded, and the requester told."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Palette posted these images but could not record them, so they were free: nothing was charged."
+        )
+
+
 class JobService:
+    """Accepting jobs: validation, quota, and the job row that is the queue entry."""
+
     def __init__(
         self,
-        db: Database,
+        jobs: JobRepository,
+        queue: QueueRepository,
         generator: Generator,
         policy: LimitPolicy,
-        presenter: JobPresenter,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db = db
+        self.jobs = jobs
+        self.queue = queue
         self.generator = generator
         self.policy = policy
-        self.presenter = presenter
         self.clock = clock
-        capacity = {name: generator.settings.provider(name).concurrency for name in generator.providers}  # type: ignore[arg-type]
-        self.dispatcher = Dispatcher(self._run, capacity)
-        # Posting re-encodes and uploads images: bound how many run at once (memory, CPU).
-        self._delivery_slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
-        self._background: set[asyncio.Task[None]] = set()
         self.accepting = True
+        # Job id -> the provider it will wait for, between submit() and hand_over().
+        self._providers: dict[int, str] = {}
+        #: The worker of this process, when it runs one (all-in-one): woken at once on submit.
+        self.worker: Worker | None = None
 
     # ------------------------------------------------------------------ accepting
 
@@ -117,7 +138,14 @@ class JobService:
         kind: str = "imagine",
         parent_job_id: int | None = None,
     ) -> JobRecord:
-        """Validate, reserve quota atomically, persist, and queue. Raises PaletteError on refusal."""
+        """Validate, reserve quota atomically and persist the job. Raises PaletteError on refusal.
+
+        The job is stored without its queue provider: no worker can claim it until :meth:`hand_over`.
+        Until then the command handler owns the status message (it shows "queued"), so a worker's
+        "generating", result or failure can never be overwritten by that "queued" edit, in whichever
+        process either runs. (A job whose command handler died before handing it over is adopted by a
+        worker after a while: :data:`bot.jobs.worker.ADOPT_AFTER`.)
+        """
         plan = self.generator.plan(spec)
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
         params = {
@@ -145,152 +173,46 @@ class JobService:
                 NewReference(position=i, mime_type=r.mime_type, data=r.data, url=r.url)
                 for i, r in enumerate(plan.references)
             ],
+            queue_provider=None,  # set by hand_over
         )
-        job = await self.db.jobs.reserve_job(new_job, limits, self.clock())
-        self.dispatcher.enqueue(QueuedJob(job.id, job.user_id, plan.routes[0].provider))
+        job = await self.jobs.reserve_job(new_job, limits, self.clock())
+        self._providers[job.id] = plan.routes[0].provider
         return job
 
-    def position(self, job_id: int) -> int | None:
-        return self.dispatcher.position(job_id)
-
-    # ------------------------------------------------------------------ running
-
-    async def _plan_for(self, job: JobRecord) -> Plan:
-        params: dict[str, Any] = json.loads(job.params or "{}")
-        refs = await self.db.jobs.get_references(job.id)
-        references = tuple(Reference(mime_type=r.mime_type, data=r.data, url=r.url) for r in refs)
-        return self.generator.plan(
-            GenerationSpec(
-                model=job.model,
-                prompt=job.prompt,
-                aspect_ratio=params.get("aspect_ratio"),
-                resolution=params.get("resolution"),
-                count=job.count,
-                seed=params.get("seed"),
-                references=references,
-                strict_safety=bool(params.get("strict_safety")),
-            )
-        )
-
-    async def _run(self, job_id: int, release_slot: Callable[[], None] = lambda: None) -> None:
-        job = await self.db.jobs.get_job(job_id)
-        if job is None or job.status not in ("queued", "running"):
-            return
-        if self.clock() - job.created_at > self.generator.settings.job_max_age:
-            # Recovered after a long outage: the requester has moved on; refund and say so.
-            await self._fail(job, JobExpired())
-            return
-        await self.db.jobs.mark_running(job.id, self.clock())
+    async def hand_over(self, job: JobRecord) -> None:
+        """The command handler is done with the status message: the job joins the queue, waiting for a
+        slot of its best route's provider (the workers are told)."""
+        provider = self._providers.pop(job.id, None) or self._first_provider(job)
         try:
-            plan = await self._plan_for(job)
-        except PaletteError as exc:
-            await self._fail(job, exc)
+            await self.queue.set_queue_provider(job.id, provider)
+        except Exception as exc:  # a worker adopts it after a while
+            log.warning("job %s: could not queue it (%s)", job.id, type(exc).__name__)
             return
-        # Progress is shown in the background: the provider call does not wait for Discord.
-        self._spawn(self._safe(self.presenter.started(job)))
+        if self.worker is not None:
+            self.worker.poke()
 
-        async def on_task(provider: str, provider_model: str, task_id: str) -> None:
-            await self.db.jobs.set_task(job.id, provider, provider_model, task_id)
+    def _first_provider(self, job: JobRecord) -> str:
+        model = get_model(job.model)
+        routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
+        return routes[0].provider if routes else next(iter(self.generator.providers), "")
 
-        try:
-            if job.task_id and job.provider:
-                # Submitted before a restart: poll the stored task, never pay twice.
-                route = next(r for r in plan.routes if r.provider == job.provider)
-                outcome = await self.generator.resume(job.provider, job.task_id, plan, route)
-            else:
-                outcome = await self.generator.run(plan, on_task=on_task)
-        except PaletteError as exc:
-            await self._fail(job, exc)
-            return
-        except Exception:
-            log.exception("job %s failed unexpectedly", job.id)
-            await self._fail(job, ProviderError("Something went wrong while generating."))
-            return
-        try:
-            async with self._delivery_slots:
-                # Hand the provider slot on only once posting can start: finished images waiting to be
-                # posted would otherwise pile up in memory while new provider calls start.
-                release_slot()
-                delivery = await self.presenter.deliver(job, outcome)
-        except PaletteError as exc:
-            await self._fail(job, exc)
-            return
-        except Exception:
-            log.exception("job %s: delivery failed", job.id)
-            await self._fail(job, DeliveryError("The images were made but could not be posted."))
-            return
-        results = [
-            NewResult(
-                attachment_id=img.attachment_id,
-                filename=img.filename,
-                sha256=img.sha256,
-                width=img.width,
-                height=img.height,
-                mime_type=img.mime_type,
-                size_bytes=img.size_bytes,
-                provider=outcome.provider,
-                message_id=delivery.message_id,
-                channel_id=delivery.channel_id,
-            )
-            for img in delivery.images
-        ]
-        await self.db.jobs.finish_job(
-            job.id,
-            len(delivery.images),
-            status="done",
-            result_message_id=delivery.message_id,
-            results=results,
-            now=self.clock(),
-        )
+    async def position(self, job_id: int) -> int | None:
+        """The job's place in line over the whole deployment (None once a worker has it)."""
+        return await self.queue.position(job_id)
 
-    async def _fail(self, job: JobRecord, error: PaletteError) -> None:
-        kind = type(error).__name__
-        # Provider texts reach users and the database: never with one of our secrets in them.
-        error.message = redact(error.message, self.generator.settings.secrets())
-        finished = await self.db.jobs.finish_job(
-            job.id, 0, status="failed", error=error.message, error_kind=kind, now=self.clock()
-        )
-        if finished:
-            await self._safe(self.presenter.failed(job, error))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _safe(self, coro: Any) -> None:
-        """Progress messages are best effort: a failed edit must not fail the job."""
-        try:
-            await coro
-        except Exception:
-            log.warning("presenter call failed", exc_info=True)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> int:
-        """Re-queue unfinished jobs from the database, then start dispatching. Returns how many."""
-        jobs = await self.db.jobs.unfinished_jobs()
-        for job in jobs:
-            model = get_model(job.model)
-            routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
-            provider = job.provider or (
-                routes[0].provider if routes else next(iter(self.generator.providers), "")
-            )
-            self.dispatcher.capacity.setdefault(provider, 1)
-            self.dispatcher.in_flight.setdefault(provider, 0)
-            self.dispatcher.enqueue(QueuedJob(job.id, job.user_id, provider))
-        self.dispatcher.start()
-        return len(jobs)
-
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting, give running jobs ``grace`` seconds, leave the rest for recovery."""
+    def stop(self) -> None:
+        """Accept no new jobs (shutting down)."""
         self.accepting = False
-        await self.dispatcher.stop(grace)
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
-        """For tests and the benchmark: until nothing is queued or running."""
+        """For tests and the benchmark: until nothing is queued or running (in the whole deployment, and
+        in this process's worker)."""
         deadline = time.monotonic() + timeout
-        while self.dispatcher.queued or self.dispatcher.running:
+        while True:
+            depth = await self.queue.depth()
+            busy = self.worker is not None and self.worker.running > 0
+            if not (depth.queued or depth.running or busy):
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError("jobs still running")
             await asyncio.sleep(0.01)

@@ -10,11 +10,16 @@ to the next request. The checks that run before an interaction is deferred there
 under load (reading there queued behind job writes on the shared connection and cost seconds of
 Discord's 3-second deadline in the burst benchmark). Every write goes through this service; only the
 blocked-prompt record (rare) writes before deferring.
+
+Changes made by another process (another gateway) are seen through the database's per-server version
+counter, which :meth:`ModerationService.watch` polls in the background (:data:`WATCH_INTERVAL`): a ban
+issued anywhere applies everywhere within a second, and the pre-defer checks still read only memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -61,6 +66,11 @@ FILTER_THREAD_NAME = "palette-filter"
 #: One mod-log entry per server and set of slow patterns per this many seconds (a user repeating a slow
 #: prompt must not flood the mod log).
 SLOW_REPORT_INTERVAL = 600.0
+#: How often the version counters of the servers' moderation state are polled (other processes' changes).
+WATCH_INTERVAL = 0.5
+#: Changes are asked for since the last one seen minus this much: clocks of several machines differ, and
+#: a change committed late may carry an earlier timestamp.
+WATCH_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,10 @@ class ModerationService:
         self._state: dict[int, GuildState] = {}
         self._loading: dict[int, asyncio.Future[GuildState]] = {}
         self._version: dict[int, int] = {}
+        # The version counter of each server's state in the database, as last seen by watch().
+        self._seen: dict[int, int] = {}
+        self._watched_since: float | None = None
+        self._watcher: asyncio.Task[None] | None = None
         # Blocked-prompt entries per (server, member): a flood of refusals is summed up, not posted.
         self._blocked_entries = modlog.EntryRate(modlog.BLOCKED_SHOWN_PER_USER, modlog.BLOCKED_WINDOW_SECONDS)
 
@@ -130,6 +144,46 @@ class ModerationService:
     async def _in_filter_thread(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    # ------------------------------------------------------------------ other processes' changes
+
+    def watch(self, interval: float = WATCH_INTERVAL) -> None:
+        """Poll the database for moderation changes made anywhere, dropping the servers that changed."""
+        if self._watcher is None and hasattr(self.repo, "versions_since"):
+            self._watched_since = self.clock() - WATCH_SLACK
+            self._watcher = asyncio.create_task(self._watch(interval), name="palette-moderation-watch")
+
+    async def stop_watching(self) -> None:
+        task, self._watcher = self._watcher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            try:
+                await self.poll_changes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not read moderation changes (%s)", type(exc).__name__)
+            await asyncio.sleep(interval)
+
+    async def poll_changes(self) -> int:
+        """Drop the cached state of every server whose version moved; returns how many did."""
+        since = self._watched_since if self._watched_since is not None else self.clock() - WATCH_SLACK
+        rows = await self.repo.versions_since(since)  # type: ignore[attr-defined]
+        changed = 0
+        newest = since + WATCH_SLACK
+        for guild_id, version, updated_at in rows:
+            newest = max(newest, float(updated_at))
+            if self._seen.get(guild_id) != version:
+                self._seen[guild_id] = version
+                self.invalidate(guild_id)
+                changed += 1
+        self._watched_since = newest - WATCH_SLACK
+        return changed
 
     def close(self) -> None:
         """Stop the filter threads (at shutdown). Checks queued behind them are cancelled."""

@@ -19,14 +19,17 @@ from bot.config import Settings
 from bot.errors import PaletteError
 from bot.generation import Generator
 from bot.jobs.service import JobService
+from bot.jobs.spool import EncoderPool
+from bot.jobs.worker import Presence, Worker
 from bot.limits import LimitPolicy
 from bot.moderation.service import ModerationService
 from bot.presentation.flows import Flows
-from bot.presentation.moderation import ModLoggingPresenter, ModLogSender
+from bot.presentation.moderation import ModLogSender
 from bot.presentation.presenter import DiscordPresenter
 from bot.presentation.views import ResultButton
 from bot.providers.transport import Downloader
 from bot.storage import Database
+from bot.storage.queue import QueueRepository
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,10 @@ class PaletteTree(app_commands.CommandTree["PaletteBot"]):
 
 
 class PaletteBot(commands.Bot):
+    """The gateway: connected to Discord's gateway, it answers interactions and queues jobs. In the
+    all-in-one role it also carries this process's :class:`~bot.jobs.worker.Worker` (attached by
+    :func:`bot.app.create_bot`), which posts through this client's REST API."""
+
     def __init__(
         self,
         settings: Settings,
@@ -61,6 +68,9 @@ class PaletteBot(commands.Bot):
         generator: Generator,
         downloader: Downloader,
         *,
+        queue: QueueRepository,
+        role: str = "all",
+        worker_id: str,
         sync_only: bool = False,
         **client_options: Any,
     ) -> None:
@@ -80,13 +90,19 @@ class PaletteBot(commands.Bot):
         self.db = db
         self.generator = generator
         self.downloader = downloader
+        self.queue = queue
+        self.role = role
+        self.worker_id = worker_id
         self.policy = LimitPolicy(settings, db.moderation)
         self.modlog = ModLogSender(self)
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
-        self.presenter = DiscordPresenter(self)
-        # Each delivered result also goes to the server's mod log (in the background).
-        self.jobs = JobService(db, generator, self.policy, ModLoggingPresenter(self.presenter, self))
+        self.jobs = JobService(db.jobs, queue, generator, self.policy)
         self.flows = Flows(self)
+        self.presence = Presence(queue, role, worker_id)
+        # This process's worker (all-in-one), its presenter and encoder processes: see bot.app.
+        self.worker: Worker | None = None
+        self.presenter: DiscordPresenter | None = None
+        self.encoders: EncoderPool | None = None
         self.sync_only = sync_only
         self.synced: bool | None = None
         self._gc_frozen = False
@@ -100,9 +116,11 @@ class PaletteBot(commands.Bot):
         self.synced = await self.sync_commands(force=self.sync_only)
         if self.sync_only:
             return
-        recovered = await self.jobs.start()
-        if recovered:
-            log.info("recovered %d unfinished job(s)", recovered)
+        await self.presence.start()
+        self.moderation.watch()
+        if self.worker is not None:
+            # Jobs left by a previous run are claimed like any other (a dead worker's once its lease ends).
+            await self.worker.start()
 
     async def on_ready(self) -> None:
         if self.sync_only:
@@ -189,7 +207,37 @@ class PaletteBot(commands.Bot):
             log.warning("could not report an error to the user (%s)", exc)
 
     async def close(self) -> None:
-        await self.jobs.stop(grace=0)
+        self.jobs.stop()
+        if self.worker is not None:
+            await self.worker.stop(grace=0)
+        await self.presence.stop()
+        await self.moderation.stop_watching()
+        await super().close()
+        self.moderation.close()
+
+
+class WorkerClient(discord.Client):
+    """The worker's Discord: the REST API only (``login``, never ``connect``). It posts results, edits
+    status messages through interaction webhooks and sends mod-log entries; it receives nothing."""
+
+    def __init__(self, settings: Settings, db: Database, **client_options: Any) -> None:
+        client_options.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        # No gateway, so intents change nothing; "guilds" keeps discord.py's state from warning.
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(intents=intents, **client_options)
+        self.settings = settings
+        self.db = db
+        self.modlog = ModLogSender(self)  # type: ignore[arg-type]
+        self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
+
+    async def setup_hook(self) -> None:
+        # Called by login(): interaction webhooks need the application id.
+        if self.application_id is None:
+            raise RuntimeError("Discord did not name this bot's application; a worker cannot post results")
+
+    async def close(self) -> None:
+        await self.moderation.stop_watching()
         await super().close()
         self.moderation.close()
 

@@ -175,21 +175,28 @@ class Flows:
             )
             spec = replace(spec, references=references)
         job = await jobs.submit(spec, self.origin(interaction), kind=kind, parent_job_id=parent_job_id)
-        position = jobs.position(job.id)
-        if job.status_message_id is not None:
-            # The status message is already on the job: say "queued" in the background.
-            self.bot.presenter.show_queued(job, embeds.queued_text(job, position))
-            return job
+        try:
+            await self.show_queued(interaction, job)
+        finally:
+            # Only now can a worker claim it: "queued" can never land after a worker's stages.
+            await jobs.hand_over(job)
+        return job
+
+    async def show_queued(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        """Say "queued" (with the place in line) on the status message, and store the message's id with
+        the job when the deferral did not name it."""
+        text = embeds.queued_text(job, await self.bot.jobs.position(job.id))
         message: discord.Message | None = None
         try:
-            message = await interaction.edit_original_response(content=embeds.queued_text(job, position))
-        except discord.HTTPException as exc:
+            message = await interaction.edit_original_response(content=text)
+        except discord.HTTPException as exc:  # progress is best effort
             log.warning("job %s: could not show the queued status (%s)", job.id, exc)
-            with contextlib.suppress(discord.HTTPException):
-                # The "thinking" message still exists: remember it so the result replaces it.
-                message = await interaction.original_response()
-        await self.bot.presenter.status_ready(job, message.id if message else None)
-        return job
+            if job.status_message_id is None:
+                with contextlib.suppress(discord.HTTPException):
+                    # The "thinking" message still exists: remember it so the result replaces it.
+                    message = await interaction.original_response()
+        if job.status_message_id is None and message is not None:
+            await self.bot.db.jobs.set_status_message(job.id, message.id)
 
     # ------------------------------------------------------------------ result buttons
 

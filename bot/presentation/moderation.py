@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -213,8 +214,11 @@ class ModLoggingPresenter:
     async def failed(self, job: JobRecord, error: Any) -> None:
         await self._inner.failed(job, error)
 
-    async def deliver(self, job: JobRecord, outcome: GenerationOutcome) -> Delivery:
-        delivery = await self._inner.deliver(job, outcome)
+    async def notice(self, job: JobRecord, note: Any) -> None:
+        await self._inner.notice(job, note)
+
+    async def deliver(self, job: JobRecord, outcome: GenerationOutcome, images: Sequence[Any]) -> Delivery:
+        delivery = await self._inner.deliver(job, outcome, images)
         if job.guild_id is not None:
             try:
                 url = embeds.jump_url(job.guild_id, delivery.channel_id, delivery.message_id)

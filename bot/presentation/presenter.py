@@ -1,9 +1,17 @@
 """Shows a job's life in Discord: one status message edited in place, then the result on it.
 
-The status message is the interaction's original response, edited through the interaction webhook
-(stored token), so it works for any job the bot knows about, including ones recovered after a restart
-while the token is valid. When the token has expired or the message is gone, the result is posted in the
-channel with a mention instead.
+The presenter is the worker's (:class:`bot.jobs.worker.Worker`): it needs only Discord's REST API (a
+client that logged in; no gateway connection) and the job's row, so it runs in whichever process
+claimed the job. The status message is the interaction's original response, edited through the
+interaction webhook (the token stored with the job) while the token is valid; it is named by the id in
+the job row (``@original`` when the command handler could not learn it). When the token has expired or
+the message is gone, the result is posted in the channel with a mention instead, and in a DM when the
+channel is closed to the bot.
+
+Stages: the command handler shows "queued" before it hands the job over to the queue
+(:meth:`bot.jobs.service.JobService.hand_over`); no worker can claim it earlier, so a worker's
+"generating", result or failure can never be overwritten by the "queued" edit. Within the worker, edits
+of one job are serialized and never go back to an earlier stage.
 """
 
 from __future__ import annotations
@@ -12,22 +20,19 @@ import asyncio
 import contextlib
 import io
 import logging
-import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import discord
 
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome
-from bot.images import EncodedImage, fit_for_upload_async, sha256_hex_async
 from bot.jobs.service import DeliveredImage, Delivery
+from bot.jobs.spool import EncoderPool, ImageSpool, SpooledImage, Upload, prepare_upload
 from bot.presentation import embeds
 from bot.presentation.views import result_view
 from bot.storage import JobRecord
-
-if TYPE_CHECKING:
-    from bot.presentation.client import PaletteBot
 
 log = logging.getLogger(__name__)
 
@@ -38,108 +43,73 @@ UPLOAD_OVERHEAD = 64 * 1024
 MIN_IMAGE_BUDGET = 64 * 1024
 UPLOAD_ATTEMPTS = 3
 ENTITY_TOO_LARGE = 40005
-# How long a finished job waits for the command handler to report its status message.
-STATUS_WAIT = 5.0
+#: The interaction's original response, for the webhook's message routes.
+ORIGINAL = "@original"
+
+STARTED, RESULT, FAILURE = 1, 2, 3
+#: Finished jobs whose last stage is remembered (see DiscordPresenter._forget).
+STAGES_KEPT = 4096
 
 
 class DiscordPresenter:
-    def __init__(self, bot: PaletteBot) -> None:
-        self.bot = bot
-        # Which stage each job's status message shows (1 generating, 2 result, 3 failure), so a late
-        # edit never overwrites a later stage (edits run concurrently).
+    def __init__(
+        self,
+        client: discord.Client,
+        *,
+        spool: ImageSpool,
+        encoders: EncoderPool | None = None,
+    ) -> None:
+        self.client = client
+        self.spool = spool
+        self.encoders = encoders
+        # Which stage each job's status message shows, so a late edit never overwrites a later stage
+        # (this worker's edits of one job run concurrently: "generating" is shown in the background).
         self._stage: dict[int, int] = {}
         self._locks: dict[int, asyncio.Lock] = {}
-        # A job can start (or even finish) before the command handler has shown "Queued" and learnt
-        # the status message id: the id arrives through status_ready().
-        self._status_ids: dict[int, int] = {}
-        self._ready: dict[int, asyncio.Event] = {}
-        self._started_shown: set[int] = set()
-        self._encoders = asyncio.Semaphore(os.cpu_count() or 2)
-        self._background: set[asyncio.Task[None]] = set()
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
+    # ------------------------------------------------------------------ the job row
+
     def _webhook(self, job: JobRecord) -> discord.Webhook | None:
-        if not job.interaction_token or self.bot.application_id is None:
+        if not job.interaction_token or self.client.application_id is None:
             return None
         created = job.interaction_created_at or 0
         if time.time() - created > TOKEN_LIFETIME - 30:
             return None
-        return discord.Webhook.partial(self.bot.application_id, job.interaction_token, client=self.bot)
+        return discord.Webhook.partial(self.client.application_id, job.interaction_token, client=self.client)
 
-    async def status_ready(self, job: JobRecord, message_id: int | None) -> None:
-        """The command handler showed the status message (``None``: it could not)."""
-        if message_id is not None:
-            await self.bot.db.jobs.set_status_message(job.id, message_id)
-        async with self._lock(job.id):
-            if message_id is not None:
-                self._status_ids[job.id] = message_id
-            self._ready.setdefault(job.id, asyncio.Event()).set()
-            if self._stage.get(job.id) == 1 and job.id not in self._started_shown:
-                # It started before we knew where to say so: replace "Queued" now.
-                await self._show_started(job)
-
-    async def _show_started(self, job: JobRecord) -> None:
-        webhook = self._webhook(job)
-        message_id = self._status_ids.get(job.id) or job.status_message_id
-        if webhook is None or message_id is None:
-            return
-        self._started_shown.add(job.id)
-        try:
-            await webhook.edit_message(message_id, content=embeds.started_text(job, time.time()))
-        except discord.HTTPException as exc:  # progress is best effort
-            log.info("job %s: could not show progress (%s)", job.id, exc)
-
-    def show_queued(self, job: JobRecord, content: str) -> None:
-        """Edit the status message to "queued" in the background, unless the job has moved on."""
-
-        async def edit() -> None:
-            async with self._lock(job.id):
-                if self._stage.get(job.id, -1) != 0:  # started, finished (forgotten) or never queued
-                    return
-                webhook = self._webhook(job)
-                if webhook is None or job.status_message_id is None:
-                    return
-                try:
-                    await webhook.edit_message(job.status_message_id, content=content)
-                except discord.HTTPException as exc:  # progress is best effort
-                    log.info("job %s: could not show the queued status (%s)", job.id, exc)
-
-        self._stage.setdefault(job.id, 0)
-        task = asyncio.create_task(edit())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _status_message_id(self, job: JobRecord, *, wait: bool) -> int | None:
-        """The status message to edit; with ``wait``, give the command handler a moment to report it."""
-        known = job.status_message_id or self._status_ids.get(job.id)
-        if known or not job.interaction_token:
-            return known
-        if wait:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.setdefault(job.id, asyncio.Event()).wait(), STATUS_WAIT)
-        return self._status_ids.get(job.id)
+    @staticmethod
+    def _status_ref(job: JobRecord) -> Any:
+        return job.status_message_id if job.status_message_id is not None else ORIGINAL
 
     # ------------------------------------------------------------------ JobPresenter
 
     async def started(self, job: JobRecord) -> None:
         async with self._lock(job.id):
-            if self._stage.get(job.id, 0) >= 1:
+            if self._stage.get(job.id, 0) >= STARTED:
                 return
-            self._stage[job.id] = 1
-            await self._show_started(job)
+            self._stage[job.id] = STARTED
+            webhook = self._webhook(job)
+            if webhook is None:
+                return
+            try:
+                await webhook.edit_message(
+                    self._status_ref(job), content=embeds.started_text(job, time.time())
+                )
+            except discord.HTTPException as exc:  # progress is best effort
+                log.info("job %s: could not show progress (%s)", job.id, exc)
 
     async def failed(self, job: JobRecord, error: PaletteError) -> None:
         text = embeds.failure_text(error)
         try:
-            message_id = await self._status_message_id(job, wait=True)
             async with self._lock(job.id):
-                self._stage[job.id] = 3
+                self._stage[job.id] = FAILURE
                 webhook = self._webhook(job)
-                if webhook is not None and message_id is not None:
+                if webhook is not None:
                     try:
-                        await webhook.edit_message(message_id, content=text, embed=None, view=None)
+                        await webhook.edit_message(self._status_ref(job), content=text, embed=None, view=None)
                         return
                     except discord.HTTPException as exc:
                         log.info("job %s: status edit failed (%s); posting in channel", job.id, exc.status)
@@ -147,62 +117,85 @@ class DiscordPresenter:
         finally:
             self._forget(job.id)
 
-    async def deliver(self, job: JobRecord, outcome: GenerationOutcome) -> Delivery:
+    async def notice(self, job: JobRecord, note: PaletteError) -> None:
+        """A line after the result (it stays on the status message): a followup, else in the channel."""
+        text = f"⚠️ {note.message}"
+        webhook = self._webhook(job)
+        if webhook is not None:
+            try:
+                await webhook.send(content=text, wait=True)
+                return
+            except discord.HTTPException as exc:
+                log.info("job %s: could not send a followup (%s); posting in channel", job.id, exc.status)
+        await self._channel_send(job, content=f"<@{job.user_id}> {text}")
+
+    async def deliver(
+        self, job: JobRecord, outcome: GenerationOutcome, images: Sequence[SpooledImage]
+    ) -> Delivery:
         limit = int(embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT)  # type: ignore[call-overload]
         # Discord counts the whole request against the limit: share it between the images, keeping room
         # for the JSON payload and multipart framing.
-        budget = max(MIN_IMAGE_BUDGET, (limit - UPLOAD_OVERHEAD) // max(1, len(outcome.images)))
+        budget = max(MIN_IMAGE_BUDGET, (limit - UPLOAD_OVERHEAD) // max(1, len(images)))
         view = result_view(job.id)
         message: discord.Message | None = None
-        files: list[tuple[EncodedImage, str]] = []
+        uploads: list[Upload] = []
+        names: list[str] = []
         try:
             for attempt in range(UPLOAD_ATTEMPTS):
-                fitted = await asyncio.gather(*(self._fit(image.data, budget) for image in outcome.images))
-                names = [f"palette-{job.id}-{i}.{f.extension}" for i, f in enumerate(fitted, 1)]
+                await self.spool.discard(uploads)
+                uploads = await self._prepare(images, budget)
+                names = [f"palette-{job.id}-{i}.{u.fitted.extension}" for i, u in enumerate(uploads, 1)]
                 embed = embeds.result_embed(
                     job,
                     provider=outcome.provider,
                     provider_model=outcome.provider_model,
-                    sizes=[(f.width, f.height) for f in fitted],
+                    sizes=[(u.fitted.width, u.fitted.height) for u in uploads],
                     seconds=outcome.latency_s,
                     failed=outcome.failed,
                 )
-                files = list(zip(fitted, names, strict=True))
                 try:
-                    message = await self._post_result(job, embed=embed, view=view, files=files)
+                    message = await self._post_result(
+                        job, embed=embed, view=view, uploads=uploads, names=names
+                    )
                     break
                 except discord.HTTPException as exc:
                     # 40005: the estimate was wrong (a proxy, a smaller limit); re-encode smaller and retry.
                     if exc.code != ENTITY_TOO_LARGE or attempt == UPLOAD_ATTEMPTS - 1:
                         raise
                     log.info("job %s: upload too large at %d bytes/image; retrying smaller", job.id, budget)
-                    budget = max(MIN_IMAGE_BUDGET, max(len(f.data) for f, _ in files) // 2)
+                    budget = max(MIN_IMAGE_BUDGET, max(u.fitted.size_bytes for u in uploads) // 2)
+            if message is None:
+                raise PaletteError("The images were made but could not be posted in this channel.")
+            by_name = {a.filename: a for a in message.attachments}
+            delivered = [
+                DeliveredImage(
+                    attachment_id=by_name[name].id if name in by_name else None,
+                    filename=name,
+                    sha256=u.fitted.sha256,
+                    width=u.fitted.width,
+                    height=u.fitted.height,
+                    mime_type=u.fitted.mime_type,
+                    size_bytes=u.fitted.size_bytes,
+                )
+                for u, name in zip(uploads, names, strict=True)
+            ]
+            return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
         finally:
+            await self.spool.discard(uploads)
             self._forget(job.id)
-        if message is None:
-            raise PaletteError("The images were made but could not be posted in this channel.")
-        hashes = await asyncio.gather(*(sha256_hex_async(f.data) for f, _ in files))
-        by_name = {a.filename: a for a in message.attachments}
-        delivered = [
-            DeliveredImage(
-                attachment_id=by_name[name].id if name in by_name else None,
-                filename=name,
-                sha256=digest,
-                width=f.width,
-                height=f.height,
-                mime_type=f.mime_type,
-                size_bytes=len(f.data),
-            )
-            for (f, name), digest in zip(files, hashes, strict=True)
-        ]
-        return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
 
-    async def _fit(self, data: bytes, budget: int) -> EncodedImage:
-        """Re-encoding decodes the whole image (50 MB of pixels at 4K): at most one per core at a time."""
-        if len(data) <= budget:
-            return await fit_for_upload_async(data, limit_bytes=budget)  # header only, no decoding
-        async with self._encoders:
-            return await fit_for_upload_async(data, limit_bytes=budget)
+    async def _prepare(self, images: Sequence[SpooledImage], budget: int) -> list[Upload]:
+        """Every image fitted into ``budget`` bytes (re-encoding in the encoder processes)."""
+        results = await asyncio.gather(
+            *(prepare_upload(self.spool, self.encoders, image, limit_bytes=budget) for image in images),
+            return_exceptions=True,
+        )
+        uploads = [r for r in results if isinstance(r, Upload)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.spool.discard(uploads)
+            raise errors[0]
+        return uploads
 
     async def _post_result(
         self,
@@ -210,23 +203,27 @@ class DiscordPresenter:
         *,
         embed: discord.Embed,
         view: discord.ui.View,
-        files: list[tuple[EncodedImage, str]],
+        uploads: list[Upload],
+        names: list[str],
     ) -> discord.Message | None:
         """Put the result on the status message; if that is impossible, post it in the channel."""
 
         def attachments() -> list[discord.File]:
-            return [discord.File(io.BytesIO(f.data), filename=name) for f, name in files][
-                :MAX_FILES_PER_MESSAGE
-            ]
+            # Spooled uploads are streamed from their files; the rest from memory.
+            return [
+                discord.File(io.BytesIO(u.data), filename=name)
+                if u.data is not None
+                else discord.File(str(u.path), filename=name)
+                for u, name in zip(uploads, names, strict=True)
+            ][:MAX_FILES_PER_MESSAGE]
 
-        message_id = await self._status_message_id(job, wait=True)
         async with self._lock(job.id):
-            self._stage[job.id] = 2
+            self._stage[job.id] = RESULT
             webhook = self._webhook(job)
-            if webhook is not None and message_id is not None:
+            if webhook is not None:
                 try:
                     return await webhook.edit_message(
-                        message_id, content=None, embed=embed, attachments=attachments(), view=view
+                        self._status_ref(job), content=None, embed=embed, attachments=attachments(), view=view
                     )
                 except discord.HTTPException as exc:
                     if exc.code == ENTITY_TOO_LARGE:
@@ -234,22 +231,28 @@ class DiscordPresenter:
                     # Expired token (50027), unknown webhook/message (10015/10008): use the channel.
                     log.info("job %s: status message not editable (%s); posting in channel", job.id, exc.code)
             return await self._channel_send(
-                job, content=f"<@{job.user_id}>", embed=embed, files=attachments(), view=view
+                job, content=f"<@{job.user_id}>", embed=embed, make_files=attachments, view=view
             )
 
     # ------------------------------------------------------------------ helpers
 
-    async def _channel_send(self, job: JobRecord, **kwargs: Any) -> discord.Message | None:
-        """Post in the job's channel with a mention; in a DM when the channel is gone or closed to us."""
+    async def _channel_send(
+        self, job: JobRecord, *, make_files: Callable[[], list[discord.File]] | None = None, **kwargs: Any
+    ) -> discord.Message | None:
+        """Post in the job's channel with a mention; in a DM when the channel is gone or closed to us.
+
+        ``make_files`` makes the attachments afresh for each attempt (a sent file is closed)."""
         mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)], everyone=False, roles=False)
         channel: Any = None
         if job.channel_id is not None:
-            channel = self.bot.get_channel(job.channel_id)
+            channel = self.client.get_channel(job.channel_id)
             if channel is None:
                 with contextlib.suppress(discord.HTTPException):
-                    channel = await self.bot.fetch_channel(job.channel_id)
+                    channel = await self.client.fetch_channel(job.channel_id)
         if isinstance(channel, discord.abc.Messageable):
             try:
+                if make_files is not None:
+                    kwargs["files"] = make_files()
                 return await channel.send(allowed_mentions=mentions, **kwargs)
             except discord.Forbidden as exc:
                 log.info(
@@ -260,11 +263,15 @@ class DiscordPresenter:
                     "Embed Links), so here it is."
                 )
                 kwargs["content"] = f"{note}\n{kwargs.get('content') or ''}".strip()
-        user = await self.bot.fetch_user(job.user_id)
+        if make_files is not None:
+            kwargs["files"] = make_files()
+        user = await self.client.fetch_user(job.user_id)
         dm = await user.create_dm()
         return await dm.send(allowed_mentions=mentions, **kwargs)
 
     def _forget(self, job_id: int) -> None:
-        for state in (self._stage, self._locks, self._status_ids, self._ready):
-            state.pop(job_id, None)
-        self._started_shown.discard(job_id)
+        """The job's last edit is done. Its stage is kept a while (a late "generating" edit still running
+        in the background must see it); the rest goes."""
+        self._locks.pop(job_id, None)
+        while len(self._stage) > STAGES_KEPT:
+            del self._stage[next(iter(self._stage))]

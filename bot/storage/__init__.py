@@ -1,8 +1,8 @@
-"""Palette's storage layer: SQLite through one shared aiosqlite connection, behind small repositories.
+"""Palette's storage layer: SQLite or PostgreSQL through SQLAlchemy (async Core), behind small repositories.
 
 Usage::
 
-    db = await open_database(settings.database_path)
+    db = await open_database(settings.database_url)  # a DATABASE_URL; a plain path is a SQLite file
     job = await db.jobs.reserve_job(NewJob(...), Limits.from_settings(settings), now=time.time())
     await db.jobs.mark_running(job.id, time.time())
     ...
@@ -11,12 +11,13 @@ Usage::
     await db.close()
 
 All SQL lives in this package. Callers see :class:`JobRepository` (``db.jobs``), :class:`HistoryRepository`
-(``db.history``) and :class:`KeyValueRepository` (``db.kv``), the :class:`Storage` protocol, so a
-PostgreSQL backend can be added later without touching them.
+(``db.history``), :class:`KeyValueRepository` (``db.kv``) and :class:`ModerationRepository`
+(``db.moderation``), the :class:`Storage` protocol; the same queries run on both databases, and what
+differs between them lives in :mod:`bot.storage.dialect`. Migrations: :mod:`bot.storage.migrator`.
 """
 
-from bot.storage.db import Database, open_database
-from bot.storage.errors import JobNotFound, QuotaExceeded
+from bot.storage.db import BackupNotSupported, Database, open_database
+from bot.storage.errors import JobNotFound, QuotaExceeded, ReferencesTooLarge
 from bot.storage.moderation import Ban, BlockEntry, GuildPolicy, PostedResult, Report, RoleLimit
 from bot.storage.records import (
     FinalStatus,
@@ -43,6 +44,7 @@ from bot.storage.repository import (
 )
 
 __all__ = [
+    "BackupNotSupported",
     "Ban",
     "BlockEntry",
     "Database",
@@ -66,6 +68,7 @@ __all__ = [
     "PostedResult",
     "QuotaExceeded",
     "ReferenceRecord",
+    "ReferencesTooLarge",
     "Report",
     "ResultRecord",
     "RoleLimit",

@@ -7,7 +7,8 @@
 SQLite transactions start with ``BEGIN IMMEDIATE`` (the write lock is taken up front, so two writers
 wait for each other through ``busy_timeout`` instead of failing half-way); a connection opened with the
 ``palette_read_only`` execution option begins a deferred transaction instead, so plain reads never wait
-for a writer (WAL).
+for a writer (WAL); ``palette_autocommit_read`` begins none at all (a single read statement is atomic on
+its own).
 """
 
 from __future__ import annotations
@@ -22,10 +23,21 @@ from sqlalchemy.pool import StaticPool
 
 BUSY_TIMEOUT_MS = 5000
 READ_ONLY = "palette_read_only"
+# A read of one statement needs no transaction: skip BEGIN (SQLite), each statement is atomic on its own.
+AUTOCOMMIT_READ = "palette_autocommit_read"
 
 
 class DatabaseUrlError(ValueError):
     """DATABASE_URL is not a SQLite or PostgreSQL URL (the message never quotes a password)."""
+
+
+def database_url_for(value: str | Path) -> str:
+    """A ``DATABASE_URL`` for ``value``: a URL stays as it is; a plain path (or ``:memory:``) means a
+    SQLite file."""
+    text = str(value).strip()
+    if isinstance(value, Path) or "://" not in text:
+        return f"sqlite:///{text}"
+    return text
 
 
 def parse_database_url(url: str) -> URL:
@@ -66,11 +78,15 @@ def sqlite_path(url: str | URL) -> Path | None:
     return Path(parsed.database)
 
 
-def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
-    """An async engine for ``url`` with Palette's connection settings (see the module docstring)."""
+def create_engine(url: str | URL, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, **options: Any) -> AsyncEngine:
+    """An async engine for ``url`` with Palette's connection settings (see the module docstring).
+
+    Statement parameters (interaction tokens among them) never appear in SQLAlchemy's log lines or in the
+    text of its exceptions (``hide_parameters``)."""
     parsed = url if isinstance(url, URL) else parse_database_url(url)
+    options.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, **options)
+        return _sqlite_engine(parsed, busy_timeout_ms=busy_timeout_ms, **options)
     options.setdefault("pool_size", 10)
     options.setdefault("max_overflow", 10)
     options.setdefault("pool_pre_ping", True)
@@ -78,7 +94,7 @@ def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
     return create_async_engine(parsed, **options)
 
 
-def _sqlite_engine(parsed: URL, **options: Any) -> AsyncEngine:
+def _sqlite_engine(parsed: URL, *, busy_timeout_ms: int, **options: Any) -> AsyncEngine:
     path = sqlite_path(parsed)
     if path is None:
         # One shared connection, or every connection would see its own empty database.
@@ -86,7 +102,7 @@ def _sqlite_engine(parsed: URL, **options: Any) -> AsyncEngine:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
     connect_args = options.pop("connect_args", {})
-    connect_args.setdefault("timeout", BUSY_TIMEOUT_MS / 1000)
+    connect_args.setdefault("timeout", busy_timeout_ms / 1000)
     engine = create_async_engine(parsed, connect_args=connect_args, **options)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -95,7 +111,7 @@ def _sqlite_engine(parsed: URL, **options: Any) -> AsyncEngine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
             if path is not None:
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -106,7 +122,10 @@ def _sqlite_engine(parsed: URL, **options: Any) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get(READ_ONLY):
+        options = conn.get_execution_options()
+        if options.get(AUTOCOMMIT_READ):
+            return
+        if options.get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")

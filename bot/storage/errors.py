@@ -79,6 +79,23 @@ class QuotaExceeded(ValidationError):
         )
 
 
+class ReferencesTooLarge(ValidationError):
+    """A job's reference images add up to more than the database stores for one job; nothing was stored
+    and nothing was charged."""
+
+    def __init__(self, total_bytes: int, limit_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self.limit_bytes = limit_bytes
+        super().__init__(
+            f"These reference images add up to {_mib(total_bytes)}; one request can carry at most "
+            f"{_mib(limit_bytes)}. Use fewer or smaller images."
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
 class JobNotFound(LookupError):
     """No job has this id."""
 

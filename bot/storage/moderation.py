@@ -1,15 +1,25 @@
-"""Moderation records and their SQLite repository (server policy, role limits, blocklist, bans, reports).
+"""Moderation records and their repository (server policy, role limits, blocklist, bans, reports).
 
 The records are plain dataclasses (no SQL, no Discord); :mod:`bot.moderation` holds the decisions made
-with them. Writes are single statements or short transactions; nothing here is cached, so a change is
-visible to the next read at once.
+with them. Writes are short transactions; nothing here is cached, so a change is visible to the next read
+at once. Every change of a server's moderation state (policy, role limits, blocklist, bans) also bumps
+that server's row in ``moderation_versions`` in the same transaction: processes that cache moderation
+state poll :meth:`SqlModerationRepository.versions_since` and drop what moved.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import BigInteger, Float, Text, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.storage import schema
+from bot.storage.dialect import insert
+from bot.storage.jobs import sql
 
 if TYPE_CHECKING:
     from bot.storage.db import Database
@@ -106,107 +116,191 @@ class PostedResult:
 
 
 _POLICY_COLUMNS = (
-    "guild_id, daily_limit, hourly_limit, daily_pool, max_resolution, max_images, allowed_channels, "
-    "allowed_models, default_model, mod_role_id, modlog_channel_id, nsfw_mode, builtin_blocklist, "
-    "autoban_hits, autoban_window, autoban_duration, denied_channels"
+    "guild_id", "daily_limit", "hourly_limit", "daily_pool", "max_resolution", "max_images",
+    "allowed_channels", "allowed_models", "default_model", "mod_role_id", "modlog_channel_id", "nsfw_mode",
+    "builtin_blocklist", "autoban_hits", "autoban_window", "autoban_duration", "denied_channels",
+)  # fmt: skip
+_BAN_COLUMNS = ("guild_id", "user_id", "expires_at", "reason", "banned_by", "automatic", "created_at")
+_REPORT_COLUMNS = (
+    "id", "guild_id", "job_id", "reporter_id", "reported_id", "created_at", "resolved_at", "resolution",
+)  # fmt: skip
+
+_policy = schema.guild_policy
+_roles = schema.role_limits
+_blocks = schema.blocklist
+_bans = schema.bans
+_attempts = schema.blocked_attempts
+_reports = schema.reports
+_versions = schema.moderation_versions
+
+_RESULT_MESSAGES = sql(
+    """
+    SELECT channel_id, message_id, job_id FROM results
+     WHERE guild_id = :g AND user_id = :u AND message_id IS NOT NULL AND channel_id IS NOT NULL
+    UNION
+    SELECT channel_id, result_message_id, id FROM jobs
+     WHERE guild_id = :g AND user_id = :u AND result_message_id IS NOT NULL
+       AND channel_id IS NOT NULL
+    ORDER BY 2
+    """,
+    g=BigInteger(), u=BigInteger(),
+)  # fmt: skip
+_COUNT_BLOCKED = sql(
+    "SELECT COUNT(*) FROM blocked_attempts WHERE guild_id = :g AND user_id = :u AND created_at > :since",
+    g=BigInteger(), u=BigInteger(), since=Float(),
+)  # fmt: skip
+_COUNT_BLOCKED_DM = sql(
+    "SELECT COUNT(*) FROM blocked_attempts WHERE guild_id IS NULL AND user_id = :u AND created_at > :since",
+    u=BigInteger(), since=Float(),
+)  # fmt: skip
+_RESOLVE = sql(
+    "UPDATE reports SET resolved_at = :now, resolution = :resolution "
+    "WHERE job_id = :job_id AND resolved_at IS NULL",
+    now=Float(), resolution=Text(), job_id=BigInteger(),
+)  # fmt: skip
+_VERSIONS_SINCE = sql(
+    "SELECT guild_id, version, updated_at FROM moderation_versions WHERE updated_at > :after "
+    "ORDER BY updated_at, guild_id",
+    after=Float(),
 )
-_BAN_COLUMNS = "guild_id, user_id, expires_at, reason, banned_by, automatic, created_at"
-_REPORT_COLUMNS = "id, guild_id, job_id, reporter_id, reported_id, created_at, resolved_at, resolution"
 
 
-class SqliteModerationRepository:
+def _policy_from_row(row: Any) -> GuildPolicy:
+    return GuildPolicy(
+        guild_id=row[0],
+        daily_limit=row[1],
+        hourly_limit=row[2],
+        daily_pool=row[3],
+        max_resolution=row[4],
+        max_images=row[5],
+        allowed_channels=tuple(int(c) for c in json.loads(row[6] or "[]")),
+        allowed_models=tuple(str(m) for m in json.loads(row[7] or "[]")),
+        default_model=row[8],
+        mod_role_id=row[9],
+        modlog_channel_id=row[10],
+        nsfw_mode=row[11],
+        builtin_blocklist=bool(row[12]),
+        autoban_hits=row[13],
+        autoban_window=row[14],
+        autoban_duration=row[15],
+        denied_channels=tuple(int(c) for c in json.loads(row[16] or "[]")),
+    )
+
+
+def _ban_from_row(row: Any) -> Ban:
+    return Ban(*row[:5], bool(row[5]), row[6])
+
+
+class SqlModerationRepository:
     """Moderation data on a :class:`~bot.storage.db.Database`."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        d = db.dialect
+        policy = insert(d, _policy)
+        self._save_policy = policy.on_conflict_do_update(
+            index_elements=[_policy.c.guild_id],
+            set_={c: policy.excluded[c] for c in (*_POLICY_COLUMNS[1:], "updated_at")},
+        )
+        role = insert(d, _roles)
+        self._set_role = role.on_conflict_do_update(
+            index_elements=[_roles.c.guild_id, _roles.c.role_id],
+            set_={c: role.excluded[c] for c in ("daily_limit", "hourly_limit", "updated_at")},
+        )
+        ban = insert(d, _bans)
+        self._ban = ban.on_conflict_do_update(
+            index_elements=[_bans.c.guild_id, _bans.c.user_id],
+            set_={c: ban.excluded[c] for c in _BAN_COLUMNS[2:]},
+        )
+        self._add_block = insert(d, _blocks).on_conflict_do_nothing(
+            index_elements=[_blocks.c.guild_id, _blocks.c.kind, _blocks.c.pattern]
+        )
+        self._add_report = (
+            insert(d, _reports)
+            .on_conflict_do_nothing(index_elements=[_reports.c.job_id, _reports.c.reporter_id])
+            .returning(*(_reports.c[c] for c in _REPORT_COLUMNS))
+        )
+        version = insert(d, _versions)
+        self._bump = version.on_conflict_do_update(
+            index_elements=[_versions.c.guild_id],
+            set_={"version": _versions.c.version + 1, "updated_at": version.excluded.updated_at},
+        )
+
+    async def _bump_version(self, conn: AsyncConnection, guild_id: int) -> None:
+        """Inside the change's transaction: the server's moderation state moved. ``updated_at`` is this
+        process's wall clock (pollers should look back a few seconds and compare versions)."""
+        await conn.execute(self._bump, {"guild_id": guild_id, "version": 1, "updated_at": time.time()})
+
+    async def versions_since(self, updated_after: float) -> list[tuple[int, int, float]]:
+        """``(guild_id, version, updated_at)`` of every server whose moderation state changed after
+        ``updated_after`` (unix seconds), oldest change first."""
+        rows = await self._db.fetchall(_VERSIONS_SINCE, {"after": updated_after})
+        return [(int(g), int(v), float(t)) for g, v, t in rows]
 
     # --- policy ---------------------------------------------------------------------------------------
 
     async def get_policy(self, guild_id: int) -> GuildPolicy:
         row = await self._db.fetchone(
-            f"SELECT {_POLICY_COLUMNS} FROM guild_policy WHERE guild_id = ?", (guild_id,)
+            select(*(_policy.c[c] for c in _POLICY_COLUMNS)).where(_policy.c.guild_id == guild_id)
         )
-        if row is None:
-            return GuildPolicy(guild_id)
-        return GuildPolicy(
-            guild_id=row[0],
-            daily_limit=row[1],
-            hourly_limit=row[2],
-            daily_pool=row[3],
-            max_resolution=row[4],
-            max_images=row[5],
-            allowed_channels=tuple(int(c) for c in json.loads(row[6] or "[]")),
-            allowed_models=tuple(str(m) for m in json.loads(row[7] or "[]")),
-            default_model=row[8],
-            mod_role_id=row[9],
-            modlog_channel_id=row[10],
-            nsfw_mode=row[11],
-            builtin_blocklist=bool(row[12]),
-            autoban_hits=row[13],
-            autoban_window=row[14],
-            autoban_duration=row[15],
-            denied_channels=tuple(int(c) for c in json.loads(row[16] or "[]")),
-        )
+        return GuildPolicy(guild_id) if row is None else _policy_from_row(row)
 
     async def save_policy(self, policy: GuildPolicy, now: float) -> None:
         p = policy
-        await self._db.execute(
-            f"INSERT OR REPLACE INTO guild_policy ({_POLICY_COLUMNS}, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                p.guild_id,
-                p.daily_limit,
-                p.hourly_limit,
-                p.daily_pool,
-                p.max_resolution,
-                p.max_images,
-                json.dumps(sorted(set(p.allowed_channels))),
-                json.dumps(sorted(set(p.allowed_models))),
-                p.default_model,
-                p.mod_role_id,
-                p.modlog_channel_id,
-                p.nsfw_mode,
-                int(p.builtin_blocklist),
-                p.autoban_hits,
-                p.autoban_window,
-                p.autoban_duration,
-                json.dumps(sorted(set(p.denied_channels))),
-                now,
-            ),
-        )
+        values = {
+            "guild_id": p.guild_id, "daily_limit": p.daily_limit, "hourly_limit": p.hourly_limit,
+            "daily_pool": p.daily_pool, "max_resolution": p.max_resolution, "max_images": p.max_images,
+            "allowed_channels": json.dumps(sorted(set(p.allowed_channels))),
+            "allowed_models": json.dumps(sorted(set(p.allowed_models))),
+            "default_model": p.default_model, "mod_role_id": p.mod_role_id,
+            "modlog_channel_id": p.modlog_channel_id, "nsfw_mode": p.nsfw_mode,
+            "builtin_blocklist": int(p.builtin_blocklist), "autoban_hits": p.autoban_hits,
+            "autoban_window": p.autoban_window, "autoban_duration": p.autoban_duration,
+            "denied_channels": json.dumps(sorted(set(p.denied_channels))), "updated_at": now,
+        }  # fmt: skip
+        async with self._db.transaction() as conn:
+            await conn.execute(self._save_policy, values)
+            await self._bump_version(conn, p.guild_id)
 
     # --- role overrides -------------------------------------------------------------------------------
 
     async def role_limits(self, guild_id: int) -> list[RoleLimit]:
         rows = await self._db.fetchall(
-            "SELECT guild_id, role_id, daily_limit, hourly_limit FROM role_limits WHERE guild_id = ? "
-            "ORDER BY role_id",
-            (guild_id,),
+            select(_roles.c.guild_id, _roles.c.role_id, _roles.c.daily_limit, _roles.c.hourly_limit)
+            .where(_roles.c.guild_id == guild_id)
+            .order_by(_roles.c.role_id)
         )
         return [RoleLimit(*row) for row in rows]
 
     async def set_role_limit(self, limit: RoleLimit, now: float) -> None:
-        await self._db.execute(
-            "INSERT OR REPLACE INTO role_limits (guild_id, role_id, daily_limit, hourly_limit, updated_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (limit.guild_id, limit.role_id, limit.daily_limit, limit.hourly_limit, now),
-        )
+        values = {
+            "guild_id": limit.guild_id, "role_id": limit.role_id, "daily_limit": limit.daily_limit,
+            "hourly_limit": limit.hourly_limit, "updated_at": now,
+        }  # fmt: skip
+        async with self._db.transaction() as conn:
+            await conn.execute(self._set_role, values)
+            await self._bump_version(conn, limit.guild_id)
 
     async def clear_role_limit(self, guild_id: int, role_id: int) -> bool:
-        return (
-            await self._db.execute(
-                "DELETE FROM role_limits WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
-            )
-            > 0
-        )
+        statement = _roles.delete().where(_roles.c.guild_id == guild_id, _roles.c.role_id == role_id)
+        return await self._change(guild_id, statement) > 0
+
+    async def _change(self, guild_id: int, statement: Any, params: Any = None) -> int:
+        """One change of the server's state and its version bump (only when a row changed)."""
+        async with self._db.transaction() as conn:
+            changed = (await conn.execute(statement, params)).rowcount
+            if changed > 0:
+                await self._bump_version(conn, guild_id)
+        return changed
 
     # --- blocklist ------------------------------------------------------------------------------------
 
     async def blocklist(self, guild_id: int) -> list[BlockEntry]:
+        b = _blocks.c
         rows = await self._db.fetchall(
-            "SELECT id, guild_id, kind, pattern, scope, added_by, created_at FROM blocklist "
-            "WHERE guild_id = ? ORDER BY id",
-            (guild_id,),
+            select(b.id, b.guild_id, b.kind, b.pattern, b.scope, b.added_by, b.created_at)
+            .where(b.guild_id == guild_id)
+            .order_by(b.id)
         )
         return [BlockEntry(*row) for row in rows]
 
@@ -220,50 +314,44 @@ class SqliteModerationRepository:
         now: float,
     ) -> bool:
         """False when the same entry is already there."""
-        changed = await self._db.execute(
-            "INSERT OR IGNORE INTO blocklist (guild_id, kind, pattern, scope, added_by, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (guild_id, kind, pattern, scope, added_by, now),
-        )
-        return changed > 0
+        values = {"guild_id": guild_id, "kind": kind, "pattern": pattern, "scope": scope,
+                  "added_by": added_by, "created_at": now}  # fmt: skip
+        return await self._change(guild_id, self._add_block, values) > 0
 
     async def remove_block(self, guild_id: int, pattern: str) -> int:
-        return await self._db.execute(
-            "DELETE FROM blocklist WHERE guild_id = ? AND pattern = ?", (guild_id, pattern)
-        )
+        statement = _blocks.delete().where(_blocks.c.guild_id == guild_id, _blocks.c.pattern == pattern)
+        return await self._change(guild_id, statement)
 
     # --- bans -----------------------------------------------------------------------------------------
 
     async def get_ban(self, guild_id: int, user_id: int) -> Ban | None:
         row = await self._db.fetchone(
-            f"SELECT {_BAN_COLUMNS} FROM bans WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+            select(*(_bans.c[c] for c in _BAN_COLUMNS)).where(
+                _bans.c.guild_id == guild_id, _bans.c.user_id == user_id
+            )
         )
-        return None if row is None else Ban(*row[:5], bool(row[5]), row[6])
+        return None if row is None else _ban_from_row(row)
 
     async def bans(self, guild_id: int) -> list[Ban]:
         """Every ban of the server, expired ones included (callers compare ``expires_at`` with now)."""
-        rows = await self._db.fetchall(f"SELECT {_BAN_COLUMNS} FROM bans WHERE guild_id = ?", (guild_id,))
-        return [Ban(*row[:5], bool(row[5]), row[6]) for row in rows]
+        rows = await self._db.fetchall(
+            select(*(_bans.c[c] for c in _BAN_COLUMNS)).where(_bans.c.guild_id == guild_id)
+        )
+        return [_ban_from_row(row) for row in rows]
 
     async def ban(self, ban: Ban) -> None:
-        await self._db.execute(
-            f"INSERT OR REPLACE INTO bans ({_BAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                ban.guild_id,
-                ban.user_id,
-                ban.expires_at,
-                ban.reason,
-                ban.banned_by,
-                int(ban.automatic),
-                ban.created_at,
-            ),
-        )
+        values = {
+            "guild_id": ban.guild_id, "user_id": ban.user_id, "expires_at": ban.expires_at,
+            "reason": ban.reason, "banned_by": ban.banned_by, "automatic": int(ban.automatic),
+            "created_at": ban.created_at,
+        }  # fmt: skip
+        async with self._db.transaction() as conn:
+            await conn.execute(self._ban, values)
+            await self._bump_version(conn, ban.guild_id)
 
     async def unban(self, guild_id: int, user_id: int) -> bool:
-        return (
-            await self._db.execute("DELETE FROM bans WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
-            > 0
-        )
+        statement = _bans.delete().where(_bans.c.guild_id == guild_id, _bans.c.user_id == user_id)
+        return await self._change(guild_id, statement) > 0
 
     # --- blocked attempts -----------------------------------------------------------------------------
 
@@ -279,47 +367,40 @@ class SqliteModerationRepository:
         window: float,
     ) -> int:
         """Store a refused prompt; returns how many the user had in this server within ``window``."""
-        async with self._db.transaction():
-            await self._db.execute(
-                "INSERT INTO blocked_attempts (guild_id, user_id, channel_id, prompt, matched, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (guild_id, user_id, channel_id, prompt, matched, now),
-            )
-            return int(
-                await self._db.fetchval(
-                    "SELECT COUNT(*) FROM blocked_attempts WHERE guild_id IS ? AND user_id = ? "
-                    "AND created_at > ?",
-                    (guild_id, user_id, now - window),
+        values = {"guild_id": guild_id, "user_id": user_id, "channel_id": channel_id, "prompt": prompt,
+                  "matched": matched, "created_at": now}  # fmt: skip
+        async with self._db.transaction() as conn:
+            await conn.execute(_attempts.insert(), values)
+            if guild_id is None:
+                count = await conn.scalar(_COUNT_BLOCKED_DM, {"u": user_id, "since": now - window})
+            else:
+                count = await conn.scalar(
+                    _COUNT_BLOCKED, {"g": guild_id, "u": user_id, "since": now - window}
                 )
-            )
+        return int(count or 0)
 
     # --- reports --------------------------------------------------------------------------------------
 
     async def add_report(
         self, guild_id: int | None, job_id: int, reporter_id: int, reported_id: int, now: float
     ) -> Report | None:
-        """Record a report; ``None`` (nothing written) when this member already reported this job.
-
-        One statement, so two clicks on the shared connection cannot both insert. (A unique index on
-        ``(job_id, reporter_id)`` is the lasting guarantee, for any backend.)"""
-        row = await self._db.fetchone(
-            "INSERT INTO reports (guild_id, job_id, reporter_id, reported_id, created_at) "
-            "SELECT :g, :j, :r, :u, :now WHERE NOT EXISTS "
-            "(SELECT 1 FROM reports WHERE job_id = :j AND reporter_id = :r) "
-            f"RETURNING {_REPORT_COLUMNS}",
-            {"g": guild_id, "j": job_id, "r": reporter_id, "u": reported_id, "now": now},
-        )
-        return None if row is None else Report(*row)
+        """Record a report; ``None`` (nothing written) when this member already reported this job (the
+        unique index on ``(job_id, reporter_id)`` decides, whatever process the clicks reach)."""
+        rows = await self._db.write_returning(
+            self._add_report,
+            {"guild_id": guild_id, "job_id": job_id, "reporter_id": reporter_id,
+             "reported_id": reported_id, "created_at": now},
+        )  # fmt: skip
+        return Report(*rows[0]) if rows else None
 
     async def resolve_reports(self, job_id: int, resolution: str, now: float) -> int:
-        return await self._db.execute(
-            "UPDATE reports SET resolved_at = ?, resolution = ? WHERE job_id = ? AND resolved_at IS NULL",
-            (now, resolution, job_id),
-        )
+        return await self._db.execute(_RESOLVE, {"now": now, "resolution": resolution, "job_id": job_id})
 
     async def reports_for_job(self, job_id: int) -> list[Report]:
         rows = await self._db.fetchall(
-            f"SELECT {_REPORT_COLUMNS} FROM reports WHERE job_id = ? ORDER BY id", (job_id,)
+            select(*(_reports.c[c] for c in _REPORT_COLUMNS))
+            .where(_reports.c.job_id == job_id)
+            .order_by(_reports.c.id)
         )
         return [Report(*row) for row in rows]
 
@@ -328,18 +409,7 @@ class SqliteModerationRepository:
     async def result_messages(self, guild_id: int, user_id: int) -> list[PostedResult]:
         """Every message carrying ``user_id``'s results in ``guild_id`` (results rows and the jobs' own
         result message, which survives ``/history-clear``)."""
-        rows = await self._db.fetchall(
-            """
-            SELECT channel_id, message_id, job_id FROM results
-             WHERE guild_id = :g AND user_id = :u AND message_id IS NOT NULL AND channel_id IS NOT NULL
-            UNION
-            SELECT channel_id, result_message_id, id FROM jobs
-             WHERE guild_id = :g AND user_id = :u AND result_message_id IS NOT NULL
-               AND channel_id IS NOT NULL
-            ORDER BY 2
-            """,
-            {"g": guild_id, "u": user_id},
-        )
+        rows = await self._db.fetchall(_RESULT_MESSAGES, {"g": guild_id, "u": user_id})
         merged: dict[tuple[int, int], set[int]] = {}
         for channel_id, message_id, job_id in rows:
             merged.setdefault((channel_id, message_id), set()).add(job_id)

@@ -35,6 +35,8 @@ class Claim:
     lease_expires_at: float
     # The job was 'running' under another worker whose lease expired (that worker died): resume it.
     taken_over: bool = False
+    # What the previous worker posted (record_delivery), if it got that far: settle from it, never post again.
+    delivery: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +106,12 @@ class QueueRepository(Protocol):
         None when that provider is full."""
         ...
 
-    async def release_slots(self, job_id: int, provider: str | None = None) -> None:
-        """Free the job's slots (at ``provider`` only, when given): it is done with the provider(s)."""
+    async def release_slots(
+        self, job_id: int, provider: str | None = None, *, worker_id: str | None = None
+    ) -> None:
+        """Free the job's slots (at ``provider`` only, when given): it is done with the provider(s).
+        Pass ``worker_id``: then only slots this worker took are freed, so a worker whose job was taken
+        over (renew() said False) cannot free the new owner's slot by cleaning up. Wakes waiters."""
         ...
 
     async def release_job(self, job_id: int, worker_id: str) -> bool:
@@ -135,7 +141,12 @@ class QueueRepository(Protocol):
         ...
 
     async def wait_for_work(self, timeout: float) -> bool:
-        """Return when :meth:`notify` was called anywhere (True) or after ``timeout`` seconds (False)."""
+        """Return when :meth:`notify` was called anywhere (True) or after ``timeout`` seconds (False).
+
+        True means "look at the queue", not "there is a job": it is also returned at once by the first
+        call (nothing was listened for before it), after the listening connection was re-opened, and for a
+        notification that arrived since the previous call. Slots freed (release_slots, release_job),
+        set_queue_provider and sync_slots notify by themselves."""
         ...
 
     async def aclose(self) -> None:

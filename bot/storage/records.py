@@ -120,12 +120,19 @@ class NewJob:
     parent_job_id: int | None = None
     # The message that shows the job's progress (the deferred interaction response), when known.
     status_message_id: int | None = None
+    # The provider whose slot the job waits for in the shared queue (its best route), when known.
+    queue_provider: str | None = None
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError(f"a job must ask for at least one image (count={self.count})")
         object.__setattr__(self, "references", tuple(self.references))
         object.__setattr__(self, "params", encode_params(self.params))
+
+    @property
+    def reference_bytes(self) -> int:
+        """Bytes of reference images stored with the job (URL-only references count nothing)."""
+        return sum(len(r.data) for r in self.references if r.data is not None)
 
     @property
     def params_json(self) -> str:
@@ -172,6 +179,11 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     purged_at: float | None = None
+    # The shared queue (several processes): see bot.storage.queue.
+    queue_provider: str | None = None
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
+    delivery: str | None = None
 
     @property
     def params_dict(self) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The storage interface callers depend on.
 
 Callers (job runner, cogs, CLI) use these protocols, never SQL: :class:`bot.storage.db.Database` provides
-SQLite implementations as ``db.jobs``, ``db.history`` and ``db.kv`` (the :class:`Storage` protocol); a
-PostgreSQL backend would provide the same three objects.
+them as ``db.jobs``, ``db.history``, ``db.kv`` and ``db.moderation`` (the :class:`Storage` protocol), one
+implementation for SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class JobRepository(Protocol):
         ``reserved = count``, its references and a ``reserve`` ledger row.
 
         Raises :class:`bot.storage.errors.QuotaExceeded` (nothing is written) when a limit would be
-        exceeded."""
+        exceeded, and :class:`bot.storage.errors.ReferencesTooLarge` (nothing is written) when the
+        references' bytes add up to more than the database keeps for one job."""
         ...
 
     async def usage(self, user_id: int, now: float, guild_id: int | None = None) -> UsageSnapshot:
@@ -204,6 +205,12 @@ class ModerationRepository(Protocol):
 
     async def result_messages(self, guild_id: int, user_id: int) -> list[PostedResult]: ...
 
+    async def versions_since(self, updated_after: float) -> list[tuple[int, int, float]]:
+        """``(guild_id, version, updated_at)`` of the servers whose moderation state (policy, role limits,
+        blocklist, bans) changed after ``updated_after``: every such write bumps the server's version in
+        the same transaction. For processes that cache moderation state."""
+        ...
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -217,5 +224,6 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
     async def backup(self, path: Path | str) -> Path:
-        """Write a consistent copy of the whole database to ``path``."""
+        """Write a consistent copy of the whole database to ``path`` (SQLite; PostgreSQL raises
+        :class:`bot.storage.db.BackupNotSupported`, pointing at ``pg_dump``)."""
         ...

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 # Snowflakes need 64 bits; SQLite's INTEGER PRIMARY KEY must stay INTEGER to be the rowid alias.
@@ -91,11 +92,26 @@ jobs = Table(
     CheckConstraint("committed >= 0", name="committed_nonnegative"),
     CheckConstraint("refunded >= 0", name="refunded_nonnegative"),
     CheckConstraint("committed + refunded <= reserved", name="settled_within_reserved"),
+    # Job ids are never reused (the ledger keeps them after anything else is gone).
+    sqlite_autoincrement=True,
 )
 Index("jobs_user_created", jobs.c.user_id, jobs.c.created_at)
 Index("jobs_user_status", jobs.c.user_id, jobs.c.status, jobs.c.created_at)
 Index("jobs_status", jobs.c.status, jobs.c.created_at)
 Index("jobs_guild_created", jobs.c.guild_id, jobs.c.created_at)
+# The queue: "is a job waiting for this provider?" (a claim's first, read-only look).
+Index("jobs_queue_provider_status", jobs.c.queue_provider, jobs.c.status)
+# The queue in claim order: only unfinished jobs (the round-robin levels are numbered over these), so
+# claims and queue positions do not read the whole history. The WHERE must stay word for word what
+# bot.storage.queue_sql writes (SQLite only uses a partial index for a query that repeats its condition).
+_UNFINISHED_JOBS = text("status IN ('queued', 'running')")
+Index(
+    "jobs_unfinished_user",
+    jobs.c.user_id,
+    jobs.c.created_at,
+    sqlite_where=_UNFINISHED_JOBS,
+    postgresql_where=_UNFINISHED_JOBS,
+)
 
 job_references = Table(
     "job_references",
@@ -103,11 +119,26 @@ job_references = Table(
     Column("job_id", RowId, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("position", Integer, nullable=False),
     Column("mime_type", Text),
+    # Bytes stored with the row (databases made before reference_blobs); new rows use blob_id.
     Column("data", LargeBinary),
     Column("url", Text),
     Column("source_attachment_id", Snowflake),
+    # The bytes in reference_blobs, written in their own short transactions before the job (so storing
+    # large references never holds the write lock for long).
+    Column("blob_id", RowId),
     PrimaryKeyConstraint("job_id", "position"),
-    CheckConstraint("data IS NOT NULL OR url IS NOT NULL", name="data_or_url"),
+    CheckConstraint("data IS NOT NULL OR url IS NOT NULL OR blob_id IS NOT NULL", name="data_or_url"),
+)
+Index("job_references_blob", job_references.c.blob_id)
+
+# Reference image bytes, one row per image; deleted when the job is settled. A row no job_references row
+# points to (the reservation was refused, or the process died in between) is swept after an hour.
+reference_blobs = Table(
+    "reference_blobs",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Seconds, nullable=False),
 )
 
 results = Table(
@@ -256,6 +287,8 @@ reports = Table(
     Column("resolution", Text),
 )
 Index("reports_job", reports.c.job_id)
+# One report per member per job (add_report returns None for a second one).
+Index("reports_job_reporter", reports.c.job_id, reports.c.reporter_id, unique=True)
 
 # --- shared state of a deployment (several processes, one database) --------------------------------------
 

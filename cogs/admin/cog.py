@@ -312,18 +312,26 @@ class AdminCog(commands.Cog):
         guild_id, user_id = self.ids(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         snapshots = None
-        # Provider health is the operator's business: the bot's owner sees it, server managers do not.
+        workers = None
+        # Provider health and the deployment's processes are the operator's business: the bot's owner
+        # sees them, server managers do not.
         if await self.bot.flows.is_operator(interaction.user):
-            generator = self.bot.generator
-            snapshots = [generator.health[name].snapshot() for name in sorted(generator.health)]
+            snapshots = await self.bot.generator.health_snapshot()
+            workers = await self.bot.queue.workers()
         usage = await self.bot.db.jobs.usage(user_id, time.time(), guild_id=guild_id)
-        dispatcher = self.bot.jobs.dispatcher
+        depth = await self.bot.queue.depth()  # the whole deployment, every gateway and worker
         embed = embeds.status_embed(
             snapshots,
-            queued=dispatcher.queued,
-            running=dispatcher.running,
+            queued=depth.queued,
+            running=depth.running,
             server_images_today=usage.guild_pool_used,
         )
+        if workers is not None:
+            embed.add_field(name="Processes", value=describe_workers(workers, time.time()), inline=False)
+            slots = " · ".join(
+                f"{name} {used}/{total}" for name, (used, total) in sorted(depth.slots.items())
+            )
+            embed.add_field(name="Provider slots in use", value=slots or "none", inline=False)
         await interaction.followup.send(embed=embed, ephemeral=True)
 
     @palette.command(name="settings", description="Show the whole Palette policy of this server")
@@ -457,6 +465,19 @@ class AdminCog(commands.Cog):
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
+
+
+def describe_workers(workers: list[Any], now: float, limit: int = 10) -> str:
+    """One line per process of the deployment (role, host, pid, last heartbeat)."""
+    if not workers:
+        return "none registered"
+    lines = [
+        f"{w.role} on {w.host} (pid {w.pid}) · seen {max(0, int(now - w.heartbeat_at))} s ago"
+        for w in sorted(workers, key=lambda w: (w.role, w.host, w.pid))[:limit]
+    ]
+    if len(workers) > limit:
+        lines.append(f"… and {len(workers) - limit} more")
+    return "\n".join(lines)
 
 
 def fmt(value: int | None) -> str:

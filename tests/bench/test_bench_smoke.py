@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 
+from bench.fakes import photo_png
 from bench.harness import Harness
 from bench.report import Figure, jain, percentile, table
-from bench.scenarios import reservations
+from bench.scenarios import cpu_floor, deploy_1k, reservations
 
 
 async def test_three_jobs_through_the_real_bot_process() -> None:
@@ -23,6 +24,23 @@ async def test_three_jobs_through_the_real_bot_process() -> None:
         await h.stop_bot()
         assert h.bot.peak_rss is not None and h.bot.peak_rss > 0
         assert h.bot.loop_stall() is not None  # the bot's opt-in loop monitor wrote its file
+
+
+async def test_one_gateway_and_two_workers_scenario_runs_quickly() -> None:
+    figures, details = await deploy_1k(quick=True)
+    assert details["failed"] == 0 and details["jobs"] == 40, details
+    processes = details["processes"]
+    assert [p["role"] for p in processes.values()] == ["gateway", "worker", "worker"]
+    for name, p in processes.items():
+        assert p["peak_rss_mb"] and p["cpu_s"] is not None, name
+        assert p["max_loop_stall_ms"] is not None, name  # every process wrote its own loop report
+    assert details["provider_calls"] == 40
+    assert all(f.measured is not None for f in figures), table(figures)
+
+
+async def test_cpu_floor_times_the_bots_encoder_in_a_process_pool() -> None:
+    seconds, cores = await cpu_floor(photo_png(256, 256), 4)
+    assert seconds > 0 and cores >= 1
 
 
 async def test_reservations_grant_exactly_the_limit() -> None:

@@ -918,6 +918,79 @@ async def test_auto_sharded_client_gets_shard_in_ready(world: World) -> None:
     assert "/gateway/bot" in [r.path for r in fake.requests]
 
 
+class PingCounter:
+    """A client whose ``/ping`` answers with its own name (and records what it saw and what failed)."""
+
+    def __init__(self, name: str, **options: Any) -> None:
+        self.name = name
+        self.client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.05, **options)
+        self.tree = app_commands.CommandTree(self.client)
+        self.seen: list[int] = []
+        self.errors: list[int] = []
+
+        @self.tree.command(name="ping", description="Ping")
+        async def ping(interaction: discord.Interaction) -> None:
+            self.seen.append(interaction.id)
+            try:
+                await interaction.response.send_message(f"pong from {self.name}")
+            except discord.HTTPException as exc:
+                self.errors.append(exc.code)
+
+
+async def test_two_processes_with_one_token_each_get_a_session(world: World) -> None:
+    fake = world.fake
+    a, b = PingCounter("a"), PingCounter("b")
+    async with running_client(fake, a.client):
+        await sync_to(a.tree, world.guild)
+        session_a = fake.session
+        async with running_client(fake, b.client):
+            session_b = fake.session
+            assert session_a is not None and session_b is not None and session_a is not session_b
+            assert session_a.valid and fake.gateway.live_sessions() == [session_a, session_b]
+            assert b.client.get_guild(world.guild.id) is not None
+            # Without a choice both sessions get it, as on Discord: one answers, the other is refused.
+            both = await fake.invoke_slash(world.alice, world.channel, "ping")
+            for _ in range(250):  # the clients' lists do not wake the fake's waiters: poll them
+                if len(a.seen) + len(b.seen) == 2 and a.errors + b.errors:
+                    break
+                await asyncio.sleep(0.02)
+            assert (await both.wait_for_message()).content in ("pong from a", "pong from b")
+            assert a.errors + b.errors == [40060]
+            # A test may say which session receives an interaction.
+            to_b = await fake.invoke_slash(world.alice, world.channel, "ping", via=session_b)
+            assert (await to_b.wait_for_message()).content == "pong from b"
+            to_a = await fake.invoke_slash(world.alice, world.channel, "ping", via=session_a)
+            assert (await to_a.wait_for_message()).content == "pong from a"
+            assert a.seen.count(to_b.id) == 0 and b.seen.count(to_a.id) == 0
+        # Still connected after the other process left.
+        again = await fake.invoke_slash(world.alice, world.channel, "ping")
+        assert (await again.wait_for_message()).content == "pong from a"
+    assert fake.identify_count == 2
+
+
+async def test_shards_get_only_their_guilds_events(fake: FakeDiscord) -> None:
+    guilds: dict[int, Guild] = {}
+    while len(guilds) < 2:  # snowflakes carry a millisecond clock: make one guild for each of 2 shards
+        guild = fake.add_guild(name="G")
+        guilds.setdefault((guild.id >> 22) % 2, guild)
+        await asyncio.sleep(0.002)
+    alice = fake.add_user("alice")
+    for guild in guilds.values():
+        fake.add_member(guild, alice)
+    shard0 = PingCounter("s0", shard_id=0, shard_count=2)
+    shard1 = PingCounter("s1", shard_id=1, shard_count=2)
+    async with running_client(fake, shard0.client), running_client(fake, shard1.client):
+        await sync_to(shard0.tree, guilds[0])
+        await sync_to(shard0.tree, guilds[1])
+        for shard, counter in ((0, shard0), (1, shard1)):
+            seen = {g.id for g in counter.client.guilds}
+            assert guilds[shard].id in seen and {(g >> 22) % 2 for g in seen} == {shard}
+        for shard, counter in ((0, shard0), (1, shard1)):
+            ix = await fake.invoke_slash(alice, guilds[shard].channels[0], "ping")
+            assert (await ix.wait_for_message()).content == f"pong from {counter.name}"
+        assert len(shard0.seen) == len(shard1.seen) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # gateway
 # ---------------------------------------------------------------------------------------------

@@ -146,7 +146,11 @@ def text_inputs(component: Any) -> list[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def running_palette(tmp_path: Path, *, users: int = 2, **overrides: Any) -> AsyncIterator[Palette]:
+async def running_palette(
+    tmp_path: Path, *, users: int = 2, role: str = "all", **overrides: Any
+) -> AsyncIterator[Palette]:
+    """The real bot against the fakes. ``database_url=`` picks the database (a SQLite file in
+    ``tmp_path`` by default); ``role="gateway"`` starts the gateway alone (run a worker beside it)."""
     async with FakeDiscord() as fake, FakeListenHub() as listenhub, FakeMountsea(polls=1) as mountsea:
         guild = fake.add_guild(name="Palette Test")
         channel = (
@@ -170,7 +174,7 @@ async def running_palette(tmp_path: Path, *, users: int = 2, **overrides: Any) -
         settings_kw.update(overrides)
         settings = make_settings(**settings_kw)
         with point_discord_at(fake):
-            bot = await create_bot(settings, guild_ready_timeout=0.05)
+            bot = await create_bot(settings, role=role, guild_ready_timeout=0.05)
             task = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
             try:
                 ready = asyncio.create_task(bot.wait_until_ready())

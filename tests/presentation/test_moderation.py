@@ -238,10 +238,14 @@ async def test_history_clear_removes_the_users_data(palette: Palette) -> None:
     await confirm.wait_for(lambda i: "Cleared 1" in (i.original.content if i.original else ""), timeout=10)
     assert await palette.bot.db.history.count_history(palette.alice.id) == 0
     assert await palette.bot.db.history.count_history(palette.bob.id) == 1
-    rows = await palette.bot.db.fetchall("SELECT prompt FROM jobs WHERE user_id = ?", (palette.alice.id,))
+    rows = await palette.bot.db.fetchall(
+        "SELECT prompt FROM jobs WHERE user_id = :user", {"user": palette.alice.id}
+    )
     assert [r[0] for r in rows] == [""]
     assert (
-        await palette.bot.db.fetchval("SELECT COUNT(*) FROM results WHERE user_id = ?", (palette.alice.id,))
+        await palette.bot.db.fetchval(
+            "SELECT COUNT(*) FROM results WHERE user_id = :user", {"user": palette.alice.id}
+        )
         == 0
     )
 

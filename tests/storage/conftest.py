@@ -1,4 +1,5 @@
-"""Fixtures for storage tests: a real SQLite file per test (tmp_path), opened through aiosqlite."""
+"""Fixtures for storage tests: each test that takes ``db`` runs on SQLite (a file in tmp_path) and on a
+fresh PostgreSQL database; ``sqlite_db`` is for what only SQLite has (pragmas, backup files, file locks)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def db(db_path: Path) -> AsyncIterator[Database]:
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = await open_database(database_url)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def sqlite_db(db_path: Path) -> AsyncIterator[Database]:
     database = await open_database(db_path)
     try:
         yield database

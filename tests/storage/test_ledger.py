@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from bot.storage import Database, Limits
+from bot.storage.dialect import drop_trigger_statement
 
 from .factories import NOW, new_job
 
@@ -48,8 +48,8 @@ async def test_extra_ledger_entry_is_detected(db: Database) -> None:
     # A second commit for an already settled job, as a buggy code path might write it.
     await db.execute(
         "INSERT INTO ledger (job_id, user_id, guild_id, entry, amount, created_at) "
-        "VALUES (?, 1, 100, 'commit', 1, ?)",
-        (ids["a"], NOW + 2),
+        "VALUES (:job, 1, 100, 'commit', 1, :at)",
+        {"job": ids["a"], "at": NOW + 2},
     )
     report = await db.jobs.ledger_balance()
     assert not report.balanced
@@ -65,7 +65,7 @@ async def test_extra_ledger_entry_is_detected(db: Database) -> None:
 async def test_tampered_job_row_is_detected(db: Database) -> None:
     ids = await populate(db)
     # Forgive a refund in the jobs table without a ledger entry: totals still add up, the job does not.
-    await db.execute("UPDATE jobs SET refunded = 0 WHERE id = ?", (ids["a"],))
+    await db.execute("UPDATE jobs SET refunded = 0 WHERE id = :id", {"id": ids["a"]})
     report = await db.jobs.ledger_balance()
     assert not report.balanced
     [bad] = report.discrepancies
@@ -78,8 +78,8 @@ async def test_open_job_with_a_settlement_is_detected(db: Database) -> None:
     ids = await populate(db)
     await db.execute(
         "INSERT INTO ledger (job_id, user_id, guild_id, entry, amount, created_at) "
-        "VALUES (?, 2, 100, 'refund', 3, ?)",
-        (ids["d"], NOW + 2),
+        "VALUES (:job, 2, 100, 'refund', 3, :at)",
+        {"job": ids["d"], "at": NOW + 2},
     )
     [bad] = (await db.jobs.ledger_balance()).discrepancies
     assert bad.job_id == ids["d"] and "unfinished job already committed or refunded" in bad.problem
@@ -89,14 +89,14 @@ async def test_orphan_and_missing_ledger_rows_are_detected(db: Database) -> None
     await populate(db)
     await db.execute(
         "INSERT INTO ledger (job_id, user_id, guild_id, entry, amount, created_at) "
-        "VALUES (999999, 1, 100, 'reserve', 2, ?)",
-        (NOW,),
+        "VALUES (999999, 1, 100, 'reserve', 2, :at)",
+        {"at": NOW},
     )
-    await db.execute("DROP TRIGGER jobs_ledger_reserve")
+    await db.execute(drop_trigger_statement(db.dialect, "jobs_ledger_reserve"))
     await db.execute(
         "INSERT INTO jobs (user_id, kind, model, count, reserved, created_at) "
-        "VALUES (5, 'imagine', 'm', 1, 1, ?)",
-        (NOW,),
+        "VALUES (5, 'imagine', 'm', 1, 1, :at)",
+        {"at": NOW},
     )
     report = await db.jobs.ledger_balance()
     problems = {d.job_id: d.problem for d in report.discrepancies}
@@ -107,8 +107,44 @@ async def test_orphan_and_missing_ledger_rows_are_detected(db: Database) -> None
 
 async def test_ledger_is_append_only(db: Database) -> None:
     await populate(db)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(IntegrityError, match="append-only"):
         await db.execute("UPDATE ledger SET amount = 0")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(IntegrityError, match="append-only"):
         await db.execute("DELETE FROM ledger")
+    if db.is_postgresql:  # TRUNCATE skips row triggers: it has a guard of its own
+        with pytest.raises(IntegrityError, match="append-only"):
+            await db.execute("TRUNCATE ledger")
+    assert (await db.jobs.ledger_balance()).balanced
+
+
+async def test_the_database_writes_the_ledger_whatever_code_path_changes_a_job(db: Database) -> None:
+    """Raw SQL, not the repository: the triggers still write the entries and guard finished jobs."""
+    await db.execute(
+        "INSERT INTO jobs (user_id, guild_id, kind, model, count, reserved, created_at) "
+        "VALUES (9, 100, 'imagine', 'm', 3, 3, :at)",
+        {"at": NOW},
+    )
+    job_id = await db.fetchval("SELECT id FROM jobs WHERE user_id = 9")
+    await db.execute(
+        "UPDATE jobs SET status = 'done', committed = 1, refunded = 2, finished_at = :at WHERE id = :id",
+        {"at": NOW + 1, "id": job_id},
+    )
+    rows = await db.fetchall(
+        "SELECT entry, amount, created_at FROM ledger WHERE job_id = :id ORDER BY id", {"id": job_id}
+    )
+    assert [tuple(r) for r in rows] == [("reserve", 3, NOW), ("commit", 1, NOW + 1), ("refund", 2, NOW + 1)]
+    with pytest.raises(IntegrityError, match="finished job cannot change status"):
+        await db.execute("UPDATE jobs SET status = 'running' WHERE id = :id", {"id": job_id})
+    # A settlement without finished_at is stamped with the database's clock.
+    await db.execute(
+        "INSERT INTO jobs (user_id, kind, model, count, reserved, created_at) "
+        "VALUES (10, 'imagine', 'm', 1, 1, :at)",
+        {"at": NOW},
+    )
+    other = await db.fetchval("SELECT id FROM jobs WHERE user_id = 10")
+    await db.execute("UPDATE jobs SET status = 'failed', refunded = 1 WHERE id = :id", {"id": other})
+    stamped = await db.fetchval(
+        "SELECT MIN(created_at) FROM ledger WHERE job_id = :id AND entry = 'refund'", {"id": other}
+    )
+    assert stamped > NOW - 10 * 365 * 86_400  # a unix time, not a julian day or zero
     assert (await db.jobs.ledger_balance()).balanced

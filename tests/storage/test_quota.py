@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from bot.config import Settings
 from bot.errors import ValidationError
-from bot.storage import Database, JobRecord, Limits, QuotaExceeded
+from bot.storage import Database, JobRecord, Limits, QuotaExceeded, open_database
 from bot.storage.records import UsageSnapshot
 
 from .factories import DAY, HOUR, NOW, new_job, reference
@@ -264,8 +263,8 @@ async def test_1000_concurrent_reservations_grant_exactly_the_limit(db: Database
     assert await db.fetchval("SELECT COUNT(*) FROM jobs WHERE user_id = 77") == 50
     assert await db.fetchval("SELECT SUM(amount) FROM ledger WHERE user_id = 77 AND entry = 'reserve'") == 50
     assert (await db.jobs.ledger_balance()).balanced
-    # Generous bound (the target is >= 2000/s): catches a pathological regression, not a slow machine.
-    assert elapsed < 10
+    # Generous bound (the benchmark has the target): catches a pathological regression, not a slow machine.
+    assert elapsed < 30
 
 
 async def test_concurrent_limit_under_concurrency(db: Database) -> None:
@@ -280,62 +279,56 @@ async def test_concurrent_limit_under_concurrency(db: Database) -> None:
 async def test_failure_after_insert_rolls_the_reservation_back(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken_executemany(*args: Any, **kwargs: Any) -> int:
-        raise sqlite3.OperationalError("disk I/O error (simulated)")
+    import bot.storage.jobs as jobs_module
 
-    monkeypatch.setattr(db, "executemany", broken_executemany)
-    with pytest.raises(sqlite3.OperationalError, match="simulated"):
+    # The reference rows cannot be written (as if the disk failed right after the job row).
+    monkeypatch.setattr(jobs_module, "_INSERT_REFERENCE", text("INSERT INTO no_such_table VALUES (:job_id)"))
+    with pytest.raises(Exception, match="no_such_table"):
         await db.jobs.reserve_job(new_job(references=(reference(),)), Limits(daily=5), NOW)
-    assert await db.fetchval("SELECT COUNT(*) FROM jobs") == 0
-    assert await db.fetchval("SELECT COUNT(*) FROM ledger") == 0
+    for table in ("jobs", "ledger", "job_references", "reference_blobs"):
+        assert await db.fetchval(f"SELECT COUNT(*) FROM {table}") == 0, table
     monkeypatch.undo()
     await db.jobs.reserve_job(new_job(references=(reference(),)), Limits(daily=5), NOW)
 
 
-@pytest.mark.parametrize("other_fills_quota", [True, False])
-async def test_write_by_another_process_between_check_and_insert(
-    db: Database, db_path: Path, monkeypatch: pytest.MonkeyPatch, other_fills_quota: bool
-) -> None:
-    """The pre-transaction check is re-done inside the transaction when another connection committed."""
-    limits = Limits(daily=2)
-    await fill(db, 1, NOW - HOUR)
-    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    original = db.jobs._usage_row
-    calls = 0
-
-    async def usage_then_other_writer(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        row = await original(*args)
-        if calls == 1:  # right after the first check, another process reserves an image
-            other.execute(
-                "INSERT INTO jobs (user_id, guild_id, channel_id, kind, model, count, reserved, created_at) "
-                "VALUES (?, 100, 200, 'imagine', 'm', 1, 1, ?)",
-                (1 if other_fills_quota else 2, NOW - 1),
-            )
-        return row
-
-    monkeypatch.setattr(db.jobs, "_usage_row", usage_then_other_writer)
+async def test_two_processes_never_both_pass_the_check(database_url: str) -> None:
+    """Two databases objects on one database (two processes: separate engines and connections), racing for
+    one user's quota: exactly the limit is granted. SQLite: BEGIN IMMEDIATE; PostgreSQL: advisory locks
+    (without them, READ COMMITTED lets both see the same usage and both insert)."""
+    first = await open_database(database_url)
+    second = await open_database(database_url)
     try:
-        if other_fills_quota:
-            with pytest.raises(QuotaExceeded):
-                await db.jobs.reserve_job(new_job(), limits, NOW)
-            assert await db.fetchval("SELECT COUNT(*) FROM jobs WHERE user_id = 1") == 2
-        else:
-            await db.jobs.reserve_job(new_job(), limits, NOW)
-            assert await db.fetchval("SELECT COUNT(*) FROM jobs WHERE user_id = 1") == 2
-        assert calls == 2  # the check ran again inside the transaction
+        limits = Limits(daily=30, guild_daily_pool=45)
+
+        async def burst(db: Database, user_id: int) -> list[Any]:
+            return await asyncio.gather(
+                *(db.jobs.reserve_job(new_job(user_id=user_id), limits, NOW) for _ in range(40)),
+                return_exceptions=True,
+            )
+
+        results = await asyncio.gather(burst(first, 1), burst(second, 1), burst(first, 2), burst(second, 2))
+        outcomes = [r for batch in results for r in batch]
+        unexpected = [r for r in outcomes if not isinstance(r, JobRecord | QuotaExceeded)]
+        assert not unexpected, unexpected[:3]
+        granted = [
+            sum(isinstance(r, JobRecord) for b in pair for r in b) for pair in (results[:2], results[2:])
+        ]
+        # Each user is held to 30, and the guild pool to 45 across both users.
+        assert granted[0] <= 30 and granted[1] <= 30
+        assert sum(granted) == 45
+        assert await first.fetchval("SELECT COUNT(*) FROM jobs") == 45
+        assert (await first.jobs.ledger_balance()).balanced
     finally:
-        other.close()
-    assert (await db.jobs.ledger_balance()).balanced
+        await first.close()
+        await second.close()
 
 
-async def test_quota_queries_use_indexes(db: Database) -> None:
+async def test_quota_queries_use_indexes(sqlite_db: Database) -> None:
     from bot.storage.jobs import _USAGE_SQL
 
-    plan = await db.fetchall(
+    plan = await sqlite_db.fetchall(
         "EXPLAIN QUERY PLAN " + _USAGE_SQL, {"user_id": 1, "guild_id": 2, "day_start": 0, "hour_start": 0}
     )
-    details = [row["detail"] for row in plan]
+    details = [row.detail for row in plan]
     assert not [d for d in details if d.startswith("SCAN jobs")], details
     assert any("jobs_user_created" in d for d in details)

@@ -1,5 +1,13 @@
 """The fake's gateway: sessions, sequence numbers, resume replay and the aiohttp websocket handler.
 
+Like Discord, one bot token may hold several sessions at once (one per IDENTIFY; each counts against
+``session_start_limit``). A dispatch goes to every valid session whose shard covers it: guild events to
+shard ``(guild_id >> 22) % num_shards``, everything else (DMs) to shard 0. Sessions on the same shard
+(two unsharded processes with one token) each get every event, as on Discord, where the first to answer
+an interaction wins and the other is told it was already acknowledged. A test can name the session that
+receives an interaction (``via=`` on the interaction methods of :class:`FakeDiscord`): the one that wins
+that race.
+
 Frames are sent as uncompressed JSON text. discord.py 2.7 asks for ``compress=zlib-stream``
 (or ``zstd-stream``) in the query string, but it only decompresses *binary* frames and parses text
 frames directly, so plain text is accepted by the real client.
@@ -12,6 +20,7 @@ import contextlib
 import json
 import logging
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +81,13 @@ class GatewaySession:
         """Whether IDENTIFY asked for ``bit`` (a missing ``intents`` field means none were given)."""
         return self.intents is not None and bool(self.intents & bit)
 
+    def covers(self, guild_id: int | None) -> bool:
+        """Whether this session's shard receives events of ``guild_id`` (``None``: DMs, shard 0)."""
+        shard_id, count = (self.shard or [0, 1])[:2]
+        if guild_id is None:
+            return shard_id == 0
+        return (guild_id >> 22) % max(1, count) == shard_id
+
 
 @dataclass(eq=False)
 class GatewayConnection:
@@ -96,12 +112,33 @@ class GatewayConnection:
                 await self.ws.send_str(json.dumps(payload))
 
 
+#: A dispatch payload, or a function of the receiving session giving it (``None``: not for that session).
+Payload = Any | Callable[[GatewaySession], Any]
+
+# Guild-scoped events whose payload is the guild itself (its id is ``id``, not ``guild_id``).
+_GUILD_OBJECT_EVENTS = {"GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"}
+
+
+def event_guild_id(event: str, data: Any) -> int | None:
+    """The guild an event belongs to (how Discord picks the shard), ``None`` for DM and global events."""
+    if not isinstance(data, dict):
+        return None
+    raw = data.get("id") if event in _GUILD_OBJECT_EVENTS else data.get("guild_id")
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 class GatewayHub:
-    """Accepts gateway connections and routes dispatches to the current session."""
+    """Accepts gateway connections and routes dispatches to the sessions whose shard covers them."""
 
     def __init__(self, fake: FakeDiscord) -> None:
         self.fake = fake
+        #: The most recently identified session (the only one, unless several processes connected).
         self.session: GatewaySession | None = None
+        #: Every session identified so far, oldest first (invalid ones included).
+        self.sessions: list[GatewaySession] = []
         self.connections: list[GatewayConnection] = []
         self.heartbeat_interval_ms = 41250
         self.connection_count = 0
@@ -111,17 +148,42 @@ class GatewayHub:
 
     # -- dispatching -----------------------------------------------------------------------
 
-    def dispatch(self, event: str, data: Any) -> int | None:
-        """Append a dispatch to the current session (delivered now or replayed on RESUME).
+    def dispatch(
+        self,
+        event: str,
+        data: Payload,
+        *,
+        guild_id: int | None = None,
+        sessions: Iterable[GatewaySession] | None = None,
+    ) -> int | None:
+        """Append a dispatch to every valid session that receives it (delivered now or replayed on RESUME).
 
-        Returns the sequence number, or ``None`` when no session exists (nothing is connected).
+        The shard is chosen from the event's guild (``guild_id``, else taken from ``data``); ``sessions``
+        names the receivers instead. ``data`` may be a function of the session (per-session payloads,
+        e.g. depending on intents), returning ``None`` to skip that session. Returns the sequence number
+        in the most recent receiving session, or ``None`` when no session received it.
         """
-        session = self.session
-        if session is None or not session.valid:
-            return None
-        seq = session.append(event, data)
-        self.fake._state_changed()
+        if sessions is None:
+            if guild_id is None and not callable(data):
+                guild_id = event_guild_id(event, data)
+            targets = [s for s in self.sessions if s.valid and s.covers(guild_id)]
+        else:
+            targets = [s for s in sessions if s.valid]
+        seq: int | None = None
+        for session in targets:
+            payload = data(session) if callable(data) else data
+            if payload is None:
+                continue
+            seq = session.append(event, payload)
+        if seq is not None:
+            self.fake._state_changed()
         return seq
+
+    def live_sessions(self) -> list[GatewaySession]:
+        """Valid sessions with an open connection, oldest first."""
+        return [
+            s for s in self.sessions if s.valid and s.connection is not None and not s.connection.ws.closed
+        ]
 
     @property
     def current_connection(self) -> GatewayConnection | None:
@@ -185,7 +247,7 @@ class GatewayHub:
         elif conn.session is None:
             await conn.ws.close(code=4003, message=b"Not authenticated.")
         elif op == REQUEST_GUILD_MEMBERS:
-            self._request_members(data or {})
+            self._request_members(conn.session, data or {})
         elif op in (PRESENCE_UPDATE, VOICE_STATE_UPDATE):
             pass
         else:
@@ -199,17 +261,19 @@ class GatewayHub:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
         self.identify_count += 1
-        if self.session is not None:
-            self.session.valid = False
+        # Earlier sessions stay valid: Discord lets one token run several sessions (shards, or the same
+        # shard twice); a session ends when it is invalidated, not when another one starts.
         session = GatewaySession(
             id=secrets.token_hex(16),
             intents=data.get("intents"),
             shard=data.get("shard"),
         )
         self.session = session
+        self.sessions.append(session)
         session.append("READY", self.fake._ready_payload(session))
         for guild in self.fake.guilds.values():
-            session.append("GUILD_CREATE", self.fake._guild_create_payload(guild, session))
+            if session.covers(guild.id):
+                session.append("GUILD_CREATE", self.fake._guild_create_payload(guild, session))
         session.ready_seq = session.seq
         self._attach(conn, session, from_seq=0)
 
@@ -217,9 +281,9 @@ class GatewayHub:
         if data.get("token") != self.fake.bot_token:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
-        session = self.session
+        session = next((s for s in self.sessions if s.id == data.get("session_id")), None)
         seq = data.get("seq") or 0
-        if session is None or not session.valid or session.id != data.get("session_id") or seq > session.seq:
+        if session is None or not session.valid or seq > session.seq:
             # Discord waits a little before answering an unresumable RESUME.
             await asyncio.sleep(0.05)
             await conn.send({"op": INVALID_SESSION, "s": None, "t": None, "d": False})
@@ -248,7 +312,8 @@ class GatewayHub:
                 self.fake._state_changed()
             await session._wakeup.wait()
 
-    def _request_members(self, data: dict[str, Any]) -> None:
+    def _request_members(self, session: GatewaySession, data: dict[str, Any]) -> None:
+        """Answer REQUEST_GUILD_MEMBERS on the session that asked."""
         guild_ids = data.get("guild_id")
         if not isinstance(guild_ids, list):
             guild_ids = [guild_ids]
@@ -277,7 +342,7 @@ class GatewayHub:
                 chunk["nonce"] = data["nonce"]
             if data.get("presences"):
                 chunk["presences"] = []
-            self.dispatch("GUILD_MEMBERS_CHUNK", chunk)
+            self.dispatch("GUILD_MEMBERS_CHUNK", chunk, sessions=[session])
 
     # -- test controls ---------------------------------------------------------------------
 

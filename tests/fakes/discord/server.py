@@ -385,9 +385,11 @@ class FakeDiscord:
         self.channels[channel.id] = channel
         guild.system_channel_id = channel.id
         self.guilds[guild_id] = guild
-        session = self.gateway.session
-        if session is not None:
-            self.gateway.dispatch("GUILD_CREATE", self._guild_create_payload(guild, session, joined=True))
+        self.gateway.dispatch(
+            "GUILD_CREATE",
+            lambda session: self._guild_create_payload(guild, session, joined=True),
+            guild_id=guild.id,
+        )
         return guild
 
     def set_team(
@@ -508,9 +510,12 @@ class FakeDiscord:
             role_ids.append(self.add_role(guild, f"{user.username} permissions", permissions).id)
         member = Member(guild_id=guild.id, user=user, roles=role_ids, nick=nick)
         guild.members[user.id] = member
-        session = self.gateway.session
-        if session is not None and session.has_intent(INTENT_GUILD_MEMBERS):
-            self.gateway.dispatch("GUILD_MEMBER_ADD", {**member.to_payload(), "guild_id": str(guild.id)})
+        payload = {**member.to_payload(), "guild_id": str(guild.id)}
+        self.gateway.dispatch(
+            "GUILD_MEMBER_ADD",
+            lambda session: payload if session.has_intent(INTENT_GUILD_MEMBERS) else None,
+            guild_id=guild.id,
+        )
         return member
 
     def set_channel_overwrite(
@@ -756,13 +761,10 @@ class FakeDiscord:
         self._state_changed()
 
     def _dispatch_message(self, event: str, msg: Message) -> None:
-        session = self.gateway.session
-        if session is None:
+        if not self.gateway.sessions:
             return
         # Like Discord: message events only reach a client that asked for the matching intent.
         needed = INTENT_GUILD_MESSAGES if msg.guild_id is not None else INTENT_DIRECT_MESSAGES
-        if session.intents is not None and not session.has_intent(needed):
-            return
         data = msg.to_payload()
         if msg.guild_id is not None:
             data["guild_id"] = str(msg.guild_id)
@@ -770,10 +772,17 @@ class FakeDiscord:
             member = guild.members.get(msg.author_id) if guild else None
             if member is not None and msg.webhook_id is None:
                 data["member"] = member.to_payload(include_user=False)
-            if self._strip_content(session, msg):
-                data.update(content="", embeds=[], attachments=[], components=[])
-                data.pop("poll", None)
-        self.gateway.dispatch(event, data)
+
+        def payload(session: GatewaySession) -> dict[str, Any] | None:
+            if session.intents is not None and not session.has_intent(needed):
+                return None
+            if msg.guild_id is not None and self._strip_content(session, msg):
+                stripped = {**data, "content": "", "embeds": [], "attachments": [], "components": []}
+                stripped.pop("poll", None)
+                return stripped
+            return data
+
+        self.gateway.dispatch(event, payload, guild_id=msg.guild_id)
 
     def _strip_content(self, session: GatewaySession, msg: Message) -> bool:
         if not self.enforce_message_content_intent or session.intents is None:
@@ -826,7 +835,7 @@ class FakeDiscord:
         payload: dict[str, Any] = {
             "v": 10,
             "user": self._me_payload(),
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds if session.covers(g)],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -907,9 +916,12 @@ class FakeDiscord:
         locale: str,
         app_permissions: int | None,
         message: Message | None = None,
+        via: GatewaySession | None = None,
     ) -> Interaction:
         if self.gateway.session is None:
             raise AssertionError("no bot has IDENTIFIED on the gateway; start the client first")
+        if via is not None and not via.valid:
+            raise AssertionError(f"session {via.id} is no longer valid")
         interaction_id = next_snowflake()
         token = f"aW50ZXJhY3Rpb246{interaction_id}_{secrets.token_urlsafe(32)}"
         guild = self.guilds.get(channel.guild_id) if channel.guild_id else None
@@ -971,7 +983,9 @@ class FakeDiscord:
         )
         self.interactions[interaction_id] = ix
         self._by_token[token] = ix
-        self.gateway.dispatch("INTERACTION_CREATE", payload)
+        self.gateway.dispatch(
+            "INTERACTION_CREATE", payload, sessions=None if via is None else [via], guild_id=ix.guild_id
+        )
         return ix
 
     def _build_options(
@@ -1094,6 +1108,7 @@ class FakeDiscord:
         attachment_size_limit: int = 10 * MIB,
         locale: str = "en-US",
         app_permissions: int | None = None,
+        via: GatewaySession | None = None,
     ) -> Interaction:
         """Dispatch a CHAT_INPUT command interaction (type 2) for the registered command ``name``.
 
@@ -1101,7 +1116,8 @@ class FakeDiscord:
         from the registered definition) or a ``{name: value}`` dict. Attachment option values
         may be attachment objects from :meth:`add_attachment` or their ids; they are put into
         ``data.resolved.attachments``. Users/roles/channels are resolved too.
-        ``subcommand`` is ``"sub"`` or ``"group sub"``.
+        ``subcommand`` is ``"sub"`` or ``"group sub"``. ``via``: only that gateway session receives it
+        (by default every session on the guild's shard does, as on Discord).
         """
         cmd = self._require_command(name, channel, 1)
         guild = self.guilds.get(channel.guild_id) if channel.guild_id else None
@@ -1117,6 +1133,7 @@ class FakeDiscord:
             attachment_size_limit=attachment_size_limit,
             locale=locale,
             app_permissions=app_permissions,
+            via=via,
         )
 
     async def autocomplete(
@@ -1208,8 +1225,11 @@ class FakeDiscord:
         values: Sequence[str] | None = None,
         attachment_size_limit: int = 10 * MIB,
         locale: str = "en-US",
+        via: GatewaySession | None = None,
     ) -> Interaction:
-        """Click a button (or choose ``values`` in a select menu) on ``message`` (MESSAGE_COMPONENT)."""
+        """Click a button (or choose ``values`` in a select menu) on ``message`` (MESSAGE_COMPONENT).
+
+        ``via``: only that gateway session receives the click (see :meth:`invoke_slash`)."""
         if message.deleted:
             raise AssertionError(f"message {message.id} was deleted")
         component = next((c for c in message.iter_components() if c.get("custom_id") == custom_id), None)
@@ -1233,6 +1253,7 @@ class FakeDiscord:
             locale=locale,
             app_permissions=None,
             message=message,
+            via=via,
         )
 
     async def forge_component_click(

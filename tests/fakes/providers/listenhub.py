@@ -103,6 +103,12 @@ class FakeListenHub:
         self.max_in_flight = 0
         #: Client (host, port) pairs seen: one per TCP connection the client opened.
         self.peers: set[tuple[str, int]] = set()
+        #: Prompts of the valid generation calls, in the order they arrived (who was served when).
+        self.started_prompts: list[str] = []
+        #: While True, valid generation calls wait (in flight) until :meth:`release` lets them go.
+        self.holding = False
+        self._held: list[asyncio.Event] = []
+        self._changed = asyncio.Event()
         self._queue = ScriptQueue()
         self._colors = itertools.count(1)
         self._release = asyncio.Event()
@@ -182,6 +188,39 @@ class FakeListenHub:
     def _next_script(self) -> Scripted | None:
         return self._queue.take()
 
+    # --- holding calls in flight ----------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """From now on every valid generation call waits, in flight, until released (oldest first)."""
+        self.holding = True
+
+    def release(self, n: int = 1) -> int:
+        """Let the ``n`` oldest held calls go on; returns how many were released."""
+        waiting = [gate for gate in self._held if not gate.is_set()][:n]
+        for gate in waiting:
+            gate.set()
+        return len(waiting)
+
+    def release_all(self) -> None:
+        """Stop holding and let every held call go on."""
+        self.holding = False
+        self.release(len(self._held))
+
+    @property
+    def held(self) -> int:
+        """Calls waiting to be released right now."""
+        return sum(1 for gate in self._held if not gate.is_set())
+
+    async def wait_for(self, predicate: Any, timeout: float = 10, what: str = "") -> None:
+        """Until ``predicate()`` is true; re-checked whenever a call arrives or ends."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def _touch(self) -> None:
+        self._changed.set()
+
     # --- handlers -------------------------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
@@ -190,10 +229,12 @@ class FakeListenHub:
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._touch()
         try:
             return await self._generate_inner(request)
         finally:
             self.in_flight -= 1
+            self._touch()
 
     async def _generate_inner(self, request: web.Request) -> web.StreamResponse:
         self.calls["generate"] += 1
@@ -226,6 +267,12 @@ class FakeListenHub:
         problem = validate_generation(rec.json)
         if problem:
             return web.json_response(envelope_error(40001, problem), status=400)
+        self.started_prompts.append(rec.json["prompt"])
+        if self.holding:
+            gate = asyncio.Event()
+            self._held.append(gate)
+            self._touch()
+            await self._wait(gate)
         if self.processing_delay:
             await self._sleep(self.processing_delay)
 

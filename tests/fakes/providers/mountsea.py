@@ -214,6 +214,8 @@ class FakeMountsea:
         self.submit_delay = 0.0
         self.poll_delay = 0.0
         self.submit_calls = 0
+        #: While True every task is still processing, however often it is polled (a slow provider).
+        self.hold_tasks = False
         self.polls: dict[str, int] = {}
         self.tasks: dict[str, FakeTask] = {}
         self.files: dict[str, bytes] = {}
@@ -255,6 +257,11 @@ class FakeMountsea:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def submitted_prompts(self) -> list[str]:
+        """The prompt of every accepted submit, in order (a prompt twice: a task submitted twice)."""
+        return [t.request["input"]["prompt"] for t in self.tasks.values()]
 
     def image_bytes(self, task_id: str) -> list[bytes]:
         return [self.files[f] for f in self.tasks[task_id].files if f in self.files]
@@ -389,6 +396,10 @@ class FakeMountsea:
         task = self.tasks.get(task_id)
         if task is None:
             return _error(404, "Task not found", "task_not_found")
+        if self.hold_tasks:
+            return web.json_response(
+                {"task_id": task.id, "status": "processing", "ready": False, "elapsed_ms": 1500}
+            )
         task.polls += 1
         script = task.script
         limit = script.polls if script.polls is not None else (self.default.polls or 1)
