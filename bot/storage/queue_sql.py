@@ -83,7 +83,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.storage import schema
+from bot.storage import dialect, schema
 from bot.storage.engine import READ_ONLY, safe_url, sqlite_path
 from bot.storage.queue import Claim, ProviderHealthRow, QueueDepth, WorkerInfo
 from bot.storage.records import JobRecord
@@ -345,25 +345,12 @@ _RENEW_SLOTS = (
 
 def _insert_ignoring_conflicts(dialect_name: str, table: Table) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` for either database."""
-    if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return dialect.insert(dialect_name, table).on_conflict_do_nothing()
 
 
 def _upsert(dialect_name: str, table: Table, values: Mapping[str, Any], key: Sequence[str]) -> Any:
     """Insert ``values``, or update the row with the same ``key`` columns to them."""
-    if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(table).values(**values)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).values(**values)
+    stmt: Any = dialect.insert(dialect_name, table).values(**values)
     changes = {name: stmt.excluded[name] for name in values if name not in key}
     return stmt.on_conflict_do_update(index_elements=list(key), set_=changes)
 
