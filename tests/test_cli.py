@@ -355,8 +355,11 @@ async def _seed_everything(url: str) -> None:
         now = time.time()
 
         def job(**kw: object) -> NewJob:
-            return NewJob(**{"user_id": 1, "guild_id": 2, "channel_id": 3, "kind": "imagine",  # type: ignore[arg-type]
-                             "model": "nano-banana-pro", "prompt": "p", "params": {"seed": 1}, **kw})  # fmt: skip
+            base: dict[str, object] = {
+                "user_id": 1, "guild_id": 2, "channel_id": 3, "kind": "imagine", "model": "nano-banana-pro",
+                "prompt": "p", "params": {"seed": 1},
+            }  # fmt: skip
+            return NewJob(**{**base, **kw})  # type: ignore[arg-type]
 
         done = await db.jobs.reserve_job(job(count=3, interaction_token="tok"), Limits(), now - 100)
         await db.jobs.finish_job(
@@ -381,11 +384,12 @@ async def _seed_everything(url: str) -> None:
         await db.moderation.record_blocked(2, 7, 3, "bad", "b.d", now, window=600)
         await db.moderation.add_report(2, done.id, 8, 1, now)
         for statement, params in [
-            ("INSERT INTO provider_slots VALUES ('apimart', 0, :job, 'w1', :t)", {"job": running.id, "t": now}),
+            ("INSERT INTO provider_slots VALUES ('apimart', 0, :job, 'w1', :t)",
+             {"job": running.id, "t": now}),
             ("INSERT INTO provider_slots VALUES ('apimart', 1, NULL, NULL, NULL)", {}),
             ("INSERT INTO provider_health VALUES ('apimart', 2, NULL, NULL, :t)", {"t": now}),
-            ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) VALUES ('apimart', :ok, 1.5, :t)",
-             {"ok": True, "t": now}),
+            ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "
+             "VALUES ('apimart', :ok, 1.5, :t)", {"ok": True, "t": now}),
             ("INSERT INTO workers VALUES ('w1', 'worker', 'host', 123, :t, :t)", {"t": now}),
         ]:  # fmt: skip
             await db.execute(statement, params)
