@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(0, ge=0)
     # Bytes of finished images a worker keeps in memory on their way to Discord; beyond it they wait on
     # disk (in the data directory) until they are uploaded.
-    image_memory_budget: int = Field(512 * 1024 * 1024, ge=0)
+    image_memory_budget: int = Field(256 * 1024 * 1024, ge=0)
     # Processes that re-encode results too large for an upload; 0 = one per CPU core.
     image_encoders: int = Field(0, ge=0)
     # Circuit breaker: after this many consecutive faults a provider is skipped for the cool-down.

@@ -329,3 +329,196 @@ def test_a_database_reached_through_a_symlink_is_recognised(tmp_path: Path) -> N
     assert overwrites_database(real.with_name("palette.db-wal"), configured)
     assert not overwrites_database(tmp_path / "real" / "copy.db", configured)
     assert not overwrites_database(tmp_path / "real" / "palette.db-backup", configured)
+
+
+# --- copy-db ----------------------------------------------------------------------------------------------
+
+
+async def _seed_everything(url: str) -> None:
+    """Rows in every table: settled and open jobs (one with reference bytes, one with a URL reference),
+    results, moderation state (and its versions), kv, reports, and the queue's tables."""
+    import time
+
+    from bot.storage import (
+        Ban,
+        GuildPolicy,
+        Limits,
+        NewJob,
+        NewReference,
+        NewResult,
+        RoleLimit,
+        open_database,
+    )
+
+    db = await open_database(url)
+    try:
+        now = time.time()
+
+        def job(**kw: object) -> NewJob:
+            base: dict[str, object] = {
+                "user_id": 1, "guild_id": 2, "channel_id": 3, "kind": "imagine", "model": "nano-banana-pro",
+                "prompt": "p", "params": {"seed": 1},
+            }  # fmt: skip
+            return NewJob(**{**base, **kw})  # type: ignore[arg-type]
+
+        done = await db.jobs.reserve_job(job(count=3, interaction_token="tok"), Limits(), now - 100)
+        await db.jobs.finish_job(
+            done.id, 2, result_message_id=77,
+            results=[NewResult(filename=f"{i}.png", sha256=f"{i:064x}", size_bytes=10) for i in range(2)],
+            now=now - 90,
+        )  # fmt: skip
+        failed = await db.jobs.reserve_job(job(user_id=5), Limits(), now - 80)
+        await db.jobs.finish_job(failed.id, 0, status="failed", error="busy", now=now - 70)
+        refs = (NewReference(mime_type="image/png", data=b"\x89PNG" + bytes(range(256)) * 40),
+                NewReference(mime_type="image/jpeg", url="https://cdn.example/a.jpg"))  # fmt: skip
+        await db.jobs.reserve_job(
+            job(kind="edit", references=refs, parent_job_id=done.id), Limits(), now - 60
+        )
+        running = await db.jobs.reserve_job(job(user_id=6, queue_provider="apimart"), Limits(), now - 50)
+        await db.jobs.mark_running(running.id, now - 49, provider="apimart")
+        await db.kv.set("commands_hash", "abc")
+        await db.moderation.save_policy(GuildPolicy(2, daily_limit=9, allowed_channels=(3,)), now)
+        await db.moderation.set_role_limit(RoleLimit(2, 44, daily_limit=3), now)
+        await db.moderation.add_block(2, "regex", "b.d", "sfw", 1, now)
+        await db.moderation.ban(Ban(2, 7, None, "spam", 1, True, now))
+        await db.moderation.record_blocked(2, 7, 3, "bad", "b.d", now, window=600)
+        await db.moderation.add_report(2, done.id, 8, 1, now)
+        for statement, params in [
+            ("INSERT INTO provider_slots VALUES ('apimart', 0, :job, 'w1', :t)",
+             {"job": running.id, "t": now}),
+            ("INSERT INTO provider_slots VALUES ('apimart', 1, NULL, NULL, NULL)", {}),
+            ("INSERT INTO provider_health VALUES ('apimart', 2, NULL, NULL, :t)", {"t": now}),
+            ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "
+             "VALUES ('apimart', :ok, 1.5, :t)", {"ok": True, "t": now}),
+            ("INSERT INTO workers VALUES ('w1', 'worker', 'host', 123, :t, :t)", {"t": now}),
+        ]:  # fmt: skip
+            await db.execute(statement, params)
+    finally:
+        await db.close()
+
+
+async def _all_rows(url: str) -> dict[str, list[tuple[object, ...]]]:
+    from sqlalchemy import select
+
+    from bot.storage import open_database
+    from bot.storage.schema import metadata
+
+    db = await open_database(url)
+    try:
+        return {
+            t.name: [tuple(r) for r in await db.fetchall(select(t).order_by(*t.primary_key.columns))]
+            for t in metadata.sorted_tables
+        }
+    finally:
+        await db.close()
+
+
+async def test_copy_db_sqlite_to_postgresql_and_back(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.storage import Limits, NewJob, open_database
+    from tests.conftest import fresh_postgres_database
+
+    source = f"sqlite:///{clean_env / 'data' / 'palette.db'}"
+    await _seed_everything(source)
+    expected = await _all_rows(source)
+    assert all(expected[t] for t in expected), [
+        t for t in expected if not expected[t]
+    ]  # every table has rows
+
+    async with fresh_postgres_database() as pg:
+        # A password in the URL (the test server trusts local connections, so any password works).
+        password = "s3cret-Pw-4-copy"
+        with_password = pg.replace("postgres@", f"postgres:{password}@")
+        os.environ["DATABASE_URL"] = source
+        try:
+            code = await asyncio.to_thread(main, ["copy-db", "--to", with_password])
+        finally:
+            del os.environ["DATABASE_URL"]
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert password not in out + err and "***" in out
+        assert "ledger balanced" in out and "jobs: 4 rows" in out
+        assert await _all_rows(pg) == expected
+
+        # The copy is a working database: new ids follow the copied ones, the triggers are back on.
+        copy = await open_database(pg)
+        try:
+            job = await copy.jobs.reserve_job(
+                NewJob(user_id=1, channel_id=3, kind="imagine", model="m", prompt="q"), Limits(), 1.0
+            )
+            assert job.id == max(r[0] for r in expected["jobs"]) + 1
+            assert await copy.jobs.finish_job(job.id, 1, now=2.0)
+            running = next(r[0] for r in expected["jobs"] if r[9] == "running")
+            assert await copy.jobs.finish_job(running, 1, now=3.0)
+            assert not await copy.jobs.finish_job(running, 1, now=4.0)
+            assert (await copy.jobs.ledger_balance()).balanced
+            expected_back = {t.name: rows for t, rows in (await _snapshot(copy)).items()}
+        finally:
+            await copy.close()
+
+        # ... and back into SQLite (PostgreSQL -> SQLite).
+        back = f"sqlite:///{clean_env / 'back' / 'palette.db'}"
+        os.environ["DATABASE_URL"] = with_password
+        try:
+            code = await asyncio.to_thread(main, ["copy-db", "--to", back])
+        finally:
+            del os.environ["DATABASE_URL"]
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert password not in out + err
+        assert await _all_rows(back) == expected_back
+    os.environ["DATABASE_URL"] = back
+    try:
+        assert await asyncio.to_thread(main, ["check-ledger"]) == 0
+    finally:
+        del os.environ["DATABASE_URL"]
+    assert "ledger balanced" in capsys.readouterr().out
+
+
+async def _snapshot(db: object) -> dict[object, list[tuple[object, ...]]]:
+    from sqlalchemy import select
+
+    from bot.storage.schema import metadata
+
+    return {
+        t: [tuple(r) for r in await db.fetchall(select(t).order_by(*t.primary_key.columns))]  # type: ignore[attr-defined]
+        for t in metadata.sorted_tables
+    }
+
+
+async def test_copy_db_refuses_a_target_that_is_not_empty(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = clean_env / "data" / "palette.db"
+    target = clean_env / "other" / "palette.db"
+    await _seed_database(source)
+    await _seed_database(target)
+    before = await _all_rows(f"sqlite:///{target}")
+    os.environ["DATABASE_URL"] = f"sqlite:///{source}"
+    try:
+        assert await asyncio.to_thread(main, ["copy-db", "--to", f"sqlite:///{target}"]) == 2
+        assert await asyncio.to_thread(main, ["copy-db", "--to", "mysql://u:pw-xyz@h/db"]) == 2
+    finally:
+        del os.environ["DATABASE_URL"]
+    err = capsys.readouterr().err
+    assert "not empty" in err and "pw-xyz" not in err
+    assert await _all_rows(f"sqlite:///{target}") == before
+
+
+async def test_database_url_with_a_password_never_shows_it(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreachable PostgreSQL server: doctor and check-ledger say so without the password."""
+    os.environ["DATABASE_URL"] = "postgresql://palette:hunter2-pw@127.0.0.1:1/palette"
+    try:
+        assert await asyncio.to_thread(main, ["doctor"]) == 1
+        assert await asyncio.to_thread(main, ["backup", str(clean_env / "x.db")]) == 2
+        os.environ["DATABASE_URL"] = "postgres://palette:hunter2-pw@host:notaport/palette"
+        assert await asyncio.to_thread(main, ["models"]) == 2
+    finally:
+        del os.environ["DATABASE_URL"]
+    out, err = capsys.readouterr()
+    assert "hunter2-pw" not in out + err
+    assert "postgresql://palette:***@127.0.0.1:1/palette" in out
+    assert "pg_dump" in err

@@ -75,6 +75,9 @@ DELIVERY_CONCURRENCY = 8
 IDLE_POLL = 1.0
 #: One wait for the queue's wake-up signal.
 WAKE_TIMEOUT = 5.0
+#: After a wake-up from outside, the next one is heeded no sooner than this: on SQLite every commit of
+#: any connection is one, and a busy deployment commits hundreds of times a second.
+MIN_LOOK_INTERVAL = 0.05
 #: Between two looks for a free slot while failing over.
 SLOT_POLL = 0.2
 #: Heartbeat of a process in the ``workers`` table.
@@ -420,6 +423,9 @@ class Worker:
         self._running: dict[int, RunningJob] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
+        # Set while this worker could take another job: only then are the queue's wake-ups listened to.
+        self._room = asyncio.Event()
+        self._room.set()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -510,6 +516,8 @@ class Worker:
 
     async def _listen(self) -> None:
         while True:
+            # A full worker has nothing to gain from wake-ups: its own jobs make room (and wake it).
+            await self._room.wait()
             try:
                 await self.queue.wait_for_work(WAKE_TIMEOUT)
             except asyncio.CancelledError:
@@ -519,6 +527,13 @@ class Worker:
                 await asyncio.sleep(1.0)
             # Notified, or a periodic look: leases expire and slots free up without a notification.
             self._wake.set()
+            await asyncio.sleep(MIN_LOOK_INTERVAL)
+
+    def _update_room(self) -> None:
+        if self._has_room():
+            self._room.set()
+        else:
+            self._room.clear()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -567,6 +582,7 @@ class Worker:
 
         lease.on_lost(stop_working)
         lease.start()
+        self._update_room()
 
     async def _slots_freed(self) -> None:
         """Slots went back to the queue (which tells the other workers): look for the next job here."""
@@ -592,6 +608,7 @@ class Worker:
             if not running.given_back:
                 await running.lease.stop()
                 self._running.pop(job_id, None)
+                self._update_room()
                 self._wake.set()
 
     async def _work(self, running: RunningJob) -> None:
@@ -630,6 +647,7 @@ class Worker:
                 # The provider is done: its slot is the next job's, before this one's images are posted.
                 await slots.release_all()
                 running.generating = False
+                self._update_room()
                 self._wake.set()
         except LeaseLost:
             raise

@@ -8,8 +8,9 @@ Concurrency model
 * Writes run in :meth:`Database.transaction`. On SQLite every transaction begins with ``BEGIN IMMEDIATE``
   (the file's write lock, taken up front: another process waits for it up to ``busy_timeout``); the
   writers of this process queue on an :class:`asyncio.Lock` first, so they wait for each other without
-  polling SQLite's busy handler. PostgreSQL transactions run side by side; what must not interleave
-  (quota check + insert) takes an advisory lock (:mod:`bot.storage.dialect`).
+  polling SQLite's busy handler, and take turns on one kept connection. PostgreSQL transactions run
+  side by side; what must not interleave (quota check + insert) takes an advisory lock
+  (:mod:`bot.storage.dialect`).
 * Inside ``async with db.transaction():`` every statement the same task runs through this database (the
   repositories included) goes to that transaction; nested use opens a SAVEPOINT. Do not
   ``asyncio.gather`` storage calls from inside a transaction: the child tasks are not part of it (on SQLite
@@ -111,6 +112,7 @@ class Database(SqlJobRepository):
         self._memory = self.dialect == SQLITE and self.path is None
         # SQLite: this process's writers queue here before BEGIN IMMEDIATE.
         self._write_lock = asyncio.Lock()
+        self._writer: AsyncConnection | None = None
         self._held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
             f"palette_db_{id(self)}", default=None
         )
@@ -165,6 +167,10 @@ class Database(SqlJobRepository):
             if self._closed:
                 return
             self._closed = True
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    await self._writer.close()
+                self._writer = None
             if self.dialect == SQLITE:
                 with contextlib.suppress(Exception):
                     async with self._reader.connect() as conn:
@@ -224,9 +230,7 @@ class Database(SqlJobRepository):
                 held.depth -= 1
             return
         self._check_open()
-        lock = self._write_lock if self.dialect == SQLITE else contextlib.nullcontext()
-        async with lock:
-            self._check_open()
+        if self.dialect != SQLITE:
             async with self.engine.connect() as conn:
                 token = self._held.set(_Held(asyncio.current_task(), conn))
                 try:
@@ -234,6 +238,28 @@ class Database(SqlJobRepository):
                         yield conn
                 finally:
                     self._held.reset(token)
+            return
+        async with self._write_lock:
+            self._check_open()
+            conn = await self._writer_connection()
+            token = self._held.set(_Held(asyncio.current_task(), conn))
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                self._held.reset(token)
+
+    async def _writer_connection(self) -> AsyncConnection:
+        """SQLite: the one connection this process writes through (writers take turns on the lock anyway;
+        keeping it saves a pool checkout and reset per transaction). Replaced if it broke."""
+        conn = self._writer
+        if conn is not None and (conn.closed or conn.invalidated):
+            with contextlib.suppress(Exception):
+                await conn.close()
+            conn = None
+        if conn is None:
+            conn = self._writer = await self.engine.connect()
+        return conn
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncConnection]:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
 from bot.storage import schema
-from bot.storage.dialect import lock_quota
+from bot.storage.dialect import fetch, lock_quota
 from bot.storage.errors import JobNotFound, QuotaExceeded, QuotaScope, ReferencesTooLarge
 from bot.storage.records import (
     DAY,
@@ -90,7 +90,15 @@ _WINDOW_GUILD = sql(
     owner=BigInteger(), start=Float(), n=Integer(),
 )  # fmt: skip
 
-_INSERT_JOB = insert(schema.jobs).returning(*JOB_SELECT)
+_INSERT_JOB_COLUMNS = (
+    "user_id", "guild_id", "channel_id", "kind", "model", "prompt", "params", "count", "reserved",
+    "interaction_token", "interaction_created_at", "status_message_id", "parent_job_id", "created_at",
+    "queue_provider",
+)  # fmt: skip
+_INSERT_JOB = text(
+    f"INSERT INTO jobs ({', '.join(_INSERT_JOB_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _INSERT_JOB_COLUMNS)}) RETURNING {JOB_COLUMNS}"
+)
 _INSERT_REFERENCE = insert(schema.job_references)
 _INSERT_BLOB = insert(schema.reference_blobs).returning(schema.reference_blobs.c.id)
 _INSERT_RESULT = insert(schema.results)
@@ -248,22 +256,24 @@ class SqlJobRepository:
     # --- quota ---------------------------------------------------------------------------------------------
 
     async def _usage_row(self, conn: AsyncConnection, user_id: int, now: float, guild_id: int | None) -> Any:
+        """(daily_used, hourly_used, daily_oldest, hourly_oldest, in_flight, pool_used, pool_oldest)."""
         params: dict[str, Any] = {"user_id": user_id, "day_start": now - DAY, "hour_start": now - HOUR}
         if guild_id is None:
-            return (await conn.execute(_USAGE_NO_GUILD, params)).one()
-        return (await conn.execute(_USAGE, {**params, "guild_id": guild_id})).one()
+            return (await fetch(conn, _USAGE_NO_GUILD, params))[0]
+        return (await fetch(conn, _USAGE, {**params, "guild_id": guild_id}))[0]
 
     async def usage(self, user_id: int, now: float, guild_id: int | None = None) -> UsageSnapshot:
         async with self._db.reading() as conn:
             row = await self._usage_row(conn, user_id, now, guild_id)
+        daily_used, hourly_used, daily_oldest, hourly_oldest, in_flight, pool_used, pool_oldest = row
         return UsageSnapshot(
-            daily_used=int(row.daily_used),
-            hourly_used=int(row.hourly_used),
-            in_flight=int(row.in_flight),
-            daily_resets_at=None if row.daily_oldest is None else row.daily_oldest + DAY,
-            hourly_resets_at=None if row.hourly_oldest is None else row.hourly_oldest + HOUR,
-            guild_pool_used=int(row.pool_used) if guild_id is not None else None,
-            guild_pool_resets_at=None if row.pool_oldest is None else row.pool_oldest + DAY,
+            daily_used=int(daily_used),
+            hourly_used=int(hourly_used),
+            in_flight=int(in_flight),
+            daily_resets_at=None if daily_oldest is None else daily_oldest + DAY,
+            hourly_resets_at=None if hourly_oldest is None else hourly_oldest + HOUR,
+            guild_pool_used=int(pool_used) if guild_id is not None else None,
+            guild_pool_resets_at=None if pool_oldest is None else pool_oldest + DAY,
         )
 
     async def _resets_at(
@@ -299,12 +309,13 @@ class SqlJobRepository:
         :func:`~bot.storage.dialect.lock_quota`."""
         guild_id = new_job.guild_id if limits.guild_daily_pool is not None else None
         row = await self._usage_row(conn, new_job.user_id, now, guild_id)
+        daily_used, hourly_used, daily_oldest, hourly_oldest, in_flight, pool_used, pool_oldest = row
         want = new_job.count
         checks: list[tuple[QuotaScope, int | None, int, float | None, int]] = [
-            ("daily", limits.daily, int(row.daily_used), row.daily_oldest, new_job.user_id),
-            ("pool", limits.guild_daily_pool if guild_id is not None else None, int(row.pool_used),
-             row.pool_oldest, guild_id or 0),
-            ("hourly", limits.hourly, int(row.hourly_used), row.hourly_oldest, new_job.user_id),
+            ("daily", limits.daily, int(daily_used), daily_oldest, new_job.user_id),
+            ("pool", limits.guild_daily_pool if guild_id is not None else None, int(pool_used), pool_oldest,
+             guild_id or 0),
+            ("hourly", limits.hourly, int(hourly_used), hourly_oldest, new_job.user_id),
         ]  # fmt: skip
         for scope, limit, used, oldest, owner_id in checks:
             if limit is None or used + want <= limit:
@@ -313,7 +324,7 @@ class SqlJobRepository:
             if want <= limit:
                 resets_at = await self._resets_at(conn, scope, owner_id, oldest, used + want - limit, now)
             raise QuotaExceeded(scope, limit=limit, used=used, requested=want, resets_at=resets_at, now=now)
-        in_flight = int(row.in_flight)
+        in_flight = int(in_flight)
         if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
             raise QuotaExceeded(
                 "concurrent", limit=limits.max_concurrent, used=in_flight, requested=want, now=now
@@ -362,7 +373,7 @@ class SqlJobRepository:
                     pool_guild = new_job.guild_id if limits.guild_daily_pool is not None else None
                     await lock_quota(conn, new_job.user_id, pool_guild)
                     await self._check_limits(conn, new_job, limits, now)
-                job = job_from_row((await conn.execute(_INSERT_JOB, values)).one())
+                job = job_from_row((await fetch(conn, _INSERT_JOB, values))[0])
                 if new_job.references:
                     await conn.execute(
                         _INSERT_REFERENCE,
@@ -515,8 +526,9 @@ class SqlJobRepository:
     # --- reads ---------------------------------------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> JobRecord | None:
-        row = await self._db.fetchone(_GET_JOB, {"id": job_id})
-        return None if row is None else job_from_row(row)
+        async with self._db.reading() as conn:
+            rows = await fetch(conn, _GET_JOB, {"id": job_id})
+        return job_from_row(rows[0]) if rows else None
 
     async def get_references(self, job_id: int) -> list[ReferenceRecord]:
         rows = await self._db.fetchall(_GET_REFERENCES, {"id": job_id})

@@ -19,8 +19,9 @@ USER = 1
 
 
 @pytest.fixture
-async def db() -> AsyncIterator[Database]:
-    database = await open_database(":memory:")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """SQLite and PostgreSQL: the policy's numbers go through the moderation repository's SQL."""
+    database = await open_database(database_url)
     try:
         yield database
     finally:
