@@ -191,6 +191,8 @@ class Lease:
         self.clock = clock
         self.lost = False
         self.settled = False
+        # Settling is under way: a renewal refused now may be our own settlement landing.
+        self.settling = False
         self._on_lost: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -245,6 +247,8 @@ class Lease:
         if self.lost or self.settled:
             return
         self.lost = True
+        if self.settling:  # the settling step decides (LeaseLost if it did not go through)
+            return
         log.warning("job %s: another worker has taken it over; this one stops working on it", self.job_id)
         for callback in self._on_lost:
             callback()
@@ -784,7 +788,11 @@ class Worker:
         self, lease: Lease, finish: Callable[[], Awaitable[bool]], *, forever: bool = False
     ) -> bool:
         """``finish_job`` through :meth:`_retry`; once it went through, the lease is over."""
-        finished = bool(await self._retry(lease, finish, forever=forever))
+        lease.settling = True
+        try:
+            finished = bool(await self._retry(lease, finish, forever=forever))
+        finally:
+            lease.settling = False
         lease.settle()
         return finished
 
