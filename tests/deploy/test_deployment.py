@@ -111,6 +111,7 @@ async def test_sigkill_a_worker_with_jobs_in_flight(tmp_path: Path, database_url
         assert await d.scalar("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')") == 0
         await d.check_ledger()
         assert survivor.running
+        d.assert_clean_logs()
 
 
 # What this one proves is about Discord (deliveries need no gateway, buttons work after it is back), not
@@ -138,6 +139,7 @@ async def test_gateway_killed_while_workers_deliver_then_back(tmp_path: Path, da
         await settle_duplicates(d)
         assert len(d.results()) == 7
         await d.check_ledger()
+        d.assert_clean_logs()
 
 
 async def test_caps_and_round_robin_hold_across_three_workers(tmp_path: Path, database_url: str) -> None:
@@ -180,6 +182,7 @@ async def test_caps_and_round_robin_hold_across_three_workers(tmp_path: Path, da
         rows = await d.query("SELECT id, prompt, created_at, started_at FROM jobs ORDER BY started_at")
         assert order == names * 4, " ".join(order) + "\n" + "\n".join(map(str, rows))
         await d.check_ledger()
+        d.assert_clean_logs()
 
 
 async def test_a_ban_on_one_gateway_applies_on_another_within_a_second(
