@@ -80,6 +80,7 @@ class GuildState:
     policy: GuildPolicy
     bans: dict[int, Ban]
     filter: PromptFilter
+    role_limits: tuple[RoleLimit, ...] = ()
 
 
 class Banned(PolicyViolation):
@@ -208,12 +209,13 @@ class ModerationService:
             policy = await self.repo.get_policy(guild_id)
             entries = await self.repo.blocklist(guild_id)
             ban_list = await self.repo.bans(guild_id)
+            role_limits = tuple(await self.repo.role_limits(guild_id))
             built = await self._in_filter_thread(
                 PromptFilter,
                 [FilterEntry(e.kind, e.pattern, e.scope) for e in entries],
                 builtin=policy.builtin_blocklist,
             )
-            state = GuildState(policy, {b.user_id: b for b in ban_list}, built)
+            state = GuildState(policy, {b.user_id: b for b in ban_list}, built, role_limits)
             if self._version.get(guild_id, 0) == version:  # not invalidated while loading
                 self._state[guild_id] = state
             future.set_result(state)
@@ -223,15 +225,25 @@ class ModerationService:
             future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
             raise
         finally:
-            self._loading.pop(guild_id, None)
+            if self._loading.get(guild_id) is future:
+                del self._loading[guild_id]
 
     def invalidate(self, guild_id: int) -> None:
-        """Forget the server's cached state (after any change to its policy, bans or blocklist)."""
+        """Forget the server's cached state (after any change to its policy, bans or blocklist).
+
+        A load already under way may have read the old rows: callers arriving from now on start a new
+        one instead of sharing it (that load still answers the callers that were waiting for it)."""
         self._version[guild_id] = self._version.get(guild_id, 0) + 1
         self._state.pop(guild_id, None)
+        self._loading.pop(guild_id, None)
 
     async def policy(self, guild_id: int | None) -> GuildPolicy | None:
         return None if guild_id is None else (await self.state(guild_id)).policy
+
+    async def limit_policy(self, guild_id: int) -> tuple[GuildPolicy, tuple[RoleLimit, ...]]:
+        """The server's policy and role limits, from memory (the limit policy's source)."""
+        state = await self.state(guild_id)
+        return state.policy, state.role_limits
 
     async def admit(self, ctx: RequestContext) -> GuildPolicy | None:
         """Ban, DMs and channel rules, cheapest first. Returns the server policy for the later checks."""
@@ -433,6 +445,7 @@ class ModerationService:
         before = {r.role_id: r for r in await self.repo.role_limits(guild_id)}.get(role_id)
         limit = RoleLimit(guild_id, role_id, daily, hourly)
         await self.repo.set_role_limit(limit, self.clock())
+        self.invalidate(guild_id)
         self.emit(
             modlog.policy_change(
                 guild_id,
@@ -447,6 +460,7 @@ class ModerationService:
     async def clear_role_limit(self, guild_id: int, actor_id: int, role_id: int) -> bool:
         before = {r.role_id: r for r in await self.repo.role_limits(guild_id)}.get(role_id)
         cleared = await self.repo.clear_role_limit(guild_id, role_id)
+        self.invalidate(guild_id)
         if cleared:
             self.emit(
                 modlog.policy_change(

@@ -93,9 +93,10 @@ class PaletteBot(commands.Bot):
         self.queue = queue
         self.role = role
         self.worker_id = worker_id
-        self.policy = LimitPolicy(settings, db.moderation)
         self.modlog = ModLogSender(self)
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
+        # Limits come from the moderation service's cached server state: no database read per command.
+        self.policy = LimitPolicy(settings, db.moderation, source=self.moderation.limit_policy)
         self.jobs = JobService(db.jobs, queue, generator, self.policy)
         self.flows = Flows(self)
         self.presence = Presence(queue, role, worker_id)

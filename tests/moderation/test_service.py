@@ -52,7 +52,7 @@ async def test_checks_read_memory_and_changes_apply_at_once() -> None:
         for _ in range(50):
             policy = await service.admit(ctx)
             await service.screen_prompt(policy, ctx, "a lighthouse")
-        assert sum(repo.calls.values()) == 3  # one load: policy, blocklist, bans
+        assert sum(repo.calls.values()) == 4  # one load: policy, blocklist, bans, role limits
         await service.add_block(GUILD, 1, "word", "gore")
         policy = await service.admit(ctx)
         with pytest.raises(PromptBlocked):
@@ -65,6 +65,35 @@ async def test_checks_read_memory_and_changes_apply_at_once() -> None:
         await service.update_policy(GUILD, 1, "channels", allowed_channels=(2,))
         with pytest.raises(Exception, match="isn't enabled"):
             await service.admit(ctx)
+    finally:
+        service.close()
+        await db.close()
+
+
+async def test_limits_come_from_the_cached_state_and_follow_every_change() -> None:
+    """The limit policy reads the moderation service's per-server state: a warm command costs no database
+    read for its limits, and a role limit or server limit change applies to the very next request."""
+    from bot.limits import LimitPolicy
+
+    db = await open_database(":memory:")
+    try:
+        repo = CountingRepo(db.moderation)
+        settings = make_settings(user_daily_limit=20, user_hourly_limit=0)
+        service = ModerationService(repo, settings)  # type: ignore[arg-type]
+        policy = LimitPolicy(settings, repo, source=service.limit_policy)  # type: ignore[arg-type]
+        role = 555
+        assert (await policy.limits_for(7, GUILD, (role,))).daily == 20
+        loaded = sum(repo.calls.values())
+        for _ in range(20):
+            assert (await policy.limits_for(7, GUILD, (role,))).daily == 20
+        assert sum(repo.calls.values()) == loaded  # warm: memory only
+        await service.set_role_limit(GUILD, 1, role, daily=5, hourly=None)
+        assert (await policy.limits_for(7, GUILD, (role,))).daily == 5
+        assert (await policy.limits_for(8, GUILD, ())).daily == 20  # not in that role
+        await service.update_policy(GUILD, 1, "limits", daily_limit=3)
+        assert (await policy.limits_for(8, GUILD, ())).daily == 3
+        assert await service.clear_role_limit(GUILD, 1, role)
+        assert (await policy.limits_for(7, GUILD, (role,))).daily == 3
     finally:
         service.close()
         await db.close()
@@ -153,6 +182,46 @@ async def test_a_slow_pattern_fails_closed_without_blaming_the_author() -> None:
         assert not [e for e in entries if e.kind in ("blocked", "ban")]
         assert await service.active_ban(GUILD, 7) is None
         await service.screen_prompt(await service.admit(ctx), ctx, "a lighthouse")
+    finally:
+        service.close()
+        await db.close()
+
+
+async def test_a_change_during_a_load_is_not_hidden_by_that_load() -> None:
+    """A request arriving after a change must not share a load that began before it (it read old rows)."""
+    from bot.storage import GuildPolicy
+
+    db = await open_database(":memory:")
+    try:
+        gate = asyncio.Event()
+        reading = asyncio.Event()
+
+        class SlowFirstRead:
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+                self.first = True
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.inner, name)
+
+            async def get_policy(self, guild_id: int) -> GuildPolicy:
+                policy = await self.inner.get_policy(guild_id)
+                if self.first:
+                    self.first = False
+                    reading.set()
+                    await gate.wait()  # the old rows are in hand; the change lands meanwhile
+                return policy
+
+        service = ModerationService(SlowFirstRead(db.moderation), make_settings())  # type: ignore[arg-type]
+        early = asyncio.create_task(service.policy(GUILD))
+        await reading.wait()
+        await service.update_policy(GUILD, 1, "limits", daily_limit=1)
+        late = asyncio.create_task(service.policy(GUILD))
+        await asyncio.sleep(0)
+        gate.set()
+        assert (await early).daily_limit is None  # the caller that was already waiting: the old state
+        assert (await late).daily_limit == 1
+        assert (await service.policy(GUILD)).daily_limit == 1
     finally:
         service.close()
         await db.close()
