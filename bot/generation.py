@@ -36,6 +36,7 @@ from bot.errors import (
 )
 from bot.health import LocalHealth
 from bot.images import inspect_image_async, normalize_reference_async
+from bot.logs import log_context
 from bot.providers.base import (
     GeneratedImage,
     ImageProvider,
@@ -370,6 +371,7 @@ class Generator:
         last_error: ProviderError | None = None
         for index, route in enumerate(plan.routes):
             provider = route.provider
+            log_context(provider=provider)  # this task's log lines name the provider it talks to now
             if not await self._allow(provider):
                 failovers.append((provider, "circuit open"))
                 continue

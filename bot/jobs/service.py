@@ -21,6 +21,7 @@ from bot.catalog import get_model
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.limits import LimitPolicy
+from bot.ops import metrics
 from bot.storage import JobRecord, NewJob, NewReference
 from bot.storage.queue import QueueRepository
 from bot.storage.repository import JobRepository
@@ -146,6 +147,15 @@ class JobService:
         process either runs. (A job whose command handler died before handing it over is adopted by a
         worker after a while: :data:`bot.jobs.worker.ADOPT_AFTER`.)
         """
+        try:
+            return await self._submit(spec, origin, kind=kind, parent_job_id=parent_job_id)
+        except PaletteError:
+            metrics.job_finished("refused")
+            raise
+
+    async def _submit(
+        self, spec: GenerationSpec, origin: JobOrigin, *, kind: str, parent_job_id: int | None
+    ) -> JobRecord:
         plan = self.generator.plan(spec)
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
         params = {

@@ -60,7 +60,8 @@ from bot.jobs.service import (
     SettledFree,
 )
 from bot.jobs.spool import ImageSpool, SpooledImage
-from bot.logs import redact
+from bot.logs import log_context, redact
+from bot.ops import metrics
 from bot.providers.base import Reference
 from bot.storage import JobNotFound, JobRecord, NewResult
 from bot.storage.queue import Claim, QueueRepository
@@ -596,6 +597,9 @@ class Worker:
 
     async def _run(self, running: RunningJob) -> None:
         job_id = running.job_id
+        job = running.claim.job
+        # Every log line of this job's task carries its ids (JSON logs; see bot.logs.log_context).
+        log_context(job_id=job_id, user_id=job.user_id, guild_id=job.guild_id)
         try:
             await self._work(running)
         except asyncio.CancelledError:
@@ -745,6 +749,9 @@ class Worker:
                     now=self.clock(),
                 ),
             )
+            metrics.job_finished(
+                "delivered", model=job.model, images=len(delivery.images), requested_at=job.created_at
+            )
             return
         except SettleFailed:
             log.error("job %s: posted, but settling it kept failing; refunding it instead", job.id)
@@ -765,6 +772,7 @@ class Worker:
             forever=True,
         )
         if finished:
+            metrics.job_finished("refunded")
             await self._safe(self.presenter.notice(job, error))
 
     async def _fail(self, running: RunningJob, error: PaletteError) -> None:
@@ -782,6 +790,8 @@ class Worker:
             forever=True,
         )
         if finished:
+            # Too old to run (JOB_MAX_AGE): its reservation went back; any other failure is a failure.
+            metrics.job_finished("refunded" if isinstance(error, JobExpired) else "failed")
             await self._safe(self.presenter.failed(job, error))
 
     async def _settle(

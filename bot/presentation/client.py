@@ -23,6 +23,8 @@ from bot.jobs.spool import EncoderPool
 from bot.jobs.worker import Presence, Worker
 from bot.limits import LimitPolicy
 from bot.moderation.service import ModerationService
+from bot.ops.server import gateway_latencies
+from bot.ops.shards import IdentifyGate, ShardPresence, claim_command_sync
 from bot.presentation.flows import Flows
 from bot.presentation.moderation import ModLogSender
 from bot.presentation.presenter import DiscordPresenter
@@ -30,6 +32,7 @@ from bot.presentation.views import ResultButton
 from bot.providers.transport import Downloader
 from bot.storage import Database
 from bot.storage.queue import QueueRepository
+from bot.storage.shards import SqlShardRepository
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,11 @@ class PaletteBot(commands.Bot):
         self.jobs = JobService(db.jobs, queue, generator, self.policy)
         self.flows = Flows(self)
         self.presence = Presence(queue, role, worker_id)
+        # Which shards this process runs (and their latency), in the database for /palette status.
+        self.shard_repo = SqlShardRepository(db.engine)
+        self.shard_presence = ShardPresence(
+            self.shard_repo, worker_id, lambda: self.shard_count or 1, lambda: gateway_latencies(self)
+        )
         # This process's worker (all-in-one), its presenter and encoder processes: see bot.app.
         self.worker: Worker | None = None
         self.presenter: DiscordPresenter | None = None
@@ -118,6 +126,7 @@ class PaletteBot(commands.Bot):
         if self.sync_only:
             return
         await self.presence.start()
+        self.shard_presence.start()
         self.moderation.watch()
         if self.worker is not None:
             # Jobs left by a previous run are claimed like any other (a dead worker's once its lease ends).
@@ -156,6 +165,12 @@ class PaletteBot(commands.Bot):
         key = f"command_hash:{guild.id if guild else 'global'}"
         if not force and await self.db.kv.get(key) == digest:
             log.info("slash commands unchanged; not syncing")
+            return False
+        # Once per deployment: of several gateway processes starting with a new command tree, one syncs.
+        if not force and not await claim_command_sync(
+            self.shard_repo, key, digest, self.worker_id, lambda: self.db.kv.get(key)
+        ):
+            log.info("slash commands synced by another gateway process; not syncing")
             return False
         await self.tree.sync(guild=guild)
         await self.db.kv.set(key, digest)
@@ -212,9 +227,27 @@ class PaletteBot(commands.Bot):
         if self.worker is not None:
             await self.worker.stop(grace=0)
         await self.presence.stop()
+        await self.shard_presence.stop()
         await self.moderation.stop_watching()
         await super().close()
         self.moderation.close()
+
+
+class ShardedPaletteBot(PaletteBot, commands.AutoShardedBot):
+    """The gateway on discord.py's AutoShardedClient: the shards ``shard_ids`` of ``shard_count`` (both
+    from the settings; see :func:`bot.app.create_bot`). Every shard's IDENTIFY waits for its bucket's
+    turn across the deployment (:class:`bot.ops.shards.IdentifyGate`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.identify_gate = IdentifyGate(self.shard_repo, self.worker_id, self._max_concurrency)
+
+    async def _max_concurrency(self) -> int:
+        _count, _url, limits = await self.http.get_bot_gateway()
+        return int(limits.get("max_concurrency", 1))
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        await self.identify_gate.wait_turn(shard_id)
 
 
 class WorkerClient(discord.Client):

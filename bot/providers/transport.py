@@ -21,6 +21,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from bot.errors import (
     ResultDownloadError,
 )
 from bot.logs import REDACTED
+from bot.ops import metrics
 from bot.providers.parsing import InlinePayloads
 
 log = logging.getLogger(__name__)
@@ -288,6 +290,18 @@ class Transport:
         return error
 
     async def _stream_once(self, method: str, path: str, json_body: Any) -> tuple[Any, InlinePayloads]:
+        started = time.monotonic()
+        try:
+            result = await self._stream_once_unmeasured(method, path, json_body)
+        except ProviderError as exc:
+            metrics.provider_request(self.provider, type(exc).__name__, time.monotonic() - started)
+            raise
+        metrics.provider_request(self.provider, "ok", time.monotonic() - started)
+        return result
+
+    async def _stream_once_unmeasured(
+        self, method: str, path: str, json_body: Any
+    ) -> tuple[Any, InlinePayloads]:
         payloads = InlinePayloads()
         try:
             async with self.client.stream(method, path.lstrip("/"), json=json_body) as response:
@@ -328,15 +342,21 @@ class Transport:
         self, method: str, path: str, json_body: Any, data: Any, files: Any, params: Any
     ) -> httpx.Response:
         url = path.lstrip("/")
+        started = time.monotonic()
         try:
             response = await self.client.request(
                 method, url, json=json_body, data=data, files=files, params=params
             )
         except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise self._transport_error(method, exc) from exc
+            error = self._transport_error(method, exc)
+            metrics.provider_request(self.provider, type(error).__name__, time.monotonic() - started)
+            raise error from exc
         # httpx has read and closed the body already (no streaming), so sleeping afterwards holds nothing.
         if response.is_error:
-            raise self._status_error(response, method, path)
+            error = self._status_error(response, method, path)
+            metrics.provider_request(self.provider, type(error).__name__, time.monotonic() - started)
+            raise error
+        metrics.provider_request(self.provider, "ok", time.monotonic() - started)
         return response
 
     async def _decode(self, response: httpx.Response) -> Any:
