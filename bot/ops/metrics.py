@@ -19,7 +19,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# No ``*_created`` series: they double the page and Prometheus does not need them.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -313,11 +313,13 @@ class AdminCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         snapshots = None
         workers = None
+        shards: list[Any] = []
         # Provider health and the deployment's processes are the operator's business: the bot's owner
         # sees them, server managers do not.
         if await self.bot.flows.is_operator(interaction.user):
             snapshots = await self.bot.generator.health_snapshot()
             workers = await self.bot.queue.workers()
+            shards = await self.bot.shard_repo.shards(fresher_than=time.time() - SHARD_STALE_SECONDS)
         usage = await self.bot.db.jobs.usage(user_id, time.time(), guild_id=guild_id)
         depth = await self.bot.queue.depth()  # the whole deployment, every gateway and worker
         embed = embeds.status_embed(
@@ -328,6 +330,7 @@ class AdminCog(commands.Cog):
         )
         if workers is not None:
             embed.add_field(name="Processes", value=describe_workers(workers, time.time()), inline=False)
+            embed.add_field(name="Gateway shards", value=describe_shards(shards), inline=False)
             slots = " · ".join(
                 f"{name} {used}/{total}" for name, (used, total) in sorted(depth.slots.items())
             )
@@ -477,6 +480,25 @@ def describe_workers(workers: list[Any], now: float, limit: int = 10) -> str:
     ]
     if len(workers) > limit:
         lines.append(f"… and {len(workers) - limit} more")
+    return "\n".join(lines)
+
+
+#: Shard rows whose heartbeat is older than this belong to a process that is gone.
+SHARD_STALE_SECONDS = 30.0
+
+
+def describe_shards(shards: list[Any], limit: int = 20) -> str:
+    """One line per gateway shard: its latency and the process running it."""
+    if not shards:
+        return "none registered"
+    lines = [
+        f"shard {s.shard_id}/{s.shard_count} · "
+        f"{f'{s.latency_s * 1000:.0f} ms' if s.latency_s is not None else 'latency n/a'} · "
+        f"{s.host} (pid {s.pid})"
+        for s in shards[:limit]
+    ]
+    if len(shards) > limit:
+        lines.append(f"… and {len(shards) - limit} more")
     return "\n".join(lines)
 
 
