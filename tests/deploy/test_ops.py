@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import asyncpg
@@ -117,3 +119,34 @@ async def test_readyz_is_503_once_the_database_is_gone(tmp_path: Path, database_
             reason = await wait_status(port, "/readyz", 503)
             assert reason.startswith("database:"), reason
             assert await http_get(port, "/healthz") == (200, "ok\n")  # alive, just not ready
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_json_logs_of_real_processes_carry_job_context_and_no_token(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with deployment(tmp_path, database_url, users=1, LOG_FORMAT="json", LOG_LEVEL="DEBUG") as d:
+        gateway, (worker,) = await asyncio.gather(d.gateway(), d.workers(1))
+        ix = await d.imagine(d.users[0], "a json prompt", model=LISTENHUB_MODEL)
+        await ix.wait_for(final, timeout=60)
+        assert ix.original.files
+        job_id = await d.scalar("SELECT id FROM jobs")
+        await gateway.stop()
+        await worker.stop()
+        entries = {}
+        for proc in (gateway, worker):
+            text = proc.log_text()
+            assert ix.token not in text, f"an interaction token is in {proc.name}'s log"
+            # Every line but the test harness's start marker is one JSON object.
+            entries[proc.name] = [
+                json.loads(line) for line in text.splitlines() if not line.startswith("===")
+            ]
+            for entry in entries[proc.name]:
+                assert {"timestamp", "level", "logger", "message"} <= entry.keys()
+        job_lines = [e for e in entries["worker-1"] if e.get("job_id") == job_id]
+        assert job_lines and all(e["user_id"] == d.users[0].id for e in job_lines)
+        assert any(e.get("provider") == "listenhub" for e in job_lines)
+        # discord.py's DEBUG lines name interaction webhook URLs: their token is redacted.
+        everything = json.dumps(entries)
+        assert f"/webhooks/{d.fake.application_id}/[redacted]" in everything
+        d.assert_clean_logs()
