@@ -22,6 +22,7 @@ from bot.jobs.service import JobService
 from bot.jobs.spool import EncoderPool
 from bot.jobs.worker import Presence, Worker
 from bot.limits import LimitPolicy
+from bot.logs import log_context
 from bot.moderation.service import ModerationService
 from bot.ops.server import gateway_latencies
 from bot.ops.shards import IdentifyGate, ShardPresence, claim_command_sync
@@ -55,6 +56,11 @@ def point_discord_at(settings: Settings) -> None:
 
 
 class PaletteTree(app_commands.CommandTree["PaletteBot"]):
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # Runs in the task that runs the command: its log lines name the user and server (JSON logs).
+        log_context(user_id=interaction.user.id, guild_id=interaction.guild_id)
+        return True
+
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await self.client.report_error(interaction, error)
 

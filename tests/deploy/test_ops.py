@@ -146,6 +146,9 @@ async def test_json_logs_of_real_processes_carry_job_context_and_no_token(
         job_lines = [e for e in entries["worker-1"] if e.get("job_id") == job_id]
         assert job_lines and all(e["user_id"] == d.users[0].id for e in job_lines)
         assert any(e.get("provider") == "listenhub" for e in job_lines)
+        # The gateway's lines written while it ran the command name its user and server.
+        command_lines = [e for e in entries["gateway"] if e.get("user_id") == d.users[0].id]
+        assert command_lines and all(e["guild_id"] == d.guild.id for e in command_lines)
         # discord.py's DEBUG lines name interaction webhook URLs: their token is redacted.
         everything = json.dumps(entries)
         assert f"/webhooks/{d.fake.application_id}/[redacted]" in everything
