@@ -213,7 +213,14 @@ class Text:
                 return Joined(tuple(one(v) for v in value.items), value.separator)
             return value
 
-        return replace(self, params={k: one(v) for k, v in self.params.items()})
+        # The id too: a message passed through as it is (a provider's own words) is its own id. A
+        # catalog id is a literal of ours, which ``fn`` (removing a secret) leaves as it is.
+        return replace(
+            self,
+            id=fn(self.id),
+            plural=fn(self.plural) if self.plural is not None else None,
+            params={k: one(v) for k, v in self.params.items()},
+        )
 
     def __str__(self) -> str:
         return self.render(SOURCE_LOCALE)

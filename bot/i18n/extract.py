@@ -63,6 +63,8 @@ def error_classes(trees: Iterable[ast.Module]) -> set[str]:
             if isinstance(node, ast.ClassDef):
                 bases.setdefault(node.name, set()).update(n for b in node.bases if (n := _name(b)))
     found = {"PaletteError"}
+    # Classes whose constructor takes something else first (QuotaExceeded(scope, ...)) are still errors,
+    # but their first argument is not a message: see :func:`_message_first`.
     changed = True
     while changed:
         changed = False
@@ -71,6 +73,20 @@ def error_classes(trees: Iterable[ast.Module]) -> set[str]:
                 found.add(name)
                 changed = True
     return found
+
+
+def other_first(trees: Iterable[ast.Module]) -> set[str]:
+    """Error classes whose ``__init__`` does not take the message first (it builds its own)."""
+    out = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        params = item.args.posonlyargs + item.args.args
+                        if len(params) < 2 or params[1].arg != "message":
+                            out.add(node.name)
+    return out
 
 
 def _literal(node: ast.expr) -> str | None:
@@ -82,7 +98,8 @@ def _literal(node: ast.expr) -> str | None:
 def scan(root: Path = ROOT) -> tuple[list[Message], list[str]]:
     """Every message the code uses, and the problems found (non-literal message texts)."""
     parsed = [(path, ast.parse(path.read_text(encoding="utf-8"), str(path))) for path in source_files(root)]
-    errors = error_classes(tree for _, tree in parsed)
+    all_errors = error_classes(tree for _, tree in parsed)
+    errors = all_errors - other_first(tree for _, tree in parsed)
     messages: list[Message] = []
     problems: list[str] = []
     for path, tree in parsed:
@@ -90,7 +107,7 @@ def scan(root: Path = ROOT) -> tuple[list[Message], list[str]]:
         # ``super().__init__("...")`` inside an error class gives that class's message.
         own_init: set[ast.Call] = set()
         for cls in ast.walk(tree):
-            if isinstance(cls, ast.ClassDef) and cls.name in errors:
+            if isinstance(cls, ast.ClassDef) and cls.name in all_errors:
                 for node in ast.walk(cls):
                     if (
                         isinstance(node, ast.Call)

@@ -56,9 +56,9 @@ class HistoryCog(commands.Cog):
             await click.response.edit_message(
                 content=tn(
                     user_locale(click),
-                    "🧹 Cleared {n} generation(s) from Palette's records. "
+                    "🧹 Cleared {n} generation from Palette's records. "
                     "The images already posted stay in their channels (use their Delete button).",
-                    "🧹 Cleared {n} generation(s) from Palette's records. "
+                    "🧹 Cleared {n} generations from Palette's records. "
                     "The images already posted stay in their channels (use their Delete button).",
                     cleared,
                 ),
