@@ -26,8 +26,15 @@ def update() -> int:
         path = LOCALE_DIR / f"{locale}.po"
         with path.open("rb") as f:
             old = read_po(f, locale=babel_locale(locale))
-        new = Catalog(locale=babel_locale(locale), domain="palette", project="Palette", fuzzy=False)
-        new.plural_forms  # noqa: B018 - taken from CLDR for the locale
+        # The locale's plural rules come from CLDR; the dates stay (no churn in the files' diffs).
+        new = Catalog(
+            locale=babel_locale(locale),
+            domain="palette",
+            project="Palette",
+            fuzzy=False,
+            creation_date=old.creation_date,
+            revision_date=old.revision_date,
+        )
         by_key = {_catalog_key(m): m for m in old if m.id}
         for key, m in sorted(used.items(), key=lambda kv: kv[1].where):
             prior = by_key.get(key)

@@ -26,7 +26,7 @@ from bot.errors import (
     ValidationError,
 )
 from bot.generation import GenerationSpec, load_references
-from bot.i18n import Joined, Size, t
+from bot.i18n import Joined, Number, Size, Text, msg, t
 from bot.jobs.service import JobOrigin
 from bot.moderation import modlog
 from bot.presentation import embeds, moderation
@@ -86,7 +86,7 @@ class Flows:
                 raise InvalidImage(
                     "`{filename}` is {size}; images up to {limit} are accepted.",
                     filename=att.filename,
-                    size=Size(att.size),
+                    size=t_size(att.size),
                     limit=Size(cap, whole=True),
                 )
 
@@ -427,6 +427,11 @@ def check_bot_permissions(interaction: discord.Interaction) -> None:
             "Ask a server admin to grant it, or use another channel.",
             permissions=PermissionNames(tuple(missing)),
         )
+
+
+def t_size(size: int) -> Text:
+    """An attachment's size as Discord shows it: MB with one decimal (``30.0 MB``)."""
+    return msg("{size} MB", size=Number(size / 1_048_576, 1))
 
 
 class MissingBotPermissions(PaletteError):
