@@ -2,7 +2,7 @@
 
 Ephemeral replies (errors included) are for one person: the interaction's ``locale`` (the language of
 their Discord client). Public posts (the status message, the result embed and its buttons, the mod log)
-are for the server: the language set with ``/palette settings-locale`` wins, else Discord's
+are for the server: the language set with ``/palette settings locale`` wins, else Discord's
 ``guild_locale`` (the server's "preferred locale" for community servers), else English.
 """
 

@@ -11,6 +11,8 @@ from discord.ext import commands
 
 from bot.catalog import MODELS, get_model
 from bot.generation import SEED_MAX, GenerationSpec
+from bot.i18n import t
+from bot.presentation.locales import user_locale
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
@@ -48,8 +50,9 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         current = current.lower()
+        locale = user_locale(interaction)  # autocomplete is shown to the one typing
         return [
-            app_commands.Choice(name=f"{m.label}: {m.description}"[:100], value=m.key)
+            app_commands.Choice(name=f"{m.label}: {t(locale, m.description)}"[:100], value=m.key)
             for m in self.bot.generator.models()
             if current in m.key or current in m.label.lower()
         ][:25]

@@ -160,3 +160,17 @@ async def test_the_servers_language_setting_wins_over_guild_locale(palette: Pale
     # Cleared: back to the server's Discord language.
     again = await palette.imagine(palette.alice, "a lighthouse again")
     assert field_names(await palette.result_message(again))[0] == "Modèle"
+
+
+async def test_model_suggestions_are_described_in_the_typists_language(palette: Palette) -> None:
+    ix = await palette.fake.autocomplete(
+        palette.alice,
+        palette.channel,
+        "imagine",
+        options=[{"name": "prompt", "value": "x"}, {"name": "model", "value": "", "focused": True}],
+        locale="ja",
+    )
+    await ix.wait_for(lambda i: i.autocomplete_choices is not None, timeout=5)
+    names = {c["value"]: c["name"] for c in ix.autocomplete_choices}
+    assert names["nano-banana-pro"].endswith("最高品質、文字の描画が最も得意")
+    assert all(len(n) <= 100 for n in names.values())
