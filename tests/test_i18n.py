@@ -176,9 +176,8 @@ def test_errors_carry_their_message_as_data_and_render_in_any_language() -> None
     leaky = PaletteError("The provider rejected the request: {text}", text="key=SECRET")
     leaky.scrub(lambda s: s.replace("SECRET", "[redacted]"))
     assert "SECRET" not in leaky.message and "SECRET" not in render("de", leaky.text)
-    assert str(
-        nmsg("{n} entry; built-in list {state}", "{n} entries; built-in list {state}", 2, state="on")
-    ) == ("2 entries; built-in list on")
+    on = nmsg("{n} entry; built-in list on", "{n} entries; built-in list on", 2)
+    assert str(on) == "2 entries; built-in list on" and render("de", on) == "2 Einträge; eingebaute Liste an"
 
 
 def test_the_i18n_module_says_how_to_add_a_message() -> None:

@@ -175,7 +175,7 @@ class Duration:
         if locale == SOURCE_LOCALE:
             return "".join(f"{n}{short}" for n, short, _ in parts)
         where = babel_locale(locale)
-        sep = "" if where.language in ("ja", "zh") else " "
+        sep = " "
         return sep.join(
             format_unit(n, f"duration-{unit}", length="short", locale=where) for n, _, unit in parts
         )

@@ -775,12 +775,9 @@ def summarize(
         ),
         (
             N_("Blocklist"),
-            nmsg(
-                "{n} entry; built-in list {state}",
-                "{n} entries; built-in list {state}",
-                blocklist_size,
-                state=msg("on") if p.builtin_blocklist else msg("off"),
-            ),
+            nmsg("{n} entry; built-in list on", "{n} entries; built-in list on", blocklist_size)
+            if p.builtin_blocklist
+            else nmsg("{n} entry; built-in list off", "{n} entries; built-in list off", blocklist_size),
         ),
         (
             N_("Auto-ban"),
