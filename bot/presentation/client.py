@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hashlib
@@ -18,7 +19,7 @@ from bot.catalog import DEFAULT_MODEL, get_model
 from bot.config import Settings
 from bot.errors import PaletteError
 from bot.generation import Generator
-from bot.i18n import N_, Joined, render, t, tp
+from bot.i18n import N_, Joined, preload, render, t, tp
 from bot.jobs.service import JobService
 from bot.jobs.spool import EncoderPool
 from bot.jobs.worker import Presence, Worker
@@ -134,6 +135,8 @@ class PaletteBot(commands.Bot):
     # ------------------------------------------------------------------ start-up
 
     async def setup_hook(self) -> None:
+        # The catalogs are compiled off the event loop, before any interaction needs one.
+        await asyncio.to_thread(preload)
         await self.tree.set_translator(PaletteTranslator())
         for cog in COGS:
             await self.load_extension(cog)
@@ -264,6 +267,7 @@ class WorkerClient(discord.Client):
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
 
     async def setup_hook(self) -> None:
+        await asyncio.to_thread(preload)  # the catalogs of the messages it posts, off the event loop
         # Called by login(): interaction webhooks need the application id.
         if self.application_id is None:
             raise RuntimeError("Discord did not name this bot's application; a worker cannot post results")
