@@ -46,6 +46,8 @@ class JobOrigin:
     role_ids: tuple[int, ...] = ()
     nsfw_channel: bool = False
     status_message_id: int | None = None
+    #: The language of the job's public messages (a Discord locale code; None = English).
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class JobService:
             "seed": plan.seed,
             "strict_safety": plan.strict_safety,
             "upload_limit": origin.upload_limit,
+            "locale": origin.locale,
         }
         new_job = NewJob(
             user_id=origin.user_id,

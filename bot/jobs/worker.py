@@ -779,7 +779,8 @@ class Worker:
         job, lease = running.claim.job, running.lease
         kind = type(error).__name__
         # Provider texts reach users and the database: never with one of our secrets in them.
-        error.message = redact(error.message, self.settings.secrets())
+        secrets = self.settings.secrets()
+        error.scrub(lambda text: redact(text, secrets))
         if not await lease.renew():  # confirm the job is still ours before settling it
             raise LeaseLost()
         finished = await self._settle(

@@ -46,6 +46,7 @@ from bot.errors import (
     RateLimited,
     ResultDownloadError,
 )
+from bot.i18n import Size, Text, msg
 from bot.logs import REDACTED
 from bot.ops import metrics
 from bot.providers.parsing import InlinePayloads
@@ -140,8 +141,9 @@ def classify_status(provider: str, response: httpx.Response, body: Any) -> Provi
         return ProviderTimeout(**kw)
     if status >= 500:
         return ProviderUnavailable(retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw)
-    message = f"The provider rejected the request: {detail}" if detail else None
-    return InvalidRequest(message, **kw)
+    if detail:
+        return InvalidRequest("The provider rejected the request: {text}", text=detail, **kw)
+    return InvalidRequest(**kw)
 
 
 def _body_of(response: httpx.Response, scrub: Callable[[str], str] = lambda text: text) -> Any:
@@ -220,7 +222,7 @@ class Transport:
 
     def _scrubbed(self, error: ProviderError) -> ProviderError:
         """``error`` with our API key removed from everything it shows (message, detail, args)."""
-        error.message = self._scrub(error.message)
+        error.scrub(self._scrub)
         if error.detail is not None:
             error.detail = self._scrub(error.detail)
         error.args = tuple(self._scrub(a) if isinstance(a, str) else a for a in error.args)
@@ -618,5 +620,8 @@ class Downloader:
                 _CHECKED.reset(pinned)
         raise ResultDownloadError("Too many redirects while downloading the image.")
 
-    def _too_large(self) -> str:
-        return f"The image is too large to download (the limit is {self.max_bytes / 1_048_576:.0f} MB)."
+    def _too_large(self) -> Text:
+        return msg(
+            "The image is too large to download (the limit is {limit}).",
+            limit=Size(self.max_bytes, whole=True),
+        )

@@ -209,6 +209,9 @@ guild_policy = Table(
     Column("autoban_duration", Seconds, nullable=False, server_default="3600"),
     Column("updated_at", Seconds, nullable=False),
     Column("denied_channels", Text, nullable=False, server_default="[]"),
+    # The language of the server's public posts (a Discord locale code, /palette settings); NULL = the
+    # server's Discord locale.
+    Column("locale", Text),
     CheckConstraint("daily_limit >= 0", name="daily_limit_nonnegative"),
     CheckConstraint("hourly_limit >= 0", name="hourly_limit_nonnegative"),
     CheckConstraint("daily_pool >= 0", name="daily_pool_nonnegative"),
