@@ -140,9 +140,6 @@ class FakeJobs:
     async def unfinished_jobs(self) -> list[JobRecord]:
         return [r for r in self.store.rows.values() if r.status in ("queued", "running")]
 
-    async def mark_running(self, job_id: int, now: float, *, provider: str | None = None) -> bool:
-        return True
-
     async def set_task(self, job_id: int, provider: str, provider_model: str | None, task_id: str) -> bool:
         self.store.calls.add("set_task", job_id, task_id)
         self.store.update(job_id, provider=provider, provider_model=provider_model, task_id=task_id)
