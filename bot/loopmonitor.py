@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from bot.storage import sqlstats
+
 INTERVAL = 0.010
 WRITE_EVERY = 1.0
 
@@ -58,6 +60,7 @@ class LoopMonitor:
             "stalls_over_50ms": self.stalls_over_50ms,
             "samples": self.samples,
             "pid": os.getpid(),
+            "sql": sqlstats.snapshot(),
         }
         with contextlib.suppress(OSError):
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
