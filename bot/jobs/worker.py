@@ -555,18 +555,25 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
 
     def _has_room(self) -> bool:
+        return self._free_places() > 0
+
+    def _free_places(self) -> int:
+        """How many more jobs this worker takes now."""
         waiting = len(self._running) - self.generating
-        return self.generating < self.max_jobs and waiting < self.max_waiting
+        return max(0, min(self.max_jobs - self.generating, self.max_waiting - waiting))
 
     async def _fill(self) -> None:
-        while not self._stopping and self._has_room():
-            claim = await self.queue.claim(self.worker_id, self.clock(), self.lease_seconds)
-            if claim is None:
-                return
+        # Several claims per look at the queue (one ranking of the queue for all of them).
+        while not self._stopping and (room := self._free_places()) > 0:
+            claims = await self.queue.claim_many(self.worker_id, self.clock(), self.lease_seconds, room)
             if self._stopping:  # claimed while stopping: straight back
-                await self.queue.release_job(claim.job.id, self.worker_id)
+                for claim in claims:
+                    await self.queue.release_job(claim.job.id, self.worker_id)
                 return
-            self._begin(claim)
+            for claim in claims:
+                self._begin(claim)
+            if len(claims) < room:
+                return
 
     def _begin(self, claim: Claim) -> None:
         job = claim.job

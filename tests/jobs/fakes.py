@@ -236,6 +236,15 @@ class FakeQueue:
                 return i
         return None
 
+    async def claim_many(self, worker_id: str, now: float, lease_seconds: float, limit: int) -> list[Claim]:
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            claim = await self.claim(worker_id, now, lease_seconds)
+            if claim is None:
+                break
+            claims.append(claim)
+        return claims
+
     async def claim(self, worker_id: str, now: float, lease_seconds: float) -> Claim | None:
         for row in sorted(self.store.rows.values(), key=lambda r: r.id):
             expired = row.status == "running" and (row.lease_expires_at is None or row.lease_expires_at < now)
