@@ -706,7 +706,8 @@ class Worker:
 
     async def _plan_for(self, job: JobRecord) -> Plan:
         params: dict[str, Any] = json.loads(job.params or "{}")
-        refs = await self.jobs.get_references(job.id)
+        # Jobs say how many references they have (older ones do not: read them).
+        refs = await self.jobs.get_references(job.id) if params.get("references", 1) else []
         references = tuple(Reference(mime_type=r.mime_type, data=r.data, url=r.url) for r in refs)
         return self.generator.plan(
             GenerationSpec(

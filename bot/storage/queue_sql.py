@@ -292,7 +292,7 @@ def _claim_candidates() -> Any:
 
 
 def _position() -> Any:
-    """The 1-based place of job ``b_job_id`` among queued jobs, in claim order."""
+    """The 1-based places of jobs ``b_job_ids`` among queued jobs, in claim order: rows (id, place)."""
     unfinished = _levelled("unfinished")
     ranked = (
         select(
@@ -304,7 +304,7 @@ def _position() -> Any:
         .where(unfinished.c.status == "queued")
         .subquery("ranked")
     )
-    return select(ranked.c.place).where(ranked.c.id == _JOB_ID)
+    return select(ranked.c.id, ranked.c.place).where(ranked.c.id.in_(bindparam("b_job_ids", expanding=True)))
 
 
 _CLAIMABLE_PROVIDERS = _claimable_providers()
@@ -519,6 +519,9 @@ class SqlQueueRepository:
         self._poller: _SqlitePoller | None = None
         self._listening = False  # the first wait_for_work has set up the wake-ups
         self._closed = False
+        # position(): the job ids asked for while a ranking runs, and that ranking.
+        self._positions_wanted: dict[int, list[asyncio.Future[int | None]]] = {}
+        self._positions_task: asyncio.Task[None] | None = None
         if self._dialect == "sqlite":
             path = sqlite_path(engine.url)
             self._sqlite_key = str(path.resolve()) if path is not None else f"memory:{id(engine)}"
@@ -780,9 +783,33 @@ class SqlQueueRepository:
     # --- what users and operators see ---
 
     async def position(self, job_id: int) -> int | None:
-        async with self._read_engine.connect() as conn:
-            place = (await conn.execute(_POSITION, {"b_job_id": job_id})).scalar()
-        return int(place) if place is not None else None
+        """See the protocol. Ranking the queue costs the same for one job as for many, and a burst of
+        commands asks for many at once: the places asked for while one ranking runs are answered
+        together by the next one (each answer is still the place at a moment after it was asked)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[int | None] = loop.create_future()
+        self._positions_wanted.setdefault(job_id, []).append(answer)
+        if self._positions_task is None or self._positions_task.done():
+            self._positions_task = loop.create_task(self._rank_positions(), name="palette-queue-positions")
+        return await answer
+
+    async def _rank_positions(self) -> None:
+        while self._positions_wanted:
+            wanted, self._positions_wanted = self._positions_wanted, {}
+            try:
+                async with self._read_engine.connect() as conn:
+                    rows = await conn.execute(_POSITION, {"b_job_ids": sorted(wanted)})
+                    places = {int(job_id): int(place) for job_id, place in rows}
+            except Exception as exc:
+                for answers in wanted.values():
+                    for answer in answers:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                continue
+            for job_id, answers in wanted.items():
+                for answer in answers:
+                    if not answer.done():
+                        answer.set_result(places.get(job_id))
 
     async def depth(self) -> QueueDepth:
         async with self._read_engine.connect() as conn:
@@ -912,6 +939,9 @@ class SqlQueueRepository:
 _H_PROVIDER = bindparam("b_provider", type_=Text())
 _H_NOW = bindparam("b_now", type_=schema.Seconds)
 _OPENED_AT = select(_health.c.opened_at).where(_health.c.provider == _H_PROVIDER)
+_BREAKER = select(_health.c.opened_at, _health.c.consecutive_failures, _health.c.probe_until).where(
+    _health.c.provider == _H_PROVIDER
+)
 # Half-open and nobody holds the probe (or its holder's time ran out): take it. The row count says
 # whether this caller won; the condition is checked under the row lock, so exactly one does.
 _TAKE_PROBE = (
@@ -972,6 +1002,8 @@ _PRUNE_EXCESS_CALLS = delete(_calls).where(
 )
 # The row cap is checked on one record in this many (the age limit on every one).
 CALLS_PRUNE_EVERY = 50
+# Successes that change nothing but the figures are written together, at most this long after.
+HEALTH_FLUSH_SECONDS = 1.0
 
 
 class SqlHealthRepository:
@@ -981,14 +1013,32 @@ class SqlHealthRepository:
     ``cooldown`` seconds after ``opened_at``; then half-open, where one caller across the deployment
     takes the probe by setting ``probe_until`` in a conditional UPDATE (the row count says who won).
     A closed breaker costs :meth:`allow` one read-only primary-key lookup.
+
+    Most calls succeed at a healthy provider, and such a success changes nothing in the breaker (closed,
+    no failures, no probe: as :meth:`allow` just read it): only the figures. Those are kept in memory
+    and written together (one transaction per ``flush_after`` seconds instead of one per call), before
+    any failure this process records and before a snapshot. Everything else (failures, a probe's
+    outcome, a success after failures) is written at once, as before. A delayed success never touches
+    the breaker, so it cannot close one another worker opened meanwhile.
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, keep_calls: int = CALLS_MAX_ROWS, prune_every: int = CALLS_PRUNE_EVERY
+        self,
+        engine: AsyncEngine,
+        *,
+        keep_calls: int = CALLS_MAX_ROWS,
+        prune_every: int = CALLS_PRUNE_EVERY,
+        flush_after: float = HEALTH_FLUSH_SECONDS,
     ) -> None:
         """``keep_calls``: outcomes kept per provider (besides the age limit), checked on one
-        :meth:`record` in ``prune_every``."""
+        :meth:`record` in ``prune_every``; ``flush_after``: how long figures may wait (0: never)."""
         self._engine = engine
+        self._flush_after = flush_after
+        # Providers whose breaker allow() last saw closed, without failures or a probe.
+        self._quiet: set[str] = set()
+        self._pending: list[dict[str, Any]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
         self._read_engine = engine.execution_options(**{READ_ONLY: True})
         self._dialect = engine.dialect.name
         self._keep_calls = max(1, keep_calls)
@@ -1000,9 +1050,15 @@ class SqlHealthRepository:
 
     async def allow(self, provider: str, now: float, *, cooldown: float, probe_timeout: float) -> bool:
         async with self._read_engine.connect() as conn:
-            opened_at = (await conn.execute(_OPENED_AT, {"b_provider": provider})).scalar()
+            breaker = (await conn.execute(_BREAKER, {"b_provider": provider})).first()
+        opened_at = None if breaker is None else breaker.opened_at
+        if breaker is None or (breaker.consecutive_failures == 0 and breaker.probe_until is None):
+            self._quiet.add(provider)
+        else:
+            self._quiet.discard(provider)
         if opened_at is None:
             return True  # closed (or never seen)
+        self._quiet.discard(provider)
         if now - opened_at < cooldown:
             return False
         params = {
@@ -1029,20 +1085,66 @@ class SqlHealthRepository:
             "b_threshold": max(1, failure_threshold),
             "b_keep": self._keep_calls,
         }
-        self._records += 1
+        if ok and provider in self._quiet and self._flush_after > 0:
+            self._pending.append(params)  # nothing but figures: written with the next flush
+            if self._flush_timer is None:
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(self._flush_after, self._start_flush)
+            return
+        if not ok:
+            self._quiet.discard(provider)
+        pending = self._take_pending()
         async with begin_write(self._engine) as conn:
+            await self._write_calls(conn, pending)
             await conn.execute(self._ensure_row, params)
             await conn.execute(_RECORD_SUCCESS if ok else _RECORD_FAILURE, params)
-            await conn.execute(_INSERT_CALL, params)
+            await self._write_calls(conn, [params])
+
+    def _take_pending(self) -> list[dict[str, Any]]:
+        pending, self._pending = self._pending, []
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        return pending
+
+    async def _write_calls(self, conn: AsyncConnection, calls: list[dict[str, Any]]) -> None:
+        """The figures of ``calls`` (record()'s parameters), and the pruning they are due."""
+        if not calls:
+            return
+        await conn.execute(_INSERT_CALL, calls)
+        providers = {params["b_provider"]: params for params in calls}
+        for params in providers.values():
             await conn.execute(_PRUNE_OLD_CALLS, params)
-            if self._records % self._prune_every == 0:
+        before, self._records = self._records, self._records + len(calls)
+        if before // self._prune_every != self._records // self._prune_every:
+            for params in providers.values():
                 await conn.execute(_PRUNE_EXCESS_CALLS, params)
+
+    def _start_flush(self) -> None:
+        self._flush_timer = None
+        self._flush_task = asyncio.get_running_loop().create_task(self.flush(), name="palette-health-flush")
+
+    async def flush(self) -> None:
+        """Write the figures kept in memory now (the timer does it; so do failures and snapshots)."""
+        pending = self._take_pending()
+        if not pending:
+            return
+        try:
+            async with begin_write(self._engine) as conn:
+                await self._write_calls(conn, pending)
+        except Exception as exc:  # figures only: the next ones will do
+            log.warning("could not write %d provider call figure(s) (%s)", len(pending), type(exc).__name__)
+
+    async def aclose(self) -> None:
+        """Write what is kept in memory (shutdown)."""
+        await self.flush()
 
     async def release_probe(self, provider: str) -> None:
         async with begin_write(self._engine) as conn:
             await conn.execute(_RELEASE_PROBE, {"b_provider": provider})
 
     async def snapshot(self, now: float, *, cooldown: float, window: int = 50) -> list[ProviderHealthRow]:
+        await self.flush()
         recent = (
             select(
                 _calls.c.provider,

@@ -165,6 +165,30 @@ async def test_claim_many_from_two_workers_never_shares_a_job_or_slot(
         await second.aclose()
 
 
+async def test_positions_asked_together_are_ranked_together(
+    engine: AsyncEngine,  # noqa: F811
+    repo: SqlQueueRepository,
+) -> None:
+    from sqlalchemy import event
+
+    jobs = [await add_job(engine, n % 4, created_at=T0 + n) for n in range(20)]
+    alone = [await repo.position(job_id) for job_id in jobs]
+    assert sorted(alone) == list(range(1, 21))  # type: ignore[type-var]
+    rankings = 0
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        nonlocal rankings
+        rankings += "ranked.place" in statement
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        together = await asyncio.gather(*(repo.position(job_id) for job_id in [*jobs, 999_999]))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert together == [*alone, None]
+    assert 1 <= rankings <= 2  # the first call's ranking, then one for everyone who asked meanwhile
+
+
 # --- claims and slots ----------------------------------------------------------------------------------
 
 
