@@ -62,6 +62,7 @@ from bot.jobs.service import (
 from bot.jobs.spool import ImageSpool, SpooledImage
 from bot.logs import redact
 from bot.providers.base import Reference
+from bot.providers.transport import RESULT_SINK
 from bot.storage import JobNotFound, JobRecord, NewResult
 from bot.storage.queue import Claim, QueueRepository
 from bot.storage.repository import JobRepository
@@ -603,6 +604,8 @@ class Worker:
 
     async def _run(self, running: RunningJob) -> None:
         job_id = running.job_id
+        # Results a provider streams are decoded into the spool (memory budget, disk beyond it).
+        RESULT_SINK.set(self.spool.sink)
         try:
             await self._work(running)
         except asyncio.CancelledError:
