@@ -299,6 +299,8 @@ def _processes(h: Harness) -> dict[str, Any]:
             "cpu_s": None if p.cpu_s is None else round(p.cpu_s, 1),
             "max_loop_stall_ms": _ms(p.loop_stall()),
             "loop_stalls_over_50ms": p.loop_report().get("stalls_over_50ms"),
+            "max_gc_pause_ms": _ms(p.loop_report().get("max_gc_pause_s")),
+            "gc_pauses_s": p.loop_report().get("gc_pauses_s"),
             "log_warnings": p.log_errors()[:10],
             "sql": p.loop_report().get("sql") or {},
         }

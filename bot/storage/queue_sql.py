@@ -6,15 +6,21 @@ two databases differ are small functions whose names say so (``_insert_ignoring_
 
 Claims and concurrency
 ----------------------
-A claim is one transaction: pick the next job in fair order whose provider has a slot, lock that job
-row and one slot row, write both. Row locks are taken with ``FOR UPDATE ... SKIP LOCKED`` (PostgreSQL),
-so two workers claiming at the same moment never wait for each other and never take the same job or
-the same slot: the loser of a race simply skips the locked row and takes the next candidate (or retries
-with a fresh candidate list). Since slots are rows, a provider can never have more calls in flight than
-it has slot rows. A claim never *waits* for a lock, so claims cannot deadlock with anything.
+A claim reads the fair order first (one read-only statement: it ranks every unfinished job, the
+expensive part, so it is read once for as many claims as the worker has room for, and never under the
+write lock), then takes the candidates in one short transaction per :data:`CLAIM_BATCH` claims: lock
+the job row (re-checking that it is still claimable) and one slot row, write both. Row locks are
+taken with ``FOR UPDATE ... SKIP LOCKED`` (PostgreSQL), so two workers claiming at the same moment
+never wait for each other and never take the same job or the same slot: the loser of a race simply
+skips the locked row and takes the next candidate (or retries with a fresh candidate list). Since slots
+are rows, a provider can never have more calls in flight than it has slot rows. A claim never *waits*
+for a lock, so claims cannot deadlock with anything.
 
 On SQLite, SQLAlchemy renders no ``FOR UPDATE``; the transaction begins with ``BEGIN IMMEDIATE`` (see
-:mod:`bot.storage.engine`), which serializes writers, so the first candidate always wins.
+:mod:`bot.storage.engine`), which serializes writers (a candidate another worker took since the read
+fails the re-check and is skipped). Within one process every write transaction of the queue, the
+provider health and the repositories waits on one lock first (:func:`bot.storage.engine.begin_write`),
+so they queue in order instead of in SQLite's busy handler.
 
 Fair order: each unfinished job gets a level, its rank among its user's unfinished jobs (running ones
 first, then queued ones oldest first); claims take the lowest level first, then the oldest job. That is
