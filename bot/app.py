@@ -263,15 +263,7 @@ async def _run_worker(settings: Settings) -> int:
     return EXIT_OK
 
 
-#: The cyclic collector's generation thresholds for a bot process. The young generation is large: the
-#: objects of a request in flight (a second or so) mostly die before a collection sees them, instead of
-#: being promoted to the old generation, whose full passes stop the event loop (hundreds of ms under
-#: load with the default 700).
-GC_THRESHOLDS = (50_000, 20, 20)
-
-
 def run_bot(settings: Settings, *, sync_only: bool = False, role: str = "all") -> int:
-    gc.set_threshold(*GC_THRESHOLDS)
     try:
         if role == "worker":
             return asyncio.run(_run_worker(settings))
