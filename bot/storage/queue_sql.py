@@ -793,9 +793,12 @@ class SqlQueueRepository:
         commands asks for many at once: the places asked for while one ranking runs are answered
         together by the next one (each answer is still the place at a moment after it was asked)."""
         loop = asyncio.get_running_loop()
+        task = self._positions_task
+        if task is not None and task.get_loop() is not loop:  # left over from another event loop
+            task, self._positions_wanted = None, {}
         answer: asyncio.Future[int | None] = loop.create_future()
         self._positions_wanted.setdefault(job_id, []).append(answer)
-        if self._positions_task is None or self._positions_task.done():
+        if task is None or task.done():
             self._positions_task = loop.create_task(self._rank_positions(), name="palette-queue-positions")
         return await answer
 
