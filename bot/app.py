@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -304,6 +305,10 @@ async def _run_worker(settings: Settings) -> int:
     ops = await start_ops_server(role.probe, settings.metrics_host, settings.metrics_port)
     try:
         await role.start()
+        # As the gateway does once it is ready (client.on_ready): what start-up made lives as long as the
+        # process, so the collector's full passes need not rescan it.
+        gc.collect()
+        gc.freeze()
         await stopping.wait()
         log.info(
             "shutting down: no new jobs; running ones get %.0f s, the rest go back to the queue",

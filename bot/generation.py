@@ -14,6 +14,7 @@ through the database in the bot, :class:`~bot.health.LocalHealth` on the command
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import unicodedata
@@ -569,6 +570,10 @@ class Generator:
         )
 
     async def aclose(self) -> None:
+        close_health = getattr(self.health, "aclose", None)
+        if close_health is not None:  # figures it keeps in memory (SqlHealthRepository)
+            with contextlib.suppress(Exception):
+                await close_health()
         seen = set()
         for provider in self.providers.values():
             await provider.aclose()

@@ -168,6 +168,8 @@ class JobService:
             "strict_safety": plan.strict_safety,
             "upload_limit": origin.upload_limit,
             "locale": origin.locale,
+            # How many references are stored with the job: a worker reads them only when there are some.
+            "references": len(plan.references),
         }
         new_job = NewJob(
             user_id=origin.user_id,

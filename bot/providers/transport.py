@@ -49,7 +49,7 @@ from bot.errors import (
 from bot.i18n import Size, Text, msg
 from bot.logs import REDACTED
 from bot.ops import metrics
-from bot.providers.parsing import InlinePayloads
+from bot.providers.parsing import InlinePayloads, SinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ DETAIL_LIMIT = 300
 LARGE_BODY = 256 * 1024
 
 _SSL_CONTEXT: ssl.SSLContext | None = None
+
+#: Where the images a streamed answer inlines are decoded to, in the job that set it (the worker sets
+#: its image spool: memory within IMAGE_MEMORY_BUDGET, files beyond it). Unset: memory.
+RESULT_SINK: ContextVar[SinkFactory | None] = ContextVar("palette_result_sink", default=None)
 
 
 def ssl_context() -> ssl.SSLContext:
@@ -304,13 +308,24 @@ class Transport:
     async def _stream_once_unmeasured(
         self, method: str, path: str, json_body: Any
     ) -> tuple[Any, InlinePayloads]:
-        payloads = InlinePayloads()
+        payloads = InlinePayloads(sink=RESULT_SINK.get())
+        try:
+            return await self._stream_into(method, path, json_body, payloads)
+        except BaseException:
+            payloads.discard()  # files of a failed answer
+            raise
+
+    async def _stream_into(
+        self, method: str, path: str, json_body: Any, payloads: InlinePayloads
+    ) -> tuple[Any, InlinePayloads]:
         try:
             async with self.client.stream(method, path.lstrip("/"), json=json_body) as response:
                 if response.is_error:
                     await response.aread()
                     raise self._status_error(response, method, path)
                 status = response.status_code
+                declared = response.headers.get("Content-Length", "")
+                payloads.expected = int(declared) if declared.isdigit() else 0
                 async for chunk in response.aiter_bytes():
                     payloads.feed(chunk)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
