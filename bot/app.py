@@ -28,6 +28,7 @@ from bot.generation import Generator
 from bot.jobs.spool import SPOOL_DIR_NAME, EncoderPool, ImageSpool
 from bot.jobs.worker import Presence, Worker, new_worker_id
 from bot.loopmonitor import start_from_env
+from bot.moderation import modlog
 from bot.presentation.client import PaletteBot, WorkerClient, point_discord_at
 from bot.presentation.moderation import ModLoggingPresenter
 from bot.presentation.presenter import DiscordPresenter
@@ -51,7 +52,12 @@ async def open_storage(settings: Settings) -> tuple[Database, QueueRepository, H
 def build_generator(settings: Settings, health: HealthRepository) -> Generator:
     # Provider results and image URLs from Discord messages never share a connection pool: a user's
     # host that trickles its bytes must not hold the connections that results need.
-    return Generator(settings, build_providers(settings, build_downloader(settings)), health=health)
+    downloader = build_downloader(settings)
+    providers = build_providers(settings, downloader)
+    # Clients for the providers the operator has no key for: only servers' own keys use them (off
+    # without PALETTE_SECRET_KEY, when servers cannot add keys).
+    spare = build_providers(settings, downloader, spare=True) if settings.palette_secret_key else {}
+    return Generator(settings, providers, health=health, spare=spare)
 
 
 async def create_bot(
@@ -107,6 +113,24 @@ def attach_worker(
         worker_id=worker_id,
         spool=spool,
     )
+    # Servers' own provider keys: looked up (and decrypted) here for each job's server; a key a provider
+    # refuses goes to that server's mod log.
+    worker.tenants = client.tenants  # type: ignore[attr-defined]
+    moderation = client.moderation  # type: ignore[attr-defined]
+
+    def key_rejected(job: Any, error: Any) -> None:
+        if job.guild_id is not None:
+            moderation.emit(
+                modlog.key_rejected(
+                    job.guild_id,
+                    provider=error.provider,
+                    out_of_credits=error.status == 402 or type(error).__name__ == "OutOfCredits",
+                    user_id=job.user_id,
+                    job_id=job.id,
+                )
+            )
+
+    worker.on_key_rejected = key_rejected
     return worker, presenter, encoders
 
 

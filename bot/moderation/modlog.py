@@ -15,7 +15,16 @@ from bot.moderation.bans import describe_duration
 from bot.storage.moderation import Ban
 
 EntryKind = Literal[
-    "generation", "blocked", "slow_filter", "report", "policy", "ban", "unban", "purge", "delete"
+    "generation",
+    "blocked",
+    "slow_filter",
+    "report",
+    "policy",
+    "ban",
+    "unban",
+    "purge",
+    "delete",
+    "provider_key",
 ]
 
 COLOURS: dict[str, int] = {
@@ -28,6 +37,7 @@ COLOURS: dict[str, int] = {
     "unban": 0x2ECC71,
     "purge": 0x992D22,
     "delete": 0x992D22,
+    "provider_key": 0xD64545,
 }
 VALUE_MAX = 1000
 
@@ -116,6 +126,23 @@ def generation(
     if url:
         fields.append(("Result", f"[jump to the message]({url})"))
     return ModLogEntry(guild_id, "generation", f"🎨 Generation · job {job_id}", tuple(fields), url=url)
+
+
+def key_rejected(
+    guild_id: int, *, provider: str, out_of_credits: bool, user_id: int, job_id: int
+) -> ModLogEntry:
+    """The provider refused this server's own key (401/403) or its account is out of credits (402)."""
+    what = "is out of credits" if out_of_credits else "was refused"
+    fields = (
+        ("Provider", provider),
+        ("What happened", f"The provider said this server's own key {what}."),
+        ("Requested by", f"<@{user_id}> ({user_id})"),
+        (
+            "What to do",
+            "Check the key at the provider, then `/palette provider set` it again (or remove it).",
+        ),
+    )
+    return ModLogEntry(guild_id, "provider_key", f"🔑 Provider key {what} · job {job_id}", fields)
 
 
 def blocked(

@@ -22,6 +22,7 @@ from bot.jobs.service import JobService
 from bot.jobs.spool import EncoderPool
 from bot.jobs.worker import Presence, Worker
 from bot.limits import LimitPolicy
+from bot.logs import hide_modal_values
 from bot.moderation.service import ModerationService
 from bot.presentation.flows import Flows
 from bot.presentation.moderation import ModLogSender
@@ -30,6 +31,7 @@ from bot.presentation.views import ResultButton
 from bot.providers.transport import Downloader
 from bot.storage import Database
 from bot.storage.queue import QueueRepository
+from bot.tenants import TenantService
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class PaletteBot(commands.Bot):
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
+        # A server's provider key arrives in a modal: discord.py's DEBUG log of gateway events hides it.
+        hide_modal_values()
         # No text Palette posts (provider wording and prompts included) may ping @everyone, a role or a
         # user; the few messages meant to ping their requester say so explicitly (presenter._channel_send).
         client_options.setdefault("allowed_mentions", discord.AllowedMentions.none())
@@ -95,9 +99,15 @@ class PaletteBot(commands.Bot):
         self.worker_id = worker_id
         self.modlog = ModLogSender(self)
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
+        # Servers' own provider keys; cached per server, dropped whenever its moderation version moves.
+        self.tenants = TenantService(db.tenants, settings)
+        self.moderation.on_invalidate.append(self.tenants.invalidate)
         # Limits come from the moderation service's cached server state: no database read per command.
-        self.policy = LimitPolicy(settings, db.moderation, source=self.moderation.limit_policy)
+        self.policy = LimitPolicy(
+            settings, db.moderation, source=self.moderation.limit_policy, self_funded=self.tenants.self_funded
+        )
         self.jobs = JobService(db.jobs, queue, generator, self.policy)
+        self.jobs.tenants = self.tenants
         self.flows = Flows(self)
         self.presence = Presence(queue, role, worker_id)
         # This process's worker (all-in-one), its presenter and encoder processes: see bot.app.
@@ -231,6 +241,8 @@ class WorkerClient(discord.Client):
         self.db = db
         self.modlog = ModLogSender(self)  # type: ignore[arg-type]
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
+        self.tenants = TenantService(db.tenants, settings)
+        self.moderation.on_invalidate.append(self.tenants.invalidate)
 
     async def setup_hook(self) -> None:
         # Called by login(): interaction webhooks need the application id.

@@ -20,12 +20,19 @@ from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
 from bot.moderation.service import capped_note, describe_channels, describe_role_limit, summarize
 from bot.presentation import embeds
+from bot.presentation import tenants as tenants_ui
 from bot.presentation.moderation import ConfirmView, ModActionButton, delete_message
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
 
 RESOLUTION_CHOICES = [app_commands.Choice(name=r, value=r) for r in ("1K", "2K", "4K")]
+PROVIDER_CHOICES = [
+    app_commands.Choice(name="ListenHub", value="listenhub"),
+    app_commands.Choice(name="nano-banana-pro.net", value="nanobanana_pro"),
+    app_commands.Choice(name="APIMart", value="apimart"),
+    app_commands.Choice(name="Mountsea", value="mountsea"),
+]
 MAX_LIST_LINES = 40
 
 
@@ -38,6 +45,11 @@ class AdminCog(commands.Cog):
     )
     blocklist = app_commands.Group(
         name="blocklist", description="Words and patterns refused in prompts", parent=palette
+    )
+    provider = app_commands.Group(
+        name="provider",
+        description="This server's own provider keys (it pays for its images)",
+        parent=palette,
     )
 
     def __init__(self, bot: PaletteBot) -> None:
@@ -409,6 +421,70 @@ class AdminCog(commands.Cog):
         guild_id, actor = self.ids(interaction)
         await self.mod.update_policy(guild_id, actor, "built-in blocklist", builtin_blocklist=enabled)
         await self.reply(interaction, f"✅ Built-in list {'on' if enabled else 'off'}.")
+
+    # ------------------------------------------------------------------ own provider keys (bot.tenants)
+
+    @provider.command(
+        name="set", description="Use this server's own key for a provider (asked in a private form)"
+    )
+    @app_commands.describe(provider="The provider whose key this server brings")
+    @app_commands.choices(provider=PROVIDER_CHOICES)
+    async def provider_set(
+        self, interaction: discord.Interaction, provider: app_commands.Choice[str]
+    ) -> None:
+        await tenants_ui.open_key_modal(self.bot, interaction, provider.value)
+
+    @provider.command(
+        name="list", description="Which providers use this server's own key (last four characters)"
+    )
+    async def provider_list(self, interaction: discord.Interaction) -> None:
+        guild_id, _ = self.ids(interaction)
+        self.bot.tenants.require_enabled()
+        await self.reply(interaction, await tenants_ui.list_text(self.bot, guild_id))
+
+    @provider.command(name="remove", description="Stop using this server's own key for a provider")
+    @app_commands.describe(provider="The provider whose key is forgotten")
+    @app_commands.choices(provider=PROVIDER_CHOICES)
+    async def provider_remove(
+        self, interaction: discord.Interaction, provider: app_commands.Choice[str]
+    ) -> None:
+        guild_id, _ = self.ids(interaction)
+        await self.reply(interaction, await tenants_ui.remove_text(self.bot, guild_id, provider.value))
+
+    @provider.command(
+        name="fallback", description="Whether models without this server's key use the bot's own"
+    )
+    @app_commands.describe(
+        mode="on: the bot's own providers too (its limits apply); off: only this server's keys"
+    )
+    @app_commands.choices(
+        mode=[app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
+    )
+    async def provider_fallback(
+        self, interaction: discord.Interaction, mode: app_commands.Choice[str]
+    ) -> None:
+        guild_id, _ = self.ids(interaction)
+        await self.reply(interaction, await tenants_ui.fallback_text(self.bot, guild_id, mode.value == "on"))
+
+    @palette.command(
+        name="usage", description="Images made here this month: by model and size, by member, credits"
+    )
+    @app_commands.describe(
+        month="The month as YYYY-MM (default: this month, UTC)",
+        every_server="The bot's owner only: every server's usage",
+    )
+    async def usage(
+        self,
+        interaction: discord.Interaction,
+        month: app_commands.Range[str, 1, 10] | None = None,
+        every_server: bool = False,
+    ) -> None:
+        guild_id, _ = self.ids(interaction)
+        if every_server and not await self.bot.flows.is_operator(interaction.user):
+            raise ValidationError("Only the bot's owner sees every server's usage.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await tenants_ui.usage_embeds(self.bot, guild_id, month, every_server=every_server)
+        await interaction.followup.send(embeds=found, ephemeral=True)
 
     # ------------------------------------------------------------------ bans and purge
 

@@ -1,0 +1,163 @@
+"""Servers' own provider keys, end to end: the real bot against the fake Discord and fake providers.
+
+A server's key reaches the provider for that server's jobs while another server's jobs use the operator's
+key; failover only goes where the server allows; a refused key is reported to the server's mod log and
+the member told to ask the server's admins; the key is found nowhere in plain text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from bot.storage import open_database
+from bot.storage.copy import copy_database
+from tests.fakes.discord.models import Permission
+from tests.presentation.conftest import Palette, running_palette
+
+MANAGER = int(Permission.VIEW_CHANNEL | Permission.SEND_MESSAGES | Permission.MANAGE_GUILD)
+SERVER_KEY = "lh-server-own-key-7f3c9a1e5b2d4k9Q"
+
+
+def everything_sent(palette: Palette) -> str:
+    """Every message and interaction answer the bot sent to the fake Discord, as one text."""
+    parts: list[str] = []
+    for message in palette.fake.messages.values():
+        parts.append(repr(message.content))
+        parts.append(repr(message.embeds))
+    for ix in palette.fake.interactions.values():
+        parts.append(repr(ix.responses))
+        parts.extend(repr((m.content, m.embeds)) for m in ix.followups)
+    return "\n".join(parts)
+
+
+async def set_key(palette: Palette, manager: Any, provider: str, key: str) -> str:
+    ix = await palette.admin(manager, "provider set", provider=provider)
+    submitted = await palette.fill_modal(ix, manager, [key])
+    return await palette.reply(submitted, timeout=15)
+
+
+def last_key(fake: Any, path_part: str) -> str | None:
+    keys = [k for path, k in fake.keyring.used if path_part in path]
+    return keys[-1] if keys else None
+
+
+async def test_a_servers_key_is_used_for_its_jobs_only_and_is_never_in_plain_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = Fernet.generate_key().decode()
+    async with running_palette(tmp_path, palette_secret_key=secret) as palette:
+        palette.listenhub.keyring.extra.add(SERVER_KEY)
+        manager = palette.member("manager", permissions=MANAGER)
+        # The key goes in a modal, never as an option; the provider checks it (its balance endpoint).
+        text = await set_key(palette, manager, "listenhub", SERVER_KEY)
+        assert "own key" in text and SERVER_KEY[-4:] in text and SERVER_KEY not in text
+        assert last_key(palette.listenhub, "subscription") == SERVER_KEY
+        listed = await palette.reply(await palette.admin(manager, "provider list"))
+        assert "ListenHub" in listed and SERVER_KEY[-4:] in listed and SERVER_KEY[:-4] not in listed
+        assert "off" in listed  # fallback is off by default once the server has a key
+
+        # This server's job goes to ListenHub with the server's key.
+        await palette.result_message(await palette.imagine(palette.alice, "a fox", model="nano-banana-pro"))
+        assert last_key(palette.listenhub, "generation") == SERVER_KEY
+
+        # Another server's job uses the operator's key.
+        other = palette.fake.add_guild(name="Other")
+        other_channel = palette.fake.add_channel(other, name="art")
+        carol = palette.fake.add_user(name="carol")
+        palette.fake.add_member(other, carol)
+        ix = await palette.fake.invoke_slash(
+            carol, other_channel, "imagine", options={"prompt": "a cat", "model": "nano-banana-pro"}
+        )
+        await palette.result_message(ix)
+        assert last_key(palette.listenhub, "generation") == palette.listenhub.api_key
+        await palette.idle()
+
+        # Usage of this month: one image for alice in this server.
+        usage = await palette.admin(manager, "usage")
+        await usage.wait_for(lambda i: bool(i.followups), timeout=10)
+        embed = usage.followups[0].embeds[0]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert "**1**" in fields["By model and size"] and "Nano Banana Pro" in fields["By model and size"]
+        assert f"<@{palette.alice.id}>: **1**" in fields["By member"]
+        assert "ListenHub balance of this server's key" in fields
+
+        # Nowhere in plain text: the database file, a copy-db target, the logs, what Discord was sent.
+        target = f"sqlite:///{tmp_path / 'copy.db'}"
+        copy = await open_database(target)
+        try:
+            await copy_database(palette.bot.db, copy)
+        finally:
+            await copy.close()
+        sent = everything_sent(palette)
+        db_path = tmp_path / "palette.db"
+    for path in (db_path, Path(f"{db_path}-wal"), tmp_path / "copy.db"):
+        if path.exists():
+            assert SERVER_KEY.encode() not in path.read_bytes(), path
+    assert SERVER_KEY not in sent
+    assert SERVER_KEY not in caplog.text
+    # The copy keeps the encrypted key: readable with the same PALETTE_SECRET_KEY.
+    copy = await open_database(target)
+    try:
+        stored = await copy.tenants.keys(palette.guild.id)
+    finally:
+        await copy.close()
+    assert Fernet(secret.encode()).decrypt(stored[0].secret.encode()).decode() == SERVER_KEY
+
+
+async def test_a_refused_key_goes_to_the_mod_log_and_failover_respects_the_fallback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_palette(tmp_path, palette_secret_key=Fernet.generate_key().decode()) as palette:
+        palette.listenhub.keyring.extra.add(SERVER_KEY)
+        manager = palette.member("manager", permissions=MANAGER)
+        modlog = palette.fake.add_channel(palette.guild, name="mod-log")
+        await palette.reply(await palette.admin(manager, "modlog", channel=modlog))
+        await set_key(palette, manager, "listenhub", SERVER_KEY)
+        # The key is revoked at the provider after it was stored.
+        palette.listenhub.keyring.extra.discard(SERVER_KEY)
+        mountsea_calls = len(palette.mountsea.keyring.used)
+
+        # Fallback off: nano-banana-pro has a Mountsea route, but that is the operator's: not tried.
+        ix = await palette.imagine(palette.alice, "a fox", model="nano-banana-pro")
+        text = await ix.wait_for_message(lambda m: "admins" in (m.content or ""), timeout=15)
+        assert "server's admins" in text.content and "not the bot's owner" in text.content
+        assert len(palette.mountsea.keyring.used) == mountsea_calls
+        entry = await palette.modlog_entry(modlog, "Provider key was refused")
+        assert "listenhub" in repr(entry.embeds)
+        await palette.idle()
+        usage = await palette.bot.db.jobs.usage(palette.alice.id, time.time(), guild_id=palette.guild.id)
+        assert usage.daily_used == 0  # refused: nothing charged
+
+        # Fallback on: the same request fails over to the operator's Mountsea key.
+        await palette.reply(await palette.admin(manager, "provider fallback", mode="on"))
+        result = await palette.result_message(
+            await palette.imagine(palette.alice, "a fox", model="nano-banana-pro")
+        )
+        assert result.files
+        assert last_key(palette.mountsea, "") == palette.mountsea.key
+        await palette.idle()
+    assert SERVER_KEY not in caplog.text
+
+
+async def test_without_a_secret_key_the_feature_is_off_and_says_why(tmp_path: Path) -> None:
+    async with running_palette(tmp_path) as palette:
+        manager = palette.member("manager", permissions=MANAGER)
+        ix = await palette.admin(manager, "provider set", provider="listenhub")
+        text = await palette.reply(ix)
+        assert "PALETTE_SECRET_KEY" in text and ix.modal is None and ix.ephemeral
+        assert "PALETTE_SECRET_KEY" in await palette.reply(await palette.admin(manager, "provider list"))
+
+
+async def test_a_key_the_provider_refuses_is_not_stored(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, palette_secret_key=Fernet.generate_key().decode()) as palette:
+        manager = palette.member("manager", permissions=MANAGER)
+        text = await set_key(palette, manager, "listenhub", "lh-wrong-key-000000000000")
+        assert "refused" in text and "lh-wrong-key" not in text
+        assert await palette.bot.db.tenants.keys(palette.guild.id) == []
