@@ -213,6 +213,7 @@ async def _doctor(settings: Settings) -> int:
             ok = False
     else:
         ok &= await _doctor_database(settings)
+    ok &= _doctor_server_keys(settings)
     enabled = settings.enabled_providers()
     if not enabled:
         print("providers: NONE enabled (set at least one *_API_KEY)")
@@ -246,6 +247,22 @@ async def _doctor(settings: Settings) -> int:
         if providers:
             await next(iter(providers.values())).transport.downloader.aclose()
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def _doctor_server_keys(settings: Settings) -> bool:
+    """Whether servers can bring their own provider keys (PALETTE_SECRET_KEY)."""
+    from bot.tenants import KeyCipher, TenantKeysDisabled
+
+    if settings.palette_secret_key is None:
+        print("server keys: off (set PALETTE_SECRET_KEY to let servers use their own provider keys)")
+        return True
+    try:
+        KeyCipher(settings.palette_secret_key)
+    except TenantKeysDisabled:
+        print("server keys: PROBLEM: PALETTE_SECRET_KEY is not a Fernet key (see README, server keys)")
+        return False
+    print("server keys: on (servers' own provider keys are stored encrypted)")
+    return True
 
 
 async def _doctor_database(settings: Settings) -> bool:

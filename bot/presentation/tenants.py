@@ -16,7 +16,7 @@ import discord
 
 from bot.errors import PaletteError
 from bot.presentation import embeds
-from bot.tenants import UNCHECKABLE, KeyCheck, clean_key, provider_label
+from bot.tenants import KeyCheck, clean_key, last_four, provider_label
 from bot.usage import UsageReport, parse_month, usage_reports
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ TEXTS = {
     "list_fallback": "Fallback to the bot's own providers: **{state}**.",
     "fallback_set": "✅ Fallback to the bot's own providers: **{state}**.",
     "fallback_no_keys": " (This server has no key of its own yet, so it uses the bot's providers anyway.)",
+    "self_funded_limits": (
+        "ℹ️ This server pays for its images with its own provider keys (fallback off), so the bot's"
+        " per-member limits don't cap it: these limits apply as set."
+    ),
     "usage_title": "Palette usage · {month}",
     "usage_title_all": "Palette usage of every server · {month}",
     "usage_none": "No images were made in {month}.",
@@ -111,7 +115,6 @@ async def open_key_modal(bot: PaletteBot, interaction: discord.Interaction, prov
         except PaletteError as exc:
             await send_ephemeral(modal_interaction, exc.message)
             return
-        from bot.tenants import last_four
 
         await modal_interaction.followup.send(
             stored_text(provider, last_four(key), check, fallback), ephemeral=True
@@ -125,7 +128,7 @@ def stored_text(provider: str, last4: str, check: KeyCheck, fallback: bool) -> s
     out = text("stored", provider=label, last4=last4)
     if check.balance is not None and check.balance.credits is not None:
         out += text("stored_balance", credits=f"{check.balance.credits:g}")
-    if (not check.checked and provider in UNCHECKABLE) or not check.checked:
+    if not check.checked:  # e.g. nano-banana-pro.net publishes no check: its first use tells
         out += text("stored_unchecked", provider=label)
     out += text("fallback_on") if fallback else text("fallback_off")
     return out

@@ -127,8 +127,14 @@ class AdminCog(commands.Cog):
             raise ValidationError("Give at least one limit to change (or `reset`).")
         await self.mod.update_policy(guild_id, actor, "limits", **changes)
         text = "✅ Limits updated. " + await self.limits_line(guild_id)
-        note = capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
+        note = await self.limits_note(guild_id, daily=daily, hourly=hourly)
         await self.reply(interaction, text + (f"\n{note}" if note else ""))
+
+    async def limits_note(self, guild_id: int, *, daily: int | None, hourly: int | None) -> str | None:
+        """What the operator's ceilings did to the limits asked for (nothing for a self-funded server)."""
+        if await self.bot.tenants.self_funded(guild_id):
+            return tenants_ui.text("self_funded_limits") if (daily or hourly) else None
+        return capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
 
     async def limits_line(self, guild_id: int) -> str:
         policy = await self.bot.db.moderation.get_policy(guild_id)
@@ -167,7 +173,7 @@ class AdminCog(commands.Cog):
             raise ValidationError("Give `daily` and/or `hourly` (or `clear`).")
         limit = await self.mod.set_role_limit(guild_id, actor, role.id, daily=daily, hourly=hourly)
         text = f"✅ {role.mention}: {describe_role_limit(limit, self.bot.settings)}."
-        note = capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
+        note = await self.limits_note(guild_id, daily=daily, hourly=hourly)
         await self.reply(interaction, text + (f"\n{note}" if note else ""))
 
     # ------------------------------------------------------------------ where and what

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from bot.app import WorkerRole
 from bot.storage import open_database
 from bot.storage.copy import copy_database
 from tests.fakes.discord.models import Permission
+from tests.fakes.providers.nanobanana_pro import FakeNanoBananaPro
 from tests.presentation.conftest import Palette, running_palette
 
 MANAGER = int(Permission.VIEW_CHANNEL | Permission.SEND_MESSAGES | Permission.MANAGE_GUILD)
@@ -161,3 +163,69 @@ async def test_a_key_the_provider_refuses_is_not_stored(tmp_path: Path) -> None:
         text = await set_key(palette, manager, "listenhub", "lh-wrong-key-000000000000")
         assert "refused" in text and "lh-wrong-key" not in text
         assert await palette.bot.db.tenants.keys(palette.guild.id) == []
+
+
+async def test_a_provider_the_operator_has_no_key_for_and_a_key_checked_on_first_use(tmp_path: Path) -> None:
+    async with FakeNanoBananaPro() as nano:
+        nano.keyring.extra.add(SERVER_KEY)
+        async with running_palette(
+            tmp_path, palette_secret_key=Fernet.generate_key().decode(), nanobanana_pro_base_url=nano.base_url
+        ) as palette:
+            assert "nanobanana_pro" not in palette.bot.generator.providers  # no operator key
+            manager = palette.member("manager", permissions=MANAGER)
+            text = await set_key(palette, manager, "nanobanana_pro", SERVER_KEY)
+            assert "checked on first use" in text and nano.keyring.used == []  # nothing to call
+            await palette.result_message(
+                await palette.imagine(palette.alice, "a fox", model="nano-banana-pro")
+            )
+            assert nano.keyring.keys_used() == [SERVER_KEY]
+            # Nothing went to the operator's providers for this server (fallback off).
+            assert all(k != SERVER_KEY for k in palette.listenhub.keyring.keys_used())
+            assert not [p for p, _ in palette.listenhub.keyring.used if "generation" in p]
+            # Removed: the server is back on the bot's providers.
+            text = await palette.reply(
+                await palette.admin(manager, "provider remove", provider="nanobanana_pro")
+            )
+            assert "no longer" in text
+            await palette.result_message(
+                await palette.imagine(palette.alice, "a cat", model="nano-banana-pro")
+            )
+            assert last_key(palette.listenhub, "generation") == palette.listenhub.api_key
+            assert nano.keyring.keys_used() == [SERVER_KEY]
+            await palette.idle()
+
+
+async def test_a_separate_worker_reads_the_key_from_the_database(tmp_path: Path, database_url: str) -> None:
+    secret = Fernet.generate_key().decode()
+    async with running_palette(
+        tmp_path, database_url=database_url, role="gateway", palette_secret_key=secret
+    ) as palette:
+        palette.listenhub.keyring.extra.add(SERVER_KEY)
+        manager = palette.member("manager", permissions=MANAGER)
+        await set_key(palette, manager, "listenhub", SERVER_KEY)
+        ix = await palette.imagine(palette.alice, "made by a worker", model="nano-banana-pro")
+        role = WorkerRole(palette.bot.settings)  # its own database connections, caches and cipher
+        await role.start()
+        try:
+            await palette.result_message(ix)
+            assert last_key(palette.listenhub, "generation") == SERVER_KEY
+        finally:
+            await role.stop()
+
+
+async def test_an_account_out_of_credits_is_the_servers_business_too(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, palette_secret_key=Fernet.generate_key().decode()) as palette:
+        palette.listenhub.keyring.extra.add(SERVER_KEY)
+        manager = palette.member("manager", permissions=MANAGER)
+        modlog = palette.fake.add_channel(palette.guild, name="mod-log")
+        await palette.reply(await palette.admin(manager, "modlog", channel=modlog))
+        await set_key(palette, manager, "listenhub", SERVER_KEY)
+        palette.listenhub.script(402, {"code": 402, "message": "Insufficient credits"})
+        ix = await palette.imagine(palette.alice, "a fox", model="nano-banana-pro")
+        text = await ix.wait_for_message(lambda m: "admins" in (m.content or ""), timeout=15)
+        assert "no credits left" in text.content
+        await palette.modlog_entry(modlog, "Provider key is out of credits")
+        # The provider is fine: its breaker did not count the server's empty account.
+        health = {row.provider: row for row in await palette.bot.generator.health_snapshot()}
+        assert health["listenhub"].consecutive_failures == 0
+        await palette.idle()

@@ -106,3 +106,22 @@ async def test_cli_usage_prints_every_server(
     assert "  model gpt-image-2 4K: 1" in out and "  member 9: 1" in out
     assert "  credits listenhub: 18" in out
     assert await asyncio.to_thread(main, ["usage", "--month", "november"]) == 2
+
+
+async def test_doctor_says_whether_servers_can_bring_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography.fernet import Fernet
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'palette.db'}")
+    for value, expected in (
+        ("", "server keys: off"),
+        ("not-a-fernet-key", "server keys: PROBLEM"),
+        (Fernet.generate_key().decode(), "server keys: on"),
+    ):
+        monkeypatch.setenv("PALETTE_SECRET_KEY", value)
+        await asyncio.to_thread(main, ["doctor"])
+        out = capsys.readouterr().out
+        assert expected in out
+        assert not value or value not in out
