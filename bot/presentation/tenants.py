@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.errors import PaletteError
+from bot.moderation import modlog
 from bot.presentation import embeds
 from bot.tenants import KeyCheck, clean_key, last_four, provider_label
 from bot.usage import UsageReport, parse_month, usage_reports
@@ -110,17 +111,29 @@ async def open_key_modal(bot: PaletteBot, interaction: discord.Interaction, prov
             key = clean_key(raw)
             await modal_interaction.response.defer(ephemeral=True, thinking=True)
             check = await bot.tenants.check_key(bot.generator, provider, key)
+            had = provider in (await bot.tenants.access(guild_id)).own
             await bot.tenants.set_key(guild_id, provider, key, actor)
             _keys, fallback = await bot.tenants.list_keys(guild_id)
         except PaletteError as exc:
             await send_ephemeral(modal_interaction, exc.message)
             return
+        audit(bot, guild_id, actor, provider, before="another key of its own" if had else "the bot's key",
+              after=f"its own key (…{last_four(key)})")  # fmt: skip
 
         await modal_interaction.followup.send(
             stored_text(provider, last_four(key), check, fallback), ephemeral=True
         )
 
     await interaction.response.send_modal(KeyModal(provider, on_key))
+
+
+def audit(bot: PaletteBot, guild_id: int, actor_id: int, provider: str, *, before: str, after: str) -> None:
+    """A mod-log entry for a change of the server's provider keys (never the key itself)."""
+    bot.moderation.emit(
+        modlog.policy_change(
+            guild_id, actor_id=actor_id, what=f"{provider_label(provider)} key", before=before, after=after
+        )
+    )
 
 
 def stored_text(provider: str, last4: str, check: KeyCheck, fallback: bool) -> str:
@@ -147,14 +160,26 @@ async def list_text(bot: PaletteBot, guild_id: int) -> str:
     return "\n".join(lines)
 
 
-async def remove_text(bot: PaletteBot, guild_id: int, provider: str) -> str:
+async def remove_text(bot: PaletteBot, guild_id: int, actor_id: int, provider: str) -> str:
     removed = await bot.tenants.remove_key(guild_id, provider)
+    if removed:
+        audit(bot, guild_id, actor_id, provider, before="its own key", after="the bot's key")
     return text("removed" if removed else "not_set", provider=provider_label(provider))
 
 
-async def fallback_text(bot: PaletteBot, guild_id: int, enabled: bool) -> str:
+async def fallback_text(bot: PaletteBot, guild_id: int, actor_id: int, enabled: bool) -> str:
     bot.tenants.require_enabled()
+    before = (await bot.tenants.access(guild_id)).operator_fallback
     await bot.tenants.set_fallback(guild_id, enabled)
+    bot.moderation.emit(
+        modlog.policy_change(
+            guild_id,
+            actor_id=actor_id,
+            what="fallback to the bot's providers",
+            before="on" if before else "off",
+            after="on" if enabled else "off",
+        )
+    )
     out = text("fallback_set", state="on" if enabled else "off")
     if not (await bot.tenants.access(guild_id)).has_own:
         out += text("fallback_no_keys")

@@ -454,8 +454,8 @@ class AdminCog(commands.Cog):
     async def provider_remove(
         self, interaction: discord.Interaction, provider: app_commands.Choice[str]
     ) -> None:
-        guild_id, _ = self.ids(interaction)
-        await self.reply(interaction, await tenants_ui.remove_text(self.bot, guild_id, provider.value))
+        guild_id, actor = self.ids(interaction)
+        await self.reply(interaction, await tenants_ui.remove_text(self.bot, guild_id, actor, provider.value))
 
     @provider.command(
         name="fallback", description="Whether models without this server's key use the bot's own"
@@ -469,8 +469,10 @@ class AdminCog(commands.Cog):
     async def provider_fallback(
         self, interaction: discord.Interaction, mode: app_commands.Choice[str]
     ) -> None:
-        guild_id, _ = self.ids(interaction)
-        await self.reply(interaction, await tenants_ui.fallback_text(self.bot, guild_id, mode.value == "on"))
+        guild_id, actor = self.ids(interaction)
+        await self.reply(
+            interaction, await tenants_ui.fallback_text(self.bot, guild_id, actor, mode.value == "on")
+        )
 
     @palette.command(
         name="usage", description="Images made here this month: by model and size, by member, credits"

@@ -122,6 +122,8 @@ async def test_a_refused_key_goes_to_the_mod_log_and_failover_respects_the_fallb
         modlog = palette.fake.add_channel(palette.guild, name="mod-log")
         await palette.reply(await palette.admin(manager, "modlog", channel=modlog))
         await set_key(palette, manager, "listenhub", SERVER_KEY)
+        audit = await palette.modlog_entry(modlog, "Policy changed: ListenHub key")
+        assert SERVER_KEY[-4:] in repr(audit.embeds) and SERVER_KEY not in repr(audit.embeds)
         # The key is revoked at the provider after it was stored.
         palette.listenhub.keyring.extra.discard(SERVER_KEY)
         mountsea_calls = len(palette.mountsea.keyring.used)
