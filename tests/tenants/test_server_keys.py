@@ -231,3 +231,20 @@ async def test_an_account_out_of_credits_is_the_servers_business_too(tmp_path: P
         health = {row.provider: row for row in await palette.bot.generator.health_snapshot()}
         assert health["listenhub"].consecutive_failures == 0
         await palette.idle()
+
+
+async def test_only_the_operator_sees_every_servers_usage(tmp_path: Path) -> None:
+    async with running_palette(tmp_path) as palette:
+        await palette.result_message(await palette.imagine(palette.alice, "a fox"))
+        await palette.idle()
+        manager = palette.member("manager", permissions=MANAGER)
+        refused = await palette.admin(manager, "usage", every_server=True)
+        assert "Only the bot's owner" in await palette.reply(refused)
+        owner = palette.fake.app_owner
+        palette.fake.add_member(palette.guild, owner, permissions=MANAGER)
+        ix = await palette.admin(owner, "usage", every_server=True)
+        await ix.wait_for(lambda i: bool(i.followups), timeout=10)
+        embed = ix.followups[0].embeds[0]
+        assert "every server" in embed["title"]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert fields[f"Server {palette.guild.id}"].startswith("1 images")
