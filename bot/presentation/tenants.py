@@ -53,6 +53,9 @@ TEXTS = {
         "ℹ️ This server pays for its images with its own provider keys (fallback off), so the bot's"
         " per-member limits don't cap it: these limits apply as set."
     ),
+    "settings_name": "Own provider keys",
+    "settings_value": "{providers} · fallback to the bot's providers {state}",
+    "settings_self_funded": " · the bot's per-member limits don't cap this server",
     "usage_title": "Palette usage · {month}",
     "usage_title_all": "Palette usage of every server · {month}",
     "usage_none": "No images were made in {month}.",
@@ -184,6 +187,21 @@ async def fallback_text(bot: PaletteBot, guild_id: int, actor_id: int, enabled: 
     if not (await bot.tenants.access(guild_id)).has_own:
         out += text("fallback_no_keys")
     return out
+
+
+async def settings_field(bot: PaletteBot, guild_id: int) -> tuple[str, str] | None:
+    """``/palette settings``: which providers use the server's own keys (None: none of its own)."""
+    access = await bot.tenants.access(guild_id)
+    if not access.has_own:
+        return None
+    value = text(
+        "settings_value",
+        providers=", ".join(provider_label(p) for p in sorted(access.own)),
+        state="on" if access.operator_fallback else "off",
+    )
+    if not access.operator_fallback:
+        value += text("settings_self_funded")
+    return text("settings_name"), value
 
 
 # ---------------------------------------------------------------------------------------------- usage

@@ -367,6 +367,9 @@ class AdminCog(commands.Cog):
         )
         for name, value in rows:
             embed.add_field(name=name, value=embeds.truncate(value, 1024), inline=False)
+        keys_field = await tenants_ui.settings_field(self.bot, guild_id)
+        if keys_field is not None:
+            embed.add_field(name=keys_field[0], value=embeds.truncate(keys_field[1], 1024), inline=False)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     # ------------------------------------------------------------------ blocklist

@@ -64,6 +64,10 @@ async def test_a_servers_key_is_used_for_its_jobs_only_and_is_never_in_plain_tex
         listed = await palette.reply(await palette.admin(manager, "provider list"))
         assert "ListenHub" in listed and SERVER_KEY[-4:] in listed and SERVER_KEY[:-4] not in listed
         assert "off" in listed  # fallback is off by default once the server has a key
+        shown = await palette.admin(manager, "settings")
+        await shown.wait_for(lambda i: bool(i.responses), timeout=10)
+        fields = {f["name"]: f["value"] for f in shown.responses[0]["data"]["embeds"][0]["fields"]}
+        assert fields["Own provider keys"].startswith("ListenHub · fallback to the bot's providers off")
 
         # This server's job goes to ListenHub with the server's key.
         await palette.result_message(await palette.imagine(palette.alice, "a fox", model="nano-banana-pro"))
