@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from bot.config import PROVIDER_NAMES, Settings
 from bot.errors import AuthError, ConfigError, OutOfCredits, PaletteError, ProviderError, ValidationError
+from bot.i18n import msg
 from bot.providers.base import Balance
 from bot.providers.transport import CallCredentials, call_credentials
 
@@ -51,13 +52,16 @@ class TenantKeysDisabled(ConfigError):
     """PALETTE_SECRET_KEY is not set (or not a Fernet key): servers cannot bring their own keys."""
 
     def __init__(self, reason: str = "missing") -> None:
-        super().__init__(
-            "Servers can't add their own provider keys on this bot: its operator has not set "
-            "PALETTE_SECRET_KEY (needed to store keys encrypted)."
-            if reason == "missing"
-            else "Servers can't add their own provider keys on this bot: its PALETTE_SECRET_KEY is not a "
-            "valid key (the operator must fix it)."
-        )
+        if reason == "missing":
+            super().__init__(
+                "Servers can't add their own provider keys on this bot: its operator has not set "
+                "PALETTE_SECRET_KEY (needed to store keys encrypted)."
+            )
+        else:
+            super().__init__(
+                "Servers can't add their own provider keys on this bot: its PALETTE_SECRET_KEY is not a "
+                "valid key (the operator must fix it)."
+            )
         self.reason = reason
 
 
@@ -76,11 +80,22 @@ class ServerKeyRejected(ProviderError):
     """The provider refused the server's own key (401/403, or 402: out of credits)."""
 
     def __init__(self, provider: str, *, out_of_credits: bool) -> None:
-        what = "has no credits left" if out_of_credits else "was refused"
+        if out_of_credits:
+            message = msg(
+                "This server's own {provider} key has no credits left, so nothing was generated and "
+                "nothing was charged. Please ask this server's admins (not the bot's owner) to check it "
+                "with `/palette provider set`.",
+                provider=provider_label(provider),
+            )
+        else:
+            message = msg(
+                "This server's own {provider} key was refused, so nothing was generated and nothing was "
+                "charged. Please ask this server's admins (not the bot's owner) to check it with "
+                "`/palette provider set`.",
+                provider=provider_label(provider),
+            )
         super().__init__(
-            f"This server's own {provider_label(provider)} key {what}, so nothing was generated and nothing "
-            "was charged. Please ask this server's admins (not the bot's owner) to check it with "
-            "`/palette provider set`.",
+            message,
             provider=provider,
             status=402 if out_of_credits else 401,
         )
@@ -303,7 +318,9 @@ class TenantService:
         Raises :class:`KeyRefused` when the provider refused it (the key is in no error text)."""
         client = generator.client(provider)
         if client is None:
-            raise ValidationError(f"{provider_label(provider)} is not a provider this bot knows.")
+            raise ValidationError(
+                "{provider} is not a provider this bot knows.", provider=provider_label(provider)
+            )
         credentials = CallCredentials({provider: SecretStr(key)}, operator_fallback=False)
         try:
             with call_credentials(credentials):
@@ -312,19 +329,30 @@ class TenantService:
                     return KeyCheck(True, balance)
                 access = await client.check_access()
         except AuthError as exc:
+            label = provider_label(provider)
+            if exc.status is None:
+                raise KeyRefused(
+                    "{provider} refused this key. Nothing was stored; check the key and try again.",
+                    provider=label,
+                ) from None
             raise KeyRefused(
-                f"{provider_label(provider)} refused this key (HTTP {exc.status or 'error'}). Nothing was "
-                "stored; check the key and try again."
+                "{provider} refused this key (HTTP {status}). Nothing was stored; check the key and try "
+                "again.",
+                provider=label,
+                status=exc.status,
             ) from None
         except OutOfCredits:
             raise KeyRefused(
-                f"{provider_label(provider)} accepted this key, but its account has no credits left. "
-                "Nothing was stored; top it up and try again."
+                "{provider} accepted this key, but its account has no credits left. Nothing was stored; "
+                "top it up and try again.",
+                provider=provider_label(provider),
             ) from None
         except ProviderError as exc:
             raise KeyRefused(
-                f"{provider_label(provider)} could not check the key right now ({type(exc).__name__}). "
-                "Nothing was stored; try again in a moment."
+                "{provider} could not check the key right now ({error}). Nothing was stored; try again in "
+                "a moment.",
+                provider=provider_label(provider),
+                error=type(exc).__name__,
             ) from None
         return KeyCheck(bool(access))
 

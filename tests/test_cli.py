@@ -394,6 +394,9 @@ async def _seed_everything(url: str) -> None:
             ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "
              "VALUES ('apimart', :ok, 1.5, :t)", {"ok": True, "t": now}),
             ("INSERT INTO workers VALUES ('w1', 'worker', 'host', 123, :t, :t)", {"t": now}),
+            ("INSERT INTO gateway_shards VALUES ('g1', 0, 2, 'host', 124, 0.05, :t)", {"t": now}),
+            ("INSERT INTO identify_buckets VALUES (0, :t, 'g1')", {"t": now}),
+            ("INSERT INTO command_syncs VALUES ('command_hash:global', 'abc', 'g1', :t)", {"t": now}),
         ]:  # fmt: skip
             await db.execute(statement, params)
     finally:

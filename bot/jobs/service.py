@@ -21,6 +21,7 @@ from bot.catalog import get_model
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.limits import LimitPolicy
+from bot.ops import metrics
 from bot.storage import JobRecord, NewJob, NewReference
 from bot.storage.queue import QueueRepository
 from bot.storage.repository import JobRepository
@@ -46,6 +47,8 @@ class JobOrigin:
     role_ids: tuple[int, ...] = ()
     nsfw_channel: bool = False
     status_message_id: int | None = None
+    #: The language of the job's public messages (a Discord locale code; None = English).
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,15 @@ class JobService:
         process either runs. (A job whose command handler died before handing it over is adopted by a
         worker after a while: :data:`bot.jobs.worker.ADOPT_AFTER`.)
         """
+        try:
+            return await self._submit(spec, origin, kind=kind, parent_job_id=parent_job_id)
+        except PaletteError:
+            metrics.job_finished("refused")
+            raise
+
+    async def _submit(
+        self, spec: GenerationSpec, origin: JobOrigin, *, kind: str, parent_job_id: int | None
+    ) -> JobRecord:
         plan = self.generator.plan(spec, await self.access_for(origin.guild_id))
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
         params = {
@@ -165,6 +177,7 @@ class JobService:
             "seed": plan.seed,
             "strict_safety": plan.strict_safety,
             "upload_limit": origin.upload_limit,
+            "locale": origin.locale,
         }
         new_job = NewJob(
             user_id=origin.user_id,

@@ -60,7 +60,8 @@ from bot.jobs.service import (
     SettledFree,
 )
 from bot.jobs.spool import ImageSpool, SpooledImage
-from bot.logs import redact
+from bot.logs import log_context, redact
+from bot.ops import metrics
 from bot.providers.base import Reference
 from bot.providers.transport import CallCredentials
 from bot.storage import JobNotFound, JobRecord, NewResult
@@ -604,6 +605,9 @@ class Worker:
 
     async def _run(self, running: RunningJob) -> None:
         job_id = running.job_id
+        job = running.claim.job
+        # Every log line of this job's task carries its ids (JSON logs; see bot.logs.log_context).
+        log_context(job_id=job_id, user_id=job.user_id, guild_id=job.guild_id)
         try:
             await self._work(running)
         except asyncio.CancelledError:
@@ -784,6 +788,9 @@ class Worker:
                     now=self.clock(),
                 ),
             )
+            metrics.job_finished(
+                "delivered", model=job.model, images=len(delivery.images), requested_at=job.created_at
+            )
             return
         except SettleFailed:
             log.error("job %s: posted, but settling it kept failing; refunding it instead", job.id)
@@ -804,6 +811,7 @@ class Worker:
             forever=True,
         )
         if finished:
+            metrics.job_finished("refunded")
             await self._safe(self.presenter.notice(job, error))
 
     async def _fail(self, running: RunningJob, error: PaletteError) -> None:
@@ -813,7 +821,7 @@ class Worker:
         secrets = self.settings.secrets()
         if running.credentials is not None:
             secrets = [*secrets, *(k.get_secret_value() for k in running.credentials.keys.values())]
-        error.message = redact(error.message, secrets)
+        error.scrub(lambda text: redact(text, secrets))
         if not await lease.renew():  # confirm the job is still ours before settling it
             raise LeaseLost()
         finished = await self._settle(
@@ -824,6 +832,8 @@ class Worker:
             forever=True,
         )
         if finished:
+            # Too old to run (JOB_MAX_AGE): its reservation went back; any other failure is a failure.
+            metrics.job_finished("refunded" if isinstance(error, JobExpired) else "failed")
             await self._safe(self.presenter.failed(job, error))
 
     async def _settle(

@@ -2,7 +2,7 @@
 
 The key is asked for in a modal (never a command option, which other members could see in the channel)
 and never echoed: replies show its last four characters at most. Decisions live in :mod:`bot.tenants`
-and :mod:`bot.usage`; the words are here, kept together for localization.
+and :mod:`bot.usage`; the words are here (:mod:`bot.i18n`), in the language of the admin who asked.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.errors import PaletteError
+from bot.i18n import N_, SOURCE_LOCALE, Joined, Number, Text, msg, nmsg, render, t, tn
 from bot.moderation import modlog
 from bot.presentation import embeds
+from bot.presentation.locales import user_locale
 from bot.tenants import KeyCheck, clean_key, last_four, provider_label
 from bot.usage import UsageReport, parse_month, usage_reports
 
@@ -25,63 +27,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEXTS = {
-    "modal_title": "{provider} key for this server",
-    "modal_label": "API key",
-    "modal_placeholder": "Paste the key; only this server's admins can change it",
-    "checking": "Checking the key with {provider}…",
-    "stored": "✅ This server's jobs on {provider} now use its own key (…{last4}).",
-    "stored_balance": " The account has {credits} credits.",
-    "stored_unchecked": (
-        " {provider} publishes no way to check a key without generating, so it is checked on first use:"
-        " if it is refused, the mod log and the member are told."
-    ),
-    "fallback_off": (
-        " Models this server has no key for are not available here unless you allow the bot's own"
-        " providers with `/palette provider fallback on`."
-    ),
-    "fallback_on": " Other models still use the bot's own providers (fallback is on).",
-    "removed": "✅ This server no longer uses its own {provider} key.",
-    "not_set": "This server has no key of its own for {provider}.",
-    "list_none": "This server uses the bot's own provider keys (none of its own).",
-    "list_head": "This server's own provider keys:",
-    "list_line": "• {provider}: …{last4} (set <t:{when}:R>)",
-    "list_fallback": "Fallback to the bot's own providers: **{state}**.",
-    "fallback_set": "✅ Fallback to the bot's own providers: **{state}**.",
-    "fallback_no_keys": " (This server has no key of its own yet, so it uses the bot's providers anyway.)",
-    "self_funded_limits": (
-        "ℹ️ This server pays for its images with its own provider keys (fallback off), so the bot's"
-        " per-member limits don't cap it: these limits apply as set."
-    ),
-    "settings_name": "Own provider keys",
-    "settings_value": "{providers} · fallback to the bot's providers {state}",
-    "settings_self_funded": " · the bot's per-member limits don't cap this server",
-    "usage_title": "Palette usage · {month}",
-    "usage_title_all": "Palette usage of every server · {month}",
-    "usage_none": "No images were made in {month}.",
-    "usage_models": "By model and size",
-    "usage_members": "By member",
-    "usage_credits": "Provider credits (documented prices)",
-    "usage_balance": "{provider} balance of this server's key",
-    "usage_server": "Server {guild}",
-    "usage_dms": "Direct messages",
-}
+#: ``/palette limits`` for a server that pays for its own images (no ceilings apply to it).
+SELF_FUNDED_LIMITS = msg(
+    "ℹ️ This server pays for its images with its own provider keys (fallback off), so the bot's per-member "
+    "limits don't cap it: these limits apply as set."
+)
 
 
-def text(key: str, **values: object) -> str:
-    return TEXTS[key].format(**values)
+def _on_off(enabled: bool) -> Text:
+    return msg("on") if enabled else msg("off")
 
 
 class KeyModal(discord.ui.Modal):
     """Asks for one provider key; the value goes to ``on_key`` and nowhere else."""
 
-    def __init__(self, provider: str, on_key: Callable[[discord.Interaction, str], Awaitable[None]]) -> None:
-        super().__init__(title=text("modal_title", provider=provider_label(provider))[:45], timeout=600)
+    def __init__(
+        self,
+        provider: str,
+        on_key: Callable[[discord.Interaction, str], Awaitable[None]],
+        locale: str = SOURCE_LOCALE,
+    ) -> None:
+        title = t(locale, "{provider} key for this server", provider=provider_label(provider))
+        super().__init__(title=title[:45], timeout=600)
         self._on_key = on_key
         self.key: discord.ui.TextInput[KeyModal] = discord.ui.TextInput(
-            label=text("modal_label"),
+            label=t(locale, "API key")[:45],
             style=discord.TextStyle.short,
-            placeholder=text("modal_placeholder"),
+            placeholder=t(locale, "Paste the key; only this server's admins can change it")[:100],
             min_length=4,
             max_length=512,
         )
@@ -95,9 +67,11 @@ class KeyModal(discord.ui.Modal):
         log.error("the provider key modal failed (%s)", type(error).__name__)
         from bot.presentation.client import send_ephemeral
 
-        message = (
-            error.message if isinstance(error, PaletteError) else "Something went wrong; nothing was stored."
-        )
+        locale = user_locale(interaction)
+        if isinstance(error, PaletteError):
+            message = render(locale, error.text)
+        else:
+            message = t(locale, "Something went wrong; nothing was stored.")
         await send_ephemeral(interaction, message)
 
 
@@ -110,6 +84,7 @@ async def open_key_modal(bot: PaletteBot, interaction: discord.Interaction, prov
     async def on_key(modal_interaction: discord.Interaction, raw: str) -> None:
         from bot.presentation.client import send_ephemeral
 
+        locale = user_locale(modal_interaction)
         try:
             key = clean_key(raw)
             await modal_interaction.response.defer(ephemeral=True, thinking=True)
@@ -118,59 +93,109 @@ async def open_key_modal(bot: PaletteBot, interaction: discord.Interaction, prov
             await bot.tenants.set_key(guild_id, provider, key, actor)
             _keys, fallback = await bot.tenants.list_keys(guild_id)
         except PaletteError as exc:
-            await send_ephemeral(modal_interaction, exc.message)
+            await send_ephemeral(modal_interaction, render(locale, exc.text))
             return
-        audit(bot, guild_id, actor, provider, before="another key of its own" if had else "the bot's key",
-              after=f"its own key (…{last_four(key)})")  # fmt: skip
+        before = msg("another key of its own") if had else msg("the bot's key")
+        after = msg("its own key (…{last4})", last4=last_four(key))
+        audit(bot, guild_id, actor, provider, before=before, after=after)
 
         await modal_interaction.followup.send(
-            stored_text(provider, last_four(key), check, fallback), ephemeral=True
+            render(locale, stored_text(provider, last_four(key), check, fallback)), ephemeral=True
         )
 
-    await interaction.response.send_modal(KeyModal(provider, on_key))
+    await interaction.response.send_modal(KeyModal(provider, on_key, user_locale(interaction)))
 
 
-def audit(bot: PaletteBot, guild_id: int, actor_id: int, provider: str, *, before: str, after: str) -> None:
-    """A mod-log entry for a change of the server's provider keys (never the key itself)."""
-    bot.moderation.emit(
-        modlog.policy_change(
-            guild_id, actor_id=actor_id, what=f"{provider_label(provider)} key", before=before, after=after
-        )
+def audit(
+    bot: PaletteBot,
+    guild_id: int,
+    actor_id: int,
+    provider: str,
+    *,
+    before: Text,
+    after: Text,
+) -> None:
+    """A mod-log entry for a change of the server's provider keys (never the key itself), in the server's
+    language (the mod log's sender picks it)."""
+    entry = modlog.policy_change(
+        guild_id,
+        actor_id=actor_id,
+        what=msg("{provider} key", provider=provider_label(provider)),
+        before=before,
+        after=after,
     )
+    bot.moderation.emit(entry)
 
 
-def stored_text(provider: str, last4: str, check: KeyCheck, fallback: bool) -> str:
+def stored_text(provider: str, last4: str, check: KeyCheck, fallback: bool) -> Joined:
     label = provider_label(provider)
-    out = text("stored", provider=label, last4=last4)
+    parts: list[Text] = [
+        msg(
+            "✅ This server's jobs on {provider} now use its own key (…{last4}).", provider=label, last4=last4
+        )
+    ]
     if check.balance is not None and check.balance.credits is not None:
-        out += text("stored_balance", credits=f"{check.balance.credits:g}")
+        credits = check.balance.credits
+        parts.append(
+            nmsg(
+                "The account has {credits} credit.",
+                "The account has {credits} credits.",
+                round(credits),
+                credits=Number(credits),
+            )
+        )
     if not check.checked:  # e.g. nano-banana-pro.net publishes no check: its first use tells
-        out += text("stored_unchecked", provider=label)
-    out += text("fallback_on") if fallback else text("fallback_off")
-    return out
+        parts.append(
+            msg(
+                "{provider} publishes no way to check a key without generating, so it is checked on first "
+                "use: if it is refused, the mod log and the member are told.",
+                provider=label,
+            )
+        )
+    if fallback:
+        parts.append(msg("Other models still use the bot's own providers (fallback is on)."))
+    else:
+        parts.append(
+            msg(
+                "Models this server has no key for are not available here unless you allow the bot's own "
+                "providers with `/palette provider fallback on`."
+            )
+        )
+    return Joined(tuple(parts), " ")
 
 
-async def list_text(bot: PaletteBot, guild_id: int) -> str:
+async def list_text(bot: PaletteBot, guild_id: int) -> Text | Joined:
     keys, fallback = await bot.tenants.list_keys(guild_id)
     if not keys:
-        return text("list_none")
-    lines = [text("list_head")]
+        return msg("This server uses the bot's own provider keys (none of its own).")
+    lines: list[Text] = [msg("This server's own provider keys:")]
     lines += [
-        text("list_line", provider=provider_label(k.provider), last4=k.last_four, when=int(k.updated_at))
+        msg(
+            "• {provider}: …{last4} (set {when})",
+            provider=provider_label(k.provider),
+            last4=k.last_four,
+            when=f"<t:{int(k.updated_at)}:R>",
+        )
         for k in keys
     ]
-    lines.append(text("list_fallback", state="on" if fallback else "off"))
-    return "\n".join(lines)
+    lines.append(
+        msg("Fallback to the bot's own providers: **on**.")
+        if fallback
+        else msg("Fallback to the bot's own providers: **off**.")
+    )
+    return Joined(tuple(lines), "\n")
 
 
-async def remove_text(bot: PaletteBot, guild_id: int, actor_id: int, provider: str) -> str:
+async def remove_text(bot: PaletteBot, guild_id: int, actor_id: int, provider: str) -> Text:
     removed = await bot.tenants.remove_key(guild_id, provider)
-    if removed:
-        audit(bot, guild_id, actor_id, provider, before="its own key", after="the bot's key")
-    return text("removed" if removed else "not_set", provider=provider_label(provider))
+    label = provider_label(provider)
+    if not removed:
+        return msg("This server has no key of its own for {provider}.", provider=label)
+    audit(bot, guild_id, actor_id, provider, before=msg("its own key"), after=msg("the bot's key"))
+    return msg("✅ This server no longer uses its own {provider} key.", provider=label)
 
 
-async def fallback_text(bot: PaletteBot, guild_id: int, actor_id: int, enabled: bool) -> str:
+async def fallback_text(bot: PaletteBot, guild_id: int, actor_id: int, enabled: bool) -> Text | Joined:
     bot.tenants.require_enabled()
     before = (await bot.tenants.access(guild_id)).operator_fallback
     await bot.tenants.set_fallback(guild_id, enabled)
@@ -178,94 +203,133 @@ async def fallback_text(bot: PaletteBot, guild_id: int, actor_id: int, enabled: 
         modlog.policy_change(
             guild_id,
             actor_id=actor_id,
-            what="fallback to the bot's providers",
-            before="on" if before else "off",
-            after="on" if enabled else "off",
+            what=msg("fallback to the bot's providers"),
+            before=_on_off(before),
+            after=_on_off(enabled),
         )
     )
-    out = text("fallback_set", state="on" if enabled else "off")
+    out = (
+        msg("✅ Fallback to the bot's own providers: **on**.")
+        if enabled
+        else msg("✅ Fallback to the bot's own providers: **off**.")
+    )
     if not (await bot.tenants.access(guild_id)).has_own:
-        out += text("fallback_no_keys")
+        note = msg("(This server has no key of its own yet, so it uses the bot's providers anyway.)")
+        return Joined((out, note), " ")
     return out
 
 
-async def settings_field(bot: PaletteBot, guild_id: int) -> tuple[str, str] | None:
-    """``/palette settings``: which providers use the server's own keys (None: none of its own)."""
+async def settings_field(bot: PaletteBot, guild_id: int) -> tuple[str, Text | Joined] | None:
+    """``/palette settings``: which providers use the server's own keys (None: none of its own).
+    The name is a message id (``t`` it), the value a message (``render`` it)."""
     access = await bot.tenants.access(guild_id)
     if not access.has_own:
         return None
-    value = text(
-        "settings_value",
-        providers=", ".join(provider_label(p) for p in sorted(access.own)),
-        state="on" if access.operator_fallback else "off",
+    providers = ", ".join(provider_label(p) for p in sorted(access.own))
+    if access.operator_fallback:
+        return N_("Own provider keys"), msg(
+            "{providers} · fallback to the bot's providers on", providers=providers
+        )
+    value = msg("{providers} · fallback to the bot's providers off", providers=providers)
+    return N_("Own provider keys"), Joined(
+        (value, msg("the bot's per-member limits don't cap this server")), " · "
     )
-    if not access.operator_fallback:
-        value += text("settings_self_funded")
-    return text("settings_name"), value
 
 
 # ---------------------------------------------------------------------------------------------- usage
 
 
-def _model_lines(report: UsageReport) -> str:
+def _model_lines(report: UsageReport, locale: str) -> str:
     lines = [
-        f"{embeds.model_label(model)} · {resolution}: **{n}**" for model, resolution, n in report.by_model()
+        t(
+            locale,
+            "{model} · {resolution}: **{images}**",
+            model=embeds.model_label(model),
+            resolution=resolution,
+            images=Number(n),
+        )
+        for model, resolution, n in report.by_model()
     ]
     return "\n".join(lines[:20]) or "—"
 
 
-def _member_lines(report: UsageReport) -> str:
-    lines = [f"<@{m.user_id}>: **{m.images}**" for m in report.members[:20]]
+def _member_lines(report: UsageReport, locale: str) -> str:
+    lines = [
+        t(locale, "{user}: **{images}**", user=f"<@{m.user_id}>", images=Number(m.images))
+        for m in report.members[:20]
+    ]
     if len(report.members) > 20:
-        lines.append(f"… and {len(report.members) - 20} more")
+        lines.append(t(locale, "… and {count} more", count=len(report.members) - 20))
     return "\n".join(lines) or "—"
 
 
-def _credit_lines(report: UsageReport) -> str | None:
+def _credit_lines(report: UsageReport, locale: str) -> str | None:
     spent = report.credits()
     if not spent:
         return None
-    return "\n".join(f"{provider_label(p)}: **{c:g}**" for p, c in sorted(spent.items()))
+    return "\n".join(
+        t(locale, "{provider}: **{credits}**", provider=provider_label(p), credits=Number(c))
+        for p, c in sorted(spent.items())
+    )
 
 
 async def usage_embeds(
-    bot: PaletteBot, guild_id: int, month_text: str | None, *, every_server: bool
+    bot: PaletteBot,
+    guild_id: int,
+    month_text: str | None,
+    *,
+    every_server: bool,
+    locale: str = SOURCE_LOCALE,
 ) -> list[discord.Embed]:
     month = parse_month(month_text, time.time())
     reports = await usage_reports(bot.db.usage, month, None if every_server else guild_id)
     if every_server:
-        embed = discord.Embed(title=text("usage_title_all", month=month.label), colour=embeds.BRAND)
+        embed = discord.Embed(
+            title=t(locale, "Palette usage of every server · {month}", month=month.label), colour=embeds.BRAND
+        )
         if not any(r.images for r in reports.values()):
-            embed.description = text("usage_none", month=month.label)
+            embed.description = t(locale, "No images were made in {month}.", month=month.label)
         for gid, report in sorted(reports.items(), key=lambda kv: -kv[1].images)[:24]:
-            name = text("usage_server", guild=gid) if gid is not None else text("usage_dms")
-            credits = _credit_lines(report)
-            value = f"{report.images} images\n{_model_lines(report)}" + (f"\n{credits}" if credits else "")
-            embed.add_field(name=name, value=embeds.truncate(value, 1024), inline=False)
+            name = t(locale, "Server {guild}", guild=gid) if gid is not None else t(locale, "Direct messages")
+            lines = [tn(locale, "{n} image", "{n} images", report.images), _model_lines(report, locale)]
+            credits = _credit_lines(report, locale)
+            if credits:
+                lines.append(credits)
+            embed.add_field(name=name, value=embeds.truncate("\n".join(lines), 1024), inline=False)
         return [embed]
     report = reports[guild_id]
-    embed = discord.Embed(title=text("usage_title", month=month.label), colour=embeds.BRAND)
+    embed = discord.Embed(title=t(locale, "Palette usage · {month}", month=month.label), colour=embeds.BRAND)
     if not report.images:
-        embed.description = text("usage_none", month=month.label)
+        embed.description = t(locale, "No images were made in {month}.", month=month.label)
     embed.add_field(
-        name=text("usage_models"), value=embeds.truncate(_model_lines(report), 1024), inline=False
+        name=t(locale, "By model and size"),
+        value=embeds.truncate(_model_lines(report, locale), 1024),
+        inline=False,
     )
     embed.add_field(
-        name=text("usage_members"), value=embeds.truncate(_member_lines(report), 1024), inline=False
+        name=t(locale, "By member"), value=embeds.truncate(_member_lines(report, locale), 1024), inline=False
     )
-    credits = _credit_lines(report)
+    credits = _credit_lines(report, locale)
     if credits:
-        embed.add_field(name=text("usage_credits"), value=credits, inline=False)
+        embed.add_field(name=t(locale, "Provider credits (documented prices)"), value=credits, inline=False)
     # ListenHub publishes a balance: the server's own key's, when it has one (never the operator's here).
     if bot.tenants.enabled and "listenhub" in (await bot.tenants.access(guild_id)).own:
         try:
             balance = await bot.tenants.balance(bot.generator, guild_id, "listenhub")
         except PaletteError as exc:
-            balance, note = None, exc.message
+            value = render(locale, exc.text)
         else:
-            note = None
-        value = note or (
-            "?" if balance is None or balance.credits is None else f"{balance.credits:g} credits"
+            if balance is None or balance.credits is None:
+                value = "?"
+            else:
+                credits = balance.credits
+                value = render(
+                    locale,
+                    nmsg("{credits} credit", "{credits} credits", round(credits), credits=Number(credits)),
+                )
+        embed.add_field(
+            name=t(locale, "{provider} balance of this server's key", provider="ListenHub"),
+            value=embeds.truncate(value, 1024),
+            inline=False,
         )
-        embed.add_field(name=text("usage_balance", provider="ListenHub"), value=value, inline=False)
     return [embed]

@@ -399,11 +399,14 @@ class ListenHubProvider(ImageProvider):
             )
         if code != 0:
             message = error_text(body)
-            raise ProviderUnavailable(
-                f"The provider could not report the balance: {message}" if message else None,
-                provider=self.name,
-                detail=f"code {code}: {message}",
-            )
+            if message:
+                raise ProviderUnavailable(
+                    "The provider could not report the balance: {text}",
+                    text=message,
+                    provider=self.name,
+                    detail=f"code {code}: {message}",
+                )
+            raise ProviderUnavailable(provider=self.name, detail=f"code {code}: {message}")
         data = body.get("data")
         if not isinstance(data, Mapping):
             data = {}

@@ -25,6 +25,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,7 +51,9 @@ from bot.errors import (
     RateLimited,
     ResultDownloadError,
 )
+from bot.i18n import Size, Text, msg
 from bot.logs import REDACTED
+from bot.ops import metrics
 from bot.providers.parsing import InlinePayloads
 
 log = logging.getLogger(__name__)
@@ -189,8 +192,9 @@ def classify_status(provider: str, response: httpx.Response, body: Any) -> Provi
         return ProviderTimeout(**kw)
     if status >= 500:
         return ProviderUnavailable(retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw)
-    message = f"The provider rejected the request: {detail}" if detail else None
-    return InvalidRequest(message, **kw)
+    if detail:
+        return InvalidRequest("The provider rejected the request: {text}", text=detail, **kw)
+    return InvalidRequest(**kw)
 
 
 def _body_of(response: httpx.Response, scrub: Callable[[str], str] = lambda text: text) -> Any:
@@ -298,7 +302,7 @@ class Transport:
 
     def _scrubbed(self, error: ProviderError) -> ProviderError:
         """``error`` with our API key removed from everything it shows (message, detail, args)."""
-        error.message = self._scrub(error.message)
+        error.scrub(self._scrub)
         if error.detail is not None:
             error.detail = self._scrub(error.detail)
         error.args = tuple(self._scrub(a) if isinstance(a, str) else a for a in error.args)
@@ -368,6 +372,18 @@ class Transport:
         return error
 
     async def _stream_once(self, method: str, path: str, json_body: Any) -> tuple[Any, InlinePayloads]:
+        started = time.monotonic()
+        try:
+            result = await self._stream_once_unmeasured(method, path, json_body)
+        except ProviderError as exc:
+            metrics.provider_request(self.provider, type(exc).__name__, time.monotonic() - started)
+            raise
+        metrics.provider_request(self.provider, "ok", time.monotonic() - started)
+        return result
+
+    async def _stream_once_unmeasured(
+        self, method: str, path: str, json_body: Any
+    ) -> tuple[Any, InlinePayloads]:
         payloads = InlinePayloads()
         try:
             headers = self._call_headers()
@@ -412,15 +428,21 @@ class Transport:
     ) -> httpx.Response:
         url = path.lstrip("/")
         headers = self._call_headers()
+        started = time.monotonic()
         try:
             response = await self.client.request(
                 method, url, json=json_body, data=data, files=files, params=params, headers=headers
             )
         except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise self._transport_error(method, exc) from exc
+            error = self._transport_error(method, exc)
+            metrics.provider_request(self.provider, type(error).__name__, time.monotonic() - started)
+            raise error from exc
         # httpx has read and closed the body already (no streaming), so sleeping afterwards holds nothing.
         if response.is_error:
-            raise self._status_error(response, method, path)
+            error = self._status_error(response, method, path)
+            metrics.provider_request(self.provider, type(error).__name__, time.monotonic() - started)
+            raise error
+        metrics.provider_request(self.provider, "ok", time.monotonic() - started)
         return response
 
     async def _decode(self, response: httpx.Response) -> Any:
@@ -682,5 +704,8 @@ class Downloader:
                 _CHECKED.reset(pinned)
         raise ResultDownloadError("Too many redirects while downloading the image.")
 
-    def _too_large(self) -> str:
-        return f"The image is too large to download (the limit is {self.max_bytes / 1_048_576:.0f} MB)."
+    def _too_large(self) -> Text:
+        return msg(
+            "The image is too large to download (the limit is {limit}).",
+            limit=Size(self.max_bytes, whole=True),
+        )

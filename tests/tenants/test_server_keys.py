@@ -138,7 +138,7 @@ async def test_a_refused_key_goes_to_the_mod_log_and_failover_respects_the_fallb
         assert "server's admins" in text.content and "not the bot's owner" in text.content
         assert len(palette.mountsea.keyring.used) == mountsea_calls
         entry = await palette.modlog_entry(modlog, "Provider key was refused")
-        assert "listenhub" in repr(entry.embeds)
+        assert "ListenHub" in repr(entry.embeds)
         await palette.idle()
         usage = await palette.bot.db.jobs.usage(palette.alice.id, time.time(), guild_id=palette.guild.id)
         assert usage.daily_used == 0  # refused: nothing charged
@@ -251,4 +251,57 @@ async def test_only_the_operator_sees_every_servers_usage(tmp_path: Path) -> Non
         embed = ix.followups[0].embeds[0]
         assert "every server" in embed["title"]
         fields = {f["name"]: f["value"] for f in embed["fields"]}
-        assert fields[f"Server {palette.guild.id}"].startswith("1 images")
+        assert fields[f"Server {palette.guild.id}"].startswith("1 image\n")
+
+
+async def test_server_keys_speak_the_admins_language_and_the_mod_log_the_servers(tmp_path: Path) -> None:
+    """The modal and the answers are in the admin's language, the mod-log entry in the server's."""
+    async with running_palette(tmp_path, palette_secret_key=Fernet.generate_key().decode()) as palette:
+        palette.listenhub.keyring.extra.add(SERVER_KEY)
+        manager = palette.member("manager", permissions=MANAGER)
+        modlog = palette.fake.add_channel(palette.guild, name="mod-log")
+        await palette.reply(await palette.admin(manager, "modlog", channel=modlog))
+        language = await palette.admin(manager, "settings", locale="fr")  # the server's language
+        await language.wait_for(lambda i: bool(i.responses), timeout=10)
+        ix = await palette.fake.invoke_slash(
+            manager,
+            palette.channel,
+            "palette",
+            options={"provider": "listenhub"},
+            subcommand="provider set",
+            locale="de",
+        )
+        await ix.wait_for(lambda i: i.modal is not None, timeout=5)
+        assert ix.modal["title"] == "ListenHub-Schlüssel des Servers"
+        custom_id = text_inputs_of(ix.modal)[0]["custom_id"]
+        submitted = await palette.fake.submit_modal(
+            manager, palette.channel, ix.modal["custom_id"], {custom_id: SERVER_KEY}, locale="de"
+        )
+        stored = await palette.reply(submitted, timeout=15)
+        assert stored.startswith(
+            "✅ Aufträge dieses Servers bei ListenHub nutzen jetzt seinen eigenen Schlüssel"
+        )
+        assert SERVER_KEY not in stored and SERVER_KEY[-4:] in stored
+        audit = await palette.modlog_entry(modlog, "Règles modifiées : Clé ListenHub")
+        assert "sa propre clé" in repr(audit.embeds) and SERVER_KEY not in repr(audit.embeds)
+        listed = await palette.reply(
+            await palette.fake.invoke_slash(
+                manager, palette.channel, "palette", subcommand="provider list", locale="ja"
+            )
+        )
+        assert listed.startswith("このサーバー独自のプロバイダーキー：") and "**オフ**" in listed
+        wrong = await palette.fake.invoke_slash(
+            manager,
+            palette.channel,
+            "palette",
+            options={"month": "2026/11"},
+            subcommand="usage",
+            locale="es-ES",
+        )
+        assert await palette.reply(wrong) == "Indica el mes como AAAA-MM, p. ej. 2026-11."
+
+
+def text_inputs_of(modal: Any) -> list[dict[str, Any]]:
+    from tests.presentation.conftest import text_inputs
+
+    return text_inputs(modal)
