@@ -30,15 +30,18 @@ from bot.generation import Generator
 from bot.jobs.spool import SPOOL_DIR_NAME, EncoderPool, ImageSpool
 from bot.jobs.worker import Presence, Worker, new_worker_id
 from bot.loopmonitor import start_from_env
+from bot.moderation import modlog
 from bot.ops import metrics
 from bot.ops.server import ProcessProbe, start_ops_server
 from bot.presentation.client import PaletteBot, ShardedPaletteBot, WorkerClient, point_discord_at
+from bot.presentation.embeds import job_locale
 from bot.presentation.moderation import ModLoggingPresenter
 from bot.presentation.presenter import DiscordPresenter
 from bot.providers import build_downloader, build_providers, build_reference_downloader
 from bot.storage import Database, open_database
 from bot.storage.queue import HealthRepository, QueueRepository
 from bot.storage.queue_sql import SqlHealthRepository, SqlQueueRepository
+from bot.tenants import provider_label
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,12 @@ async def open_storage(settings: Settings) -> tuple[Database, QueueRepository, H
 def build_generator(settings: Settings, health: HealthRepository) -> Generator:
     # Provider results and image URLs from Discord messages never share a connection pool: a user's
     # host that trickles its bytes must not hold the connections that results need.
-    return Generator(settings, build_providers(settings, build_downloader(settings)), health=health)
+    downloader = build_downloader(settings)
+    providers = build_providers(settings, downloader)
+    # Clients for the providers the operator has no key for: only servers' own keys use them (off
+    # without PALETTE_SECRET_KEY, when servers cannot add keys).
+    spare = build_providers(settings, downloader, spare=True) if settings.palette_secret_key else {}
+    return Generator(settings, providers, health=health, spare=spare)
 
 
 async def create_bot(
@@ -142,6 +150,25 @@ def attach_worker(
         worker_id=worker_id,
         spool=spool,
     )
+    # Servers' own provider keys: looked up (and decrypted) here for each job's server; a key a provider
+    # refuses goes to that server's mod log.
+    worker.tenants = client.tenants  # type: ignore[attr-defined]
+    moderation = client.moderation  # type: ignore[attr-defined]
+
+    def key_rejected(job: Any, error: Any) -> None:
+        if job.guild_id is not None:
+            moderation.emit(
+                modlog.key_rejected(
+                    job.guild_id,
+                    provider=provider_label(error.provider),
+                    out_of_credits=error.status == 402 or type(error).__name__ == "OutOfCredits",
+                    user_id=job.user_id,
+                    job_id=job.id,
+                    locale=job_locale(job),
+                )
+            )
+
+    worker.on_key_rejected = key_rejected
     return worker, presenter, encoders
 
 

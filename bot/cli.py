@@ -11,6 +11,7 @@ python -m bot doctor               check settings, database path and providers
 python -m bot check-ledger         verify that every reservation is committed, refunded or open
 python -m bot backup PATH          consistent online copy of the database (SQLite)
 python -m bot copy-db --to URL     copy everything from DATABASE_URL into an empty database at URL
+python -m bot usage [--month YYYY-MM]  every server's images this month (by model, size, member; credits)
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="target: postgresql://user:password@host:5432/db or sqlite:///file",
     )
+    usage = sub.add_parser("usage", help="every server's usage in a month (images, members, credits)")
+    usage.add_argument("--month", metavar="YYYY-MM", help="the month, UTC (default: this month)")
+    usage.add_argument("--guild", type=int, metavar="ID", help="only this server")
     return parser
 
 
@@ -114,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_backup(settings, Path(args.path)))
         if command == "copy-db":
             return asyncio.run(_copy_db(settings, args.to))
+        if command == "usage":
+            return asyncio.run(_usage(settings, args.month, args.guild))
     except KeyboardInterrupt:
         return EXIT_FAIL
     raise AssertionError(command)
@@ -207,6 +213,7 @@ async def _doctor(settings: Settings) -> int:
             ok = False
     else:
         ok &= await _doctor_database(settings)
+    ok &= _doctor_server_keys(settings)
     enabled = settings.enabled_providers()
     if not enabled:
         print("providers: NONE enabled (set at least one *_API_KEY)")
@@ -240,6 +247,22 @@ async def _doctor(settings: Settings) -> int:
         if providers:
             await next(iter(providers.values())).transport.downloader.aclose()
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def _doctor_server_keys(settings: Settings) -> bool:
+    """Whether servers can bring their own provider keys (PALETTE_SECRET_KEY)."""
+    from bot.tenants import KeyCipher, TenantKeysDisabled
+
+    if settings.palette_secret_key is None:
+        print("server keys: off (set PALETTE_SECRET_KEY to let servers use their own provider keys)")
+        return True
+    try:
+        KeyCipher(settings.palette_secret_key)
+    except TenantKeysDisabled:
+        print("server keys: PROBLEM: PALETTE_SECRET_KEY is not a Fernet key (see README, server keys)")
+        return False
+    print("server keys: on (servers' own provider keys are stored encrypted)")
+    return True
 
 
 async def _doctor_database(settings: Settings) -> bool:
@@ -380,6 +403,36 @@ async def _copy_db(settings: Settings, to: str) -> int:
     print(f"copied {report.total} rows")
     print(balance.describe())
     return EXIT_OK if balance.balanced else EXIT_FAIL
+
+
+async def _usage(settings: Settings, month_text: str | None, guild_id: int | None) -> int:
+    """Every server's usage in a month, from the jobs (the ledger's charges)."""
+    import time
+
+    from bot.storage import open_database
+    from bot.usage import parse_month, usage_reports
+
+    try:
+        month = parse_month(month_text, time.time())
+    except PaletteError as exc:
+        print(f"error: --month: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    db = await open_database(settings.database_url)
+    try:
+        reports = await usage_reports(db.usage, month, guild_id)
+    finally:
+        await db.close()
+    total = sum(r.images for r in reports.values())
+    print(f"usage {month.label}: {total} images in {sum(1 for r in reports.values() if r.images)} server(s)")
+    for gid, report in sorted(reports.items(), key=lambda kv: (-kv[1].images, kv[0] or 0)):
+        print(f"server {gid if gid is not None else 'DMs'}: {report.images} images")
+        for model, resolution, images in report.by_model():
+            print(f"  model {model} {resolution}: {images}")
+        for member in report.members:
+            print(f"  member {member.user_id}: {member.images}")
+        for provider, credits in sorted(report.credits().items()):
+            print(f"  credits {provider}: {credits:g}")
+    return EXIT_OK
 
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -147,6 +147,15 @@ class Settings(BaseSettings):
     user_hourly_limit: int = Field(10, ge=0)
     user_max_concurrent: int = Field(2, ge=0)
 
+    # --- servers' own provider keys (/palette provider) ---
+    # A Fernet key (32 url-safe base64 bytes) that encrypts the provider keys servers bring; without it
+    # the feature is off. Generate one with
+    # `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`.
+    # Every gateway and worker needs the same one; losing it makes the stored keys unreadable.
+    palette_secret_key: SecretStr | None = Field(
+        None, description="Fernet key encrypting servers' own provider keys (empty: feature off)"
+    )
+
     # --- moderation ---
     # Whether /imagine and friends may be used in DMs with the bot (servers set their own policy).
     allow_dms: bool = True
@@ -171,6 +180,7 @@ class Settings(BaseSettings):
         "nanobanana_pro_api_key",
         "apimart_api_key",
         "mountsea_api_key",
+        "palette_secret_key",
         mode="before",
     )
     @classmethod
@@ -269,7 +279,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret value; used to scrub logs."""
-        values = [self.discord_token] + [p.api_key for p in self.providers()]
+        values = [self.discord_token, self.palette_secret_key] + [p.api_key for p in self.providers()]
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
         from bot.storage.engine import parse_database_url
 

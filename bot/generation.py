@@ -20,7 +20,7 @@ import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.catalog import ModelSpec, Route, available_models, get_model
 from bot.config import Settings
@@ -46,7 +46,11 @@ from bot.providers.base import (
     Reference,
     TaskProvider,
 )
+from bot.providers.transport import CallCredentials, call_credentials
 from bot.storage.queue import HealthRepository, ProviderHealthRow
+
+if TYPE_CHECKING:
+    from bot.tenants import RouteAccess
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +220,11 @@ class Generator:
 
     ``slots`` caps concurrency when a caller runs a generation without slots of its own (the command
     line); ``health`` holds the circuit breakers (shared through the database in the bot).
+
+    ``providers`` are the operator's (enabled by their keys); ``spare`` are clients without the operator's
+    key for the other providers, used only with a server's own key (:mod:`bot.tenants`): a plan made with
+    a server's :class:`~bot.tenants.RouteAccess` routes only where that server may go, and a run with its
+    :class:`~bot.providers.transport.CallCredentials` sends its key instead of the operator's.
     """
 
     def __init__(
@@ -225,9 +234,11 @@ class Generator:
         *,
         health: HealthRepository | None = None,
         slots: LocalSlots | None = None,
+        spare: dict[str, ImageProvider] | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
+        self.spare = {k: v for k, v in (spare or {}).items() if k not in providers}
         self.rank = settings.provider_rank()
         self.health: HealthRepository = health if health is not None else LocalHealth()
         self.slots = slots if slots is not None else LocalSlots(self.capacity())
@@ -236,6 +247,15 @@ class Generator:
     def capacity(self) -> dict[str, int]:
         """``*_CONCURRENCY`` of each enabled provider: calls in flight there, over the whole deployment."""
         return {name: self.settings.provider(name).concurrency for name in self.providers}  # type: ignore[arg-type]
+
+    def slot_capacity(self) -> dict[str, int]:
+        """:meth:`capacity` and the spare providers' (calls made with servers' own keys)."""
+        spare = {name: self.settings.provider(name).concurrency for name in self.spare}  # type: ignore[arg-type]
+        return {**spare, **self.capacity()}
+
+    def client(self, provider: str) -> ImageProvider | None:
+        """The adapter for ``provider``: the operator's, else a spare one (for servers' own keys)."""
+        return self.providers.get(provider) or self.spare.get(provider)
 
     # ------------------------------------------------------------------ health
 
@@ -283,8 +303,11 @@ class Generator:
 
     # ------------------------------------------------------------------ validation
 
-    def plan(self, spec: GenerationSpec) -> Plan:
-        """Validate a request against the catalog and the enabled providers. No network, no decoding."""
+    def plan(self, spec: GenerationSpec, access: RouteAccess | None = None) -> Plan:
+        """Validate a request against the catalog and the enabled providers. No network, no decoding.
+
+        With ``access`` (a server's own keys and fallback setting) only the providers that server may use
+        are routed to, its own keys first."""
         model = get_model(spec.model)
         if model is None:
             available = _choices([m.key for m in self.models()])
@@ -295,7 +318,21 @@ class Generator:
                 model=_shown(spec.model),
                 available=available,
             )
-        routes = model.routes_for(self.enabled, self.rank)
+        if access is not None and access.has_own:
+            known = set(self.providers) | set(self.spare)
+            routes = model.routes_for(access.providers(self.enabled) & known, access.rank(self.rank))
+            if not routes:
+                if access.operator_fallback:
+                    raise NoRouteAvailable(
+                        "{model} can't be made with this server's own provider keys.", model=model.label
+                    )
+                raise NoRouteAvailable(
+                    "{model} can't be made with this server's own provider keys (and it doesn't allow the "
+                    "bot's own).",
+                    model=model.label,
+                )
+        else:
+            routes = model.routes_for(self.enabled, self.rank)
         if not routes:
             raise NoRouteAvailable("{model} is not available on this bot right now.", model=model.label)
         prompt = clean_prompt(spec.prompt, self.settings.max_prompt_length)
@@ -372,7 +409,12 @@ class Generator:
     # ------------------------------------------------------------------ running
 
     async def run(
-        self, plan: Plan, *, on_task: TaskHook | None = None, slots: SlotHolder | None = None
+        self,
+        plan: Plan,
+        *,
+        on_task: TaskHook | None = None,
+        slots: SlotHolder | None = None,
+        credentials: CallCredentials | None = None,
     ) -> GenerationOutcome:
         """Generate, handing the job to the next route when one fails for provider reasons.
 
@@ -385,13 +427,29 @@ class Generator:
         :attr:`failover_slot_wait` (then that route is skipped as busy). Slots at a provider are given
         back when its route failed; the caller gives back the ones of the route that worked. Without
         ``slots``, the generator's own :class:`LocalSlots` are used and all given back at the end.
+
+        ``credentials``: a server's own keys (every call of the run sends them instead of the operator's).
+        A provider refusing one of them (401/402) goes to ``credentials.rejected`` and does not count
+        against that provider's health (the provider is fine; the server's key is not).
         """
         if slots is None:
             local = self.slots.holder()
             try:
-                return await self.run(plan, on_task=on_task, slots=local)
+                return await self.run(plan, on_task=on_task, slots=local, credentials=credentials)
             finally:
                 await local.release_all()
+        if credentials is not None:
+            with call_credentials(credentials):
+                return await self._run(plan, on_task, slots, credentials)
+        return await self._run(plan, on_task, slots, None)
+
+    async def _run(
+        self,
+        plan: Plan,
+        on_task: TaskHook | None,
+        slots: SlotHolder,
+        credentials: CallCredentials | None,
+    ) -> GenerationOutcome:
         failovers: list[tuple[str, str]] = []
         last_error: ProviderError | None = None
         for index, route in enumerate(plan.routes):
@@ -421,7 +479,15 @@ class Generator:
                 if not is_provider_fault(exc):
                     await self._release_probe(provider)
                     raise
-                await self._record(provider, False, time.monotonic() - started)
+                if (
+                    credentials is not None
+                    and credentials.uses_own(provider)
+                    and isinstance(exc, AuthError | OutOfCredits)
+                ):
+                    credentials.rejected.append(exc)
+                    await self._release_probe(provider)
+                else:
+                    await self._record(provider, False, time.monotonic() - started)
                 await slots.release(provider)  # done with this provider: its slot is someone else's now
                 log.warning("route %s failed (%s); trying the next route", provider, type(exc).__name__)
                 failovers.append((provider, type(exc).__name__))
@@ -458,7 +524,9 @@ class Generator:
                 return await self.run_route(plan, route, on_task=on_task, slots=local)
             finally:
                 await local.release_all()
-        provider = self.providers[route.provider]
+        provider = self.client(route.provider)
+        if provider is None:
+            raise NoRouteAvailable("{model} is not available on this bot right now.", model=plan.model.label)
         references = await prepare_references(route, plan.references)
         base = ProviderRequest(
             model_id=route.model_for(bool(references)),
@@ -530,21 +598,40 @@ class Generator:
         return await provider.generate(request)
 
     async def resume(
-        self, provider_name: str, task_id: str, plan: Plan, route: Route, *, slots: SlotHolder | None = None
+        self,
+        provider_name: str,
+        task_id: str,
+        plan: Plan,
+        route: Route,
+        *,
+        slots: SlotHolder | None = None,
+        credentials: CallCredentials | None = None,
     ) -> GenerationOutcome:
         """Finish a task submitted before a restart (or by a worker that died): poll it, never submit
-        again. The task is in flight at ``provider_name``: it needs a slot there (waited for)."""
-        provider = self.providers[provider_name]
+        again. The task is in flight at ``provider_name``: it needs a slot there (waited for). With
+        ``credentials`` it is polled with the server's key it was submitted with."""
+        provider = self.client(provider_name)
         if not isinstance(provider, TaskProvider):
             raise ValueError(f"{provider_name} has no tasks to resume")
         if slots is None:
             local = self.slots.holder()
             try:
-                return await self.resume(provider_name, task_id, plan, route, slots=local)
+                return await self.resume(
+                    provider_name, task_id, plan, route, slots=local, credentials=credentials
+                )
             finally:
                 await local.release_all()
+        if credentials is not None:
+            with call_credentials(credentials):
+                return await self._resume(provider, task_id, plan, route, slots)
+        return await self._resume(provider, task_id, plan, route, slots)
+
+    async def _resume(
+        self, provider: TaskProvider, task_id: str, plan: Plan, route: Route, slots: SlotHolder
+    ) -> GenerationOutcome:
+        provider_name = provider.name
         if not slots.held(provider_name):
-            held = [name for name in self.providers if slots.held(name)]
+            held = [name for name in (*self.providers, *self.spare) if slots.held(name)]
             await slots.acquire(provider_name, timeout=None)
             for other in held:
                 await slots.release(other)
@@ -575,10 +662,11 @@ class Generator:
             with contextlib.suppress(Exception):
                 await close_health()
         seen = set()
-        for provider in self.providers.values():
+        everyone = [*self.providers.values(), *self.spare.values()]
+        for provider in everyone:
             await provider.aclose()
             seen.add(id(provider.transport.downloader))
-        for provider in self.providers.values():
+        for provider in everyone:
             downloader = provider.transport.downloader
             if id(downloader) in seen:
                 seen.discard(id(downloader))

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 #: per-server state, invalidated on every change, in this process and, through the database's moderation
 #: versions, in every other one).
 PolicySource = Callable[[int], Awaitable[tuple["GuildPolicy", Sequence["RoleLimit"]]]]
+#: Whether a server pays for its own generations (its own provider keys, no fallback to the operator's):
+#: then the operator's per-user ceilings do not apply to it (see :mod:`bot.tenants`).
+SelfFunded = Callable[[int], Awaitable[bool]]
 
 
 class LimitPolicy:
@@ -33,10 +36,12 @@ class LimitPolicy:
         moderation: ModerationRepository | None = None,
         *,
         source: PolicySource | None = None,
+        self_funded: SelfFunded | None = None,
     ) -> None:
         self.settings = settings
         self.moderation = moderation
         self.source = source
+        self.self_funded = self_funded
 
     async def limits_for(self, user_id: int, guild_id: int | None, role_ids: Sequence[int] = ()) -> Limits:
         if guild_id is None or (self.moderation is None and self.source is None):
@@ -49,4 +54,5 @@ class LimitPolicy:
             assert self.moderation is not None
             policy = await self.moderation.get_policy(guild_id)
             roles = await self.moderation.role_limits(guild_id) if role_ids else []
-        return resolve_limits(self.settings, policy, roles, role_ids)
+        ceilings = not (self.self_funded is not None and await self.self_funded(guild_id))
+        return resolve_limits(self.settings, policy, roles, role_ids, ceilings=ceilings)

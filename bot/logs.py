@@ -151,3 +151,42 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = (), log_format: 
     logging.getLogger("discord.gateway").setLevel(logging.WARNING)
     # aiosqlite's debug lines print SQL parameters (interaction tokens among them).
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+
+
+class HideModalValues(logging.Filter):
+    """discord.py logs every gateway event at DEBUG, a modal's submitted text included, and a server's
+    provider key arrives in a modal (``/palette provider set``): what members type into modals is
+    replaced by :data:`REDACTED` before any handler sees the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_is_modal_submit(a) for a in args):
+            record.args = tuple(_without_values(a) if _is_modal_submit(a) else a for a in args)
+        return True
+
+
+def _is_modal_submit(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and value.get("t") == "INTERACTION_CREATE"
+        and isinstance(value.get("d"), dict)
+        and value["d"].get("type") == 5
+    )
+
+
+def _without_values(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: (REDACTED if k == "value" else _without_values(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_values(v) for v in value]
+    return value
+
+
+_HIDE_MODAL_VALUES = HideModalValues()
+
+
+def hide_modal_values() -> None:
+    """Install :class:`HideModalValues` on discord.py's gateway logger (once)."""
+    gateway = logging.getLogger("discord.gateway")
+    if _HIDE_MODAL_VALUES not in gateway.filters:
+        gateway.addFilter(_HIDE_MODAL_VALUES)

@@ -391,6 +391,9 @@ async def _seed_everything(url: str) -> None:
         await db.moderation.ban(Ban(2, 7, None, "spam", 1, True, now))
         await db.moderation.record_blocked(2, 7, 3, "bad", "b.d", now, window=600)
         await db.moderation.add_report(2, done.id, 8, 1, now)
+        # A server's own provider key (a Fernet token, as bot.tenants stores it) and its fallback.
+        await db.tenants.set_key(2, "listenhub", "gAAAAA-not-a-key-but-a-token", 1, now)
+        await db.tenants.set_fallback(2, True, now)
         for statement, params in [
             ("INSERT INTO provider_health VALUES ('apimart', 2, NULL, NULL, :t)", {"t": now}),
             ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "

@@ -29,6 +29,7 @@ from bot.storage.repository import JobRepository
 if TYPE_CHECKING:
     from bot.jobs.spool import SpooledImage
     from bot.jobs.worker import Worker
+    from bot.tenants import RouteAccess, TenantService
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +127,21 @@ class JobService:
         self._providers: dict[int, str] = {}
         #: The worker of this process, when it runs one (all-in-one): woken at once on submit.
         self.worker: Worker | None = None
+        #: Servers' own provider keys: a server's jobs are planned with the routes it may use.
+        self.tenants: TenantService | None = None
 
     # ------------------------------------------------------------------ accepting
 
-    def plan(self, spec: GenerationSpec) -> Plan:
-        """Validate without touching storage (cheap; safe before acknowledging an interaction)."""
-        return self.generator.plan(spec)
+    def plan(self, spec: GenerationSpec, access: RouteAccess | None = None) -> Plan:
+        """Validate without touching storage (cheap; safe before acknowledging an interaction).
+        ``access``: the server's routes (:meth:`access_for`)."""
+        return self.generator.plan(spec, access)
+
+    async def access_for(self, guild_id: int | None) -> RouteAccess | None:
+        """Which providers the server's jobs may use (its own keys; cached), None without tenants."""
+        if self.tenants is None or guild_id is None:
+            return None
+        return await self.tenants.access(guild_id)
 
     async def submit(
         self,
@@ -158,7 +168,7 @@ class JobService:
     async def _submit(
         self, spec: GenerationSpec, origin: JobOrigin, *, kind: str, parent_job_id: int | None
     ) -> JobRecord:
-        plan = self.generator.plan(spec)
+        plan = self.generator.plan(spec, await self.access_for(origin.guild_id))
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
         params = {
             "aspect_ratio": plan.aspect_ratio,

@@ -63,10 +63,11 @@ from bot.jobs.spool import ImageSpool, SpooledImage
 from bot.logs import log_context, redact
 from bot.ops import metrics
 from bot.providers.base import Reference
-from bot.providers.transport import RESULT_SINK
+from bot.providers.transport import RESULT_SINK, CallCredentials
 from bot.storage import JobNotFound, JobRecord, NewResult
 from bot.storage.queue import Claim, QueueRepository
 from bot.storage.repository import JobRepository
+from bot.tenants import RouteAccess, TenantService, rejection
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,8 @@ class RunningJob:
     generating: bool = True  # talking to providers (counts against the worker's max)
     given_back: bool = False
     spooled: list[SpooledImage] = field(default_factory=list)
+    #: The server's own keys for this job (decrypted here, from the database), None: the operator's.
+    credentials: CallCredentials | None = None
 
     @property
     def job_id(self) -> int:
@@ -435,6 +438,10 @@ class Worker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
+        #: Servers' own provider keys (looked up per job for its server); None: operator keys only.
+        self.tenants: TenantService | None = None
+        #: Told when a provider refused a server's own key (the server's mod log, in the bot).
+        self.on_key_rejected: Callable[[JobRecord, ProviderError], None] | None = None
 
     # ------------------------------------------------------------------ what tests and status see
 
@@ -456,7 +463,7 @@ class Worker:
         """Match the queue's slots to this worker's caps, give jobs from older versions a queue provider,
         then claim. Jobs left running by a worker that died are taken over once their lease expires."""
         self._stopping = False
-        await self.queue.sync_slots(self.generator.capacity())
+        await self.queue.sync_slots(self.generator.slot_capacity())
         await self._adopt_unassigned()
         self._loop_task = asyncio.create_task(self._loop(), name="palette-worker")
         self._listen_task = asyncio.create_task(self._listen(), name="palette-worker-wakeups")
@@ -646,7 +653,9 @@ class Worker:
             await self._fail(running, JobExpired())
             return
         try:
-            plan = await self._plan_for(job)
+            if self.tenants is not None:
+                running.credentials = await self.tenants.credentials(job.guild_id)
+            plan = await self._plan_for(job, running.credentials)
         except PaletteError as exc:
             await slots.release_all()
             running.generating = False
@@ -660,17 +669,19 @@ class Worker:
 
         try:
             try:
-                outcome = await self._generate(job, plan, slots, on_task)
+                outcome = await self._generate(job, plan, slots, on_task, running.credentials)
             finally:
                 # The provider is done: its slot is the next job's, before this one's images are posted.
                 await slots.release_all()
                 running.generating = False
                 self._update_room()
                 self._wake.set()
+                self._report_rejected(job, running.credentials)
         except LeaseLost:
             raise
         except PaletteError as exc:
-            await self._fail(running, exc)
+            # The server's own key was refused: its admins must act, not the bot's operator.
+            await self._fail(running, rejection(running.credentials, exc) or exc)
             return
         except Exception:
             log.exception("job %s failed unexpectedly", job.id)
@@ -698,8 +709,24 @@ class Worker:
         recorded = RecordedDelivery(delivery, outcome.provider, outcome.provider_model)
         await self._settle_delivered(running, recorded, record=True)
 
+    def _report_rejected(self, job: JobRecord, credentials: CallCredentials | None) -> None:
+        """Tell the server's mod log about each of its own keys a provider refused during the job."""
+        if credentials is None or not credentials.rejected or self.on_key_rejected is None:
+            return
+        for error in {e.provider: e for e in credentials.rejected}.values():
+            log.warning("job %s: %s refused the server's own key (%s)", job.id, error.provider, error.status)
+            try:
+                self.on_key_rejected(job, error)
+            except Exception:
+                log.exception("job %s: could not report a refused server key", job.id)
+
     async def _generate(
-        self, job: JobRecord, plan: Plan, slots: QueueSlots, on_task: Any
+        self,
+        job: JobRecord,
+        plan: Plan,
+        slots: QueueSlots,
+        on_task: Any,
+        credentials: CallCredentials | None = None,
     ) -> GenerationOutcome:
         if job.task_id and job.provider:
             # Submitted before (by a worker that died, or before a restart): poll it, never pay twice.
@@ -708,14 +735,24 @@ class Worker:
                 raise NoRouteAvailable(
                     "The provider that was making this image is not available any more; nothing was charged."
                 )
-            return await self.generator.resume(job.provider, job.task_id, plan, route, slots=slots)
-        return await self.generator.run(plan, on_task=on_task, slots=slots)
+            try:
+                return await self.generator.resume(
+                    job.provider, job.task_id, plan, route, slots=slots, credentials=credentials
+                )
+            except ProviderError as exc:
+                if credentials is not None and rejection(credentials, exc) is not None:
+                    credentials.rejected.append(exc)
+                raise
+        return await self.generator.run(plan, on_task=on_task, slots=slots, credentials=credentials)
 
-    async def _plan_for(self, job: JobRecord) -> Plan:
+    async def _plan_for(self, job: JobRecord, credentials: CallCredentials | None = None) -> Plan:
         params: dict[str, Any] = json.loads(job.params or "{}")
         # Jobs say how many references they have (older ones do not: read them).
         refs = await self.jobs.get_references(job.id) if params.get("references", 1) else []
         references = tuple(Reference(mime_type=r.mime_type, data=r.data, url=r.url) for r in refs)
+        access = (
+            RouteAccess(frozenset(credentials.keys), credentials.operator_fallback) if credentials else None
+        )
         return self.generator.plan(
             GenerationSpec(
                 model=job.model,
@@ -726,7 +763,8 @@ class Worker:
                 seed=params.get("seed"),
                 references=references,
                 strict_safety=bool(params.get("strict_safety")),
-            )
+            ),
+            access,
         )
 
     # ------------------------------------------------------------------ settling
@@ -789,8 +827,10 @@ class Worker:
     async def _fail(self, running: RunningJob, error: PaletteError) -> None:
         job, lease = running.claim.job, running.lease
         kind = type(error).__name__
-        # Provider texts reach users and the database: never with one of our secrets in them.
+        # Provider texts reach users and the database: never with one of our secrets (or the server's).
         secrets = self.settings.secrets()
+        if running.credentials is not None:
+            secrets = [*secrets, *(k.get_secret_value() for k in running.credentials.keys.values())]
         error.scrub(lambda text: redact(text, secrets))
         if not await lease.renew():  # confirm the job is still ours before settling it
             raise LeaseLost()

@@ -21,7 +21,16 @@ from bot.storage.moderation import Ban
 Value = Text | str
 
 EntryKind = Literal[
-    "generation", "blocked", "slow_filter", "report", "policy", "ban", "unban", "purge", "delete"
+    "generation",
+    "blocked",
+    "slow_filter",
+    "report",
+    "policy",
+    "ban",
+    "unban",
+    "purge",
+    "delete",
+    "provider_key",
 ]
 
 COLOURS: dict[str, int] = {
@@ -34,6 +43,7 @@ COLOURS: dict[str, int] = {
     "unban": 0x2ECC71,
     "purge": 0x992D22,
     "delete": 0x992D22,
+    "provider_key": 0xD64545,
 }
 VALUE_MAX = 1000
 
@@ -131,6 +141,35 @@ def generation(
     return ModLogEntry(
         guild_id, "generation", msg("🎨 Generation · job {job}", job=job_id), tuple(fields), url=url
     )
+
+
+def key_rejected(
+    guild_id: int,
+    *,
+    provider: str,
+    out_of_credits: bool,
+    user_id: int,
+    job_id: int,
+    locale: str | None = None,
+) -> ModLogEntry:
+    """The provider refused this server's own key (401/403) or its account is out of credits (402).
+    ``locale``: the job's language (the server's when it was queued)."""
+    if out_of_credits:
+        title = msg("🔑 Provider key is out of credits · job {job}", job=job_id)
+        happened = msg("The provider said this server's own key is out of credits.")
+    else:
+        title = msg("🔑 Provider key was refused · job {job}", job=job_id)
+        happened = msg("The provider said this server's own key was refused.")
+    fields: tuple[tuple[str, Value], ...] = (
+        (N_("Provider"), provider),
+        (N_("What happened"), happened),
+        (N_("Requested by"), f"<@{user_id}> ({user_id})"),
+        (
+            N_("What to do"),
+            msg("Check the key at the provider, then `/palette provider set` it again (or remove it)."),
+        ),
+    )
+    return ModLogEntry(guild_id, "provider_key", title, fields, locale=locale)
 
 
 def blocked(

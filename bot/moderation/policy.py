@@ -106,7 +106,12 @@ def resolve_limits(
     policy: GuildPolicy | None,
     role_limits: Sequence[RoleLimit] = (),
     role_ids: Sequence[int] = (),
+    *,
+    ceilings: bool = True,
 ) -> Limits:
+    """``ceilings`` False: a server that pays for its own generations (its own provider keys, no
+    fallback to the operator's) sets its limits above the operator's; the operator's values are only
+    its defaults then."""
     daily: int | None = settings.user_daily_limit
     hourly: int | None = settings.user_hourly_limit
     pool = None
@@ -123,6 +128,13 @@ def resolve_limits(
             daily = role_daily
         if role_hourly is not None:
             hourly = role_hourly
+    if not ceilings:
+        return Limits(
+            daily=daily or None,
+            hourly=hourly or None,
+            max_concurrent=settings.user_max_concurrent,
+            guild_daily_pool=pool,
+        )
     return Limits(
         daily=within_ceiling(settings.user_daily_limit, daily),
         hourly=within_ceiling(settings.user_hourly_limit, hourly),

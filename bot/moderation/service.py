@@ -120,6 +120,9 @@ class ModerationService:
         # The version counter of each server's state in the database, as last seen by watch().
         self._seen: dict[int, int] = {}
         self._watched_since: float | None = None
+        #: Called with a server's id whenever its cached state is dropped (other caches of per-server
+        #: state kept in step with the moderation versions, e.g. servers' own provider keys).
+        self.on_invalidate: list[Callable[[int], None]] = []
         self._watcher: asyncio.Task[None] | None = None
         # Blocked-prompt entries per (server, member): a flood of refusals is summed up, not posted.
         self._blocked_entries = modlog.EntryRate(modlog.BLOCKED_SHOWN_PER_USER, modlog.BLOCKED_WINDOW_SECONDS)
@@ -237,6 +240,8 @@ class ModerationService:
         self._version[guild_id] = self._version.get(guild_id, 0) + 1
         self._state.pop(guild_id, None)
         self._loading.pop(guild_id, None)
+        for listener in self.on_invalidate:
+            listener(guild_id)
 
     async def policy(self, guild_id: int | None) -> GuildPolicy | None:
         return None if guild_id is None else (await self.state(guild_id)).policy

@@ -24,7 +24,7 @@ from bot.jobs.service import JobService
 from bot.jobs.spool import EncoderPool
 from bot.jobs.worker import Presence, Worker
 from bot.limits import LimitPolicy
-from bot.logs import log_context
+from bot.logs import hide_modal_values, log_context
 from bot.moderation.service import ModerationService
 from bot.ops.server import gateway_latencies
 from bot.ops.shards import IdentifyGate, ShardPresence, claim_command_sync
@@ -38,6 +38,7 @@ from bot.providers.transport import Downloader
 from bot.storage import Database
 from bot.storage.queue import QueueRepository
 from bot.storage.shards import SqlShardRepository
+from bot.tenants import TenantService
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class PaletteBot(commands.Bot):
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
+        # A server's provider key arrives in a modal: discord.py's DEBUG log of gateway events hides it.
+        hide_modal_values()
         # No text Palette posts (provider wording and prompts included) may ping @everyone, a role or a
         # user; the few messages meant to ping their requester say so explicitly (presenter._channel_send).
         client_options.setdefault("allowed_mentions", discord.AllowedMentions.none())
@@ -128,9 +131,15 @@ class PaletteBot(commands.Bot):
         self.worker_id = worker_id
         self.modlog = ModLogSender(self)
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
+        # Servers' own provider keys; cached per server, dropped whenever its moderation version moves.
+        self.tenants = TenantService(db.tenants, settings)
+        self.moderation.on_invalidate.append(self.tenants.invalidate)
         # Limits come from the moderation service's cached server state: no database read per command.
-        self.policy = LimitPolicy(settings, db.moderation, source=self.moderation.limit_policy)
+        self.policy = LimitPolicy(
+            settings, db.moderation, source=self.moderation.limit_policy, self_funded=self.tenants.self_funded
+        )
         self.jobs = JobService(db.jobs, queue, generator, self.policy)
+        self.jobs.tenants = self.tenants
         self.flows = Flows(self)
         self.presence = Presence(queue, role, worker_id)
         # Which shards this process runs (and their latency), in the database for /palette status.
@@ -304,6 +313,8 @@ class WorkerClient(discord.Client):
         self.db = db
         self.modlog = ModLogSender(self)  # type: ignore[arg-type]
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
+        self.tenants = TenantService(db.tenants, settings)
+        self.moderation.on_invalidate.append(self.tenants.invalidate)
 
     async def setup_hook(self) -> None:
         await asyncio.to_thread(preload)  # the catalogs of the messages it posts, off the event loop

@@ -174,7 +174,7 @@ class Flows:
         interaction.extras["locale"] = server_locale(interaction, gate.policy)
         # Validate options with placeholder references, so a wrong ratio is answered before we defer.
         placeholder = tuple(Reference(mime_type="image/png", url="about:blank") for _ in range(n_refs))
-        plan = jobs.plan(replace(spec, references=placeholder))
+        plan = jobs.plan(replace(spec, references=placeholder), await jobs.access_for(interaction.guild_id))
         # Model, resolution and count allowed here; then the prompt filter (logged, counts to auto-ban).
         await moderation.check_planned(self.bot, gate, plan, spec.prompt)
         self.check_attachments(attachments)

@@ -18,8 +18,13 @@ PROVIDER_CLASSES: dict[str, type[ImageProvider]] = {
 }
 
 
-def build_providers(settings: Settings, downloader: Downloader | None = None) -> dict[str, ImageProvider]:
-    """One adapter (with one pooled HTTP client) per enabled provider."""
+def build_providers(
+    settings: Settings, downloader: Downloader | None = None, *, spare: bool = False
+) -> dict[str, ImageProvider]:
+    """One adapter (with one pooled HTTP client) per enabled provider.
+
+    ``spare``: instead, one for each provider the operator has *no* key for (no ``Authorization`` of its
+    own): those serve only calls made with a server's own key (:mod:`bot.tenants`)."""
     downloader = downloader or build_downloader(settings)
     retry = RetryPolicy(
         max_retries=settings.http_max_retries,
@@ -29,18 +34,19 @@ def build_providers(settings: Settings, downloader: Downloader | None = None) ->
     )
     providers: dict[str, ImageProvider] = {}
     for ps in settings.providers():
-        if not ps.enabled:
+        if ps.enabled == spare:
             continue
         cls = PROVIDER_CLASSES[ps.name]
         transport = Transport(
             ps.name,
             ps.base_url,
-            ps.api_key,
+            None if spare else ps.api_key,
             downloader=downloader,
             retry=retry,
             connect_timeout=settings.http_connect_timeout,
             read_timeout=settings.http_read_timeout,
-            max_connections=max(ps.concurrency * 2, 16),
+            # Spare clients carry only servers' own keys: a small pool each.
+            max_connections=8 if spare else max(ps.concurrency * 2, 16),
             error_hook=cls.error_hook,
         )
         if issubclass(cls, TaskProvider):

@@ -6,6 +6,10 @@
   408/409/429/5xx, transport errors, and what an adapter's error hook marks retryable (busy signals).
   Never for 400/401/402/403. A response is read and closed before sleeping.
 - Errors become typed :mod:`bot.errors`; messages carry the provider's words (trimmed), never our key.
+- A server's own key (:class:`CallCredentials`, set for a job's calls with :func:`call_credentials`)
+  replaces the operator's key per request: the client and its pool stay shared, only the
+  ``Authorization`` header differs, and a provider the server has no key for is never called with the
+  operator's key unless the server allows it.
 - :class:`Downloader` fetches result URLs with its own client (the API key is never sent to a result
   host), a size cap, a per-step timeout and an overall deadline, and an SSRF guard on every redirect hop
   that also decides which address is connected to (no second DNS answer is ever used).
@@ -22,9 +26,10 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -70,6 +75,52 @@ def ssl_context() -> ssl.SSLContext:
     if _SSL_CONTEXT is None:
         _SSL_CONTEXT = ssl.create_default_context()
     return _SSL_CONTEXT
+
+
+@dataclass(eq=False)
+class CallCredentials:
+    """The keys one job's provider calls use: a server's own keys by provider, and whether providers it
+    has no key for may be called with the operator's key (``operator_fallback``; a server without any key
+    of its own always uses the operator's). ``rejected`` collects what the providers said when they
+    refused one of these keys (401/402), for the server's mod log."""
+
+    keys: Mapping[str, SecretStr] = field(default_factory=dict, repr=False)
+    operator_fallback: bool = False
+    guild_id: int | None = None
+    rejected: list[ProviderError] = field(default_factory=list)
+
+    def key_for(self, provider: str) -> SecretStr | None:
+        return self.keys.get(provider)
+
+    def uses_own(self, provider: str) -> bool:
+        return provider in self.keys
+
+    @property
+    def operator_allowed(self) -> bool:
+        return self.operator_fallback or not self.keys
+
+    def __repr__(self) -> str:
+        return (
+            f"CallCredentials(guild_id={self.guild_id}, own={sorted(self.keys)}, "
+            f"operator_fallback={self.operator_fallback})"
+        )
+
+
+_CALL_CREDENTIALS: ContextVar[CallCredentials | None] = ContextVar("palette_call_credentials", default=None)
+
+
+@contextmanager
+def call_credentials(credentials: CallCredentials | None) -> Iterator[None]:
+    """Every provider call made inside (tasks started inside included) uses ``credentials``."""
+    token = _CALL_CREDENTIALS.set(credentials)
+    try:
+        yield
+    finally:
+        _CALL_CREDENTIALS.reset(token)
+
+
+def current_credentials() -> CallCredentials | None:
+    return _CALL_CREDENTIALS.get()
 
 
 #: An adapter hook that may turn an error response into a more specific error (or None for the default).
@@ -204,10 +255,10 @@ class Transport:
         self.error_hook = error_hook
         # Kept only to scrub it from error texts: a provider may echo our request headers back.
         self._secret = api_key.get_secret_value() if api_key is not None else ""
+        self._auth_header = auth_header or (lambda secret: {"Authorization": f"Bearer {secret}"})
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if api_key is not None:
-            secret = self._secret
-            headers.update(auth_header(secret) if auth_header else {"Authorization": f"Bearer {secret}"})
+            headers.update(self._auth_header(self._secret))
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
@@ -220,9 +271,38 @@ class Transport:
     async def aclose(self) -> None:
         await self.client.aclose()
 
+    def _call_headers(self) -> dict[str, str] | None:
+        """The auth headers of this call when a server's own key applies (None: the client's own).
+
+        A provider the server has no key for, called while the server does not allow the operator's
+        keys, is refused here without a request (the generator never routes there; this is the guard)."""
+        credentials = _CALL_CREDENTIALS.get()
+        if credentials is None:
+            return None
+        key = credentials.key_for(self.provider)
+        if key is not None:
+            return self._auth_header(key.get_secret_value())
+        if credentials.operator_allowed and self._secret:
+            return None
+        raise AuthError(
+            "This server has no key of its own for this provider.", provider=self.provider, status=None
+        )
+
     def _scrub(self, text: str) -> str:
-        """``text`` without our API key (scrubbed before any trimming, so no part of it survives)."""
-        return text.replace(self._secret, REDACTED) if len(self._secret) >= 4 and text else text
+        """``text`` without our API key or the server's (scrubbed before any trimming, so no part of it
+        survives)."""
+        if not text:
+            return text
+        secrets = [self._secret]
+        credentials = _CALL_CREDENTIALS.get()
+        if credentials is not None:
+            key = credentials.key_for(self.provider)
+            if key is not None:
+                secrets.append(key.get_secret_value())
+        for secret in secrets:
+            if len(secret) >= 4:
+                text = text.replace(secret, REDACTED)
+        return text
 
     def _scrubbed(self, error: ProviderError) -> ProviderError:
         """``error`` with our API key removed from everything it shows (message, detail, args)."""
@@ -319,7 +399,10 @@ class Transport:
         self, method: str, path: str, json_body: Any, payloads: InlinePayloads
     ) -> tuple[Any, InlinePayloads]:
         try:
-            async with self.client.stream(method, path.lstrip("/"), json=json_body) as response:
+            headers = self._call_headers()
+            async with self.client.stream(
+                method, path.lstrip("/"), json=json_body, headers=headers
+            ) as response:
                 if response.is_error:
                     await response.aread()
                     raise self._status_error(response, method, path)
@@ -359,10 +442,11 @@ class Transport:
         self, method: str, path: str, json_body: Any, data: Any, files: Any, params: Any
     ) -> httpx.Response:
         url = path.lstrip("/")
+        headers = self._call_headers()
         started = time.monotonic()
         try:
             response = await self.client.request(
-                method, url, json=json_body, data=data, files=files, params=params
+                method, url, json=json_body, data=data, files=files, params=params, headers=headers
             )
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             error = self._transport_error(method, exc)

@@ -58,6 +58,8 @@ from bot.storage.repository import (
     KeyValueRepository,
     ModerationRepository,
 )
+from bot.storage.tenants import SqlTenantRepository
+from bot.storage.usage import SqlUsageRepository
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,9 @@ class Database(SqlJobRepository):
         self.history: HistoryRepository = SqlHistoryRepository(self)
         self.kv: KeyValueRepository = SqlKeyValueRepository(self)
         self.moderation: ModerationRepository = SqlModerationRepository(self)
+        # Servers' own provider keys (encrypted) and the monthly usage report (issue 12).
+        self.tenants = SqlTenantRepository(self)
+        self.usage = SqlUsageRepository(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

@@ -234,6 +234,11 @@ class SqlModerationRepository:
         process's wall clock (pollers should look back a few seconds and compare versions)."""
         await conn.execute(self._bump, {"guild_id": guild_id, "version": 1, "updated_at": time.time()})
 
+    async def bump_version(self, conn: AsyncConnection, guild_id: int) -> None:
+        """:meth:`_bump_version` for other repositories whose server state is cached with the moderation
+        state (a server's own provider keys): every process drops that server's cache when it moves."""
+        await self._bump_version(conn, guild_id)
+
     async def versions_since(self, updated_after: float) -> list[tuple[int, int, float]]:
         """``(guild_id, version, updated_at)`` of every server whose moderation state changed after
         ``updated_after`` (unix seconds), oldest change first."""

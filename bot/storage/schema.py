@@ -355,6 +355,29 @@ workers = Table(
     Column("heartbeat_at", Seconds, nullable=False),
 )
 
+# --- servers as tenants (issue 12) -------------------------------------------------------------------------
+
+# A server's own provider keys, encrypted (a Fernet token made with PALETTE_SECRET_KEY; never plain text).
+guild_provider_keys = Table(
+    "guild_provider_keys",
+    metadata,
+    Column("guild_id", Snowflake, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("added_by", Snowflake),
+    Column("updated_at", Seconds, nullable=False),
+    PrimaryKeyConstraint("guild_id", "provider"),
+)
+
+# Whether a server that has keys of its own may also use the operator's providers (off by default).
+guild_key_settings = Table(
+    "guild_key_settings",
+    metadata,
+    Column("guild_id", Snowflake, primary_key=True, autoincrement=False),
+    Column("operator_fallback", Boolean, nullable=False, server_default=text("false")),
+    Column("updated_at", Seconds, nullable=False),
+)
+
 # --- gateway shards (bot/ops/shards.py) -----------------------------------------------------------------
 
 # Which process runs which gateway shard, and its latency: one row per (process, shard), kept fresh by a

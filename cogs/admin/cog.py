@@ -22,6 +22,7 @@ from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
 from bot.moderation.service import capped_note, describe_channels, describe_role_limit, summarize
 from bot.presentation import embeds
+from bot.presentation import tenants as tenants_ui
 from bot.presentation.locales import user_locale
 from bot.presentation.moderation import ConfirmView, ModActionButton, delete_message
 
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
 
 RESOLUTION_CHOICES = [app_commands.Choice(name=r, value=r) for r in ("1K", "2K", "4K")]
+PROVIDER_CHOICES = [
+    app_commands.Choice(name="ListenHub", value="listenhub"),
+    app_commands.Choice(name="nano-banana-pro.net", value="nanobanana_pro"),
+    app_commands.Choice(name="APIMart", value="apimart"),
+    app_commands.Choice(name="Mountsea", value="mountsea"),
+]
 
 #: ``/palette settings locale``: every shipped language by its own name, or back to Discord's.
 CLEAR_LOCALE = "default"
@@ -53,6 +60,11 @@ class AdminCog(commands.Cog):
     )
     blocklist = app_commands.Group(
         name="blocklist", description=locale_str("Words and patterns refused in prompts"), parent=palette
+    )
+    provider = app_commands.Group(
+        name="provider",
+        description=locale_str("This server's own provider keys (it pays for its images)"),
+        parent=palette,
     )
 
     def __init__(self, bot: PaletteBot) -> None:
@@ -82,7 +94,7 @@ class AdminCog(commands.Cog):
         return interaction.guild_id, interaction.user.id
 
     @staticmethod
-    async def reply(interaction: discord.Interaction, text: Text | str) -> None:
+    async def reply(interaction: discord.Interaction, text: Text | Joined | str) -> None:
         """An ephemeral answer, in the language of the admin who asked."""
         await interaction.response.send_message(
             render(user_locale(interaction), text),
@@ -135,8 +147,14 @@ class AdminCog(commands.Cog):
             raise ValidationError("Give at least one limit to change (or `reset`).")
         await self.mod.update_policy(guild_id, actor, msg("limits"), **changes)
         text = msg("✅ Limits updated. {limits}", limits=await self.limits_line(guild_id))
-        note = capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
+        note = await self.limits_note(guild_id, daily=daily, hourly=hourly)
         await self.reply(interaction, Joined((text, note), "\n") if note else text)
+
+    async def limits_note(self, guild_id: int, *, daily: int | None, hourly: int | None) -> Text | None:
+        """What the operator's ceilings did to the limits asked for (nothing for a self-funded server)."""
+        if await self.bot.tenants.self_funded(guild_id):
+            return tenants_ui.SELF_FUNDED_LIMITS if (daily or hourly) else None
+        return capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
 
     async def limits_line(self, guild_id: int) -> Joined:
         policy = await self.bot.db.moderation.get_policy(guild_id)
@@ -186,7 +204,7 @@ class AdminCog(commands.Cog):
         text = msg(
             "✅ {role}: {limits}.", role=role.mention, limits=describe_role_limit(limit, self.bot.settings)
         )
-        note = capped_note(self.bot.settings, daily_limit=daily, hourly_limit=hourly)
+        note = await self.limits_note(guild_id, daily=daily, hourly=hourly)
         await self.reply(interaction, Joined((text, note), "\n") if note else text)
 
     # ------------------------------------------------------------------ where and what
@@ -446,6 +464,13 @@ class AdminCog(commands.Cog):
             embed.add_field(
                 name=t(shown, name), value=embeds.truncate(render(shown, value), 1024), inline=False
             )
+        keys_field = await tenants_ui.settings_field(self.bot, guild_id)
+        if keys_field is not None:
+            embed.add_field(
+                name=t(shown, keys_field[0]),
+                value=embeds.truncate(render(shown, keys_field[1]), 1024),
+                inline=False,
+            )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     # ------------------------------------------------------------------ blocklist
@@ -522,6 +547,82 @@ class AdminCog(commands.Cog):
         await self.reply(
             interaction, msg("✅ Built-in list on.") if enabled else msg("✅ Built-in list off.")
         )
+
+    # ------------------------------------------------------------------ own provider keys (bot.tenants)
+
+    @provider.command(
+        name="set",
+        description=locale_str("Use this server's own key for a provider (asked in a private form)"),
+    )
+    @app_commands.describe(provider=locale_str("The provider whose key this server brings"))
+    @app_commands.choices(provider=PROVIDER_CHOICES)
+    async def provider_set(
+        self, interaction: discord.Interaction, provider: app_commands.Choice[str]
+    ) -> None:
+        await tenants_ui.open_key_modal(self.bot, interaction, provider.value)
+
+    @provider.command(
+        name="list",
+        description=locale_str("Which providers use this server's own key (last four characters)"),
+    )
+    async def provider_list(self, interaction: discord.Interaction) -> None:
+        guild_id, _ = self.ids(interaction)
+        self.bot.tenants.require_enabled()
+        await self.reply(interaction, await tenants_ui.list_text(self.bot, guild_id))
+
+    @provider.command(
+        name="remove", description=locale_str("Stop using this server's own key for a provider")
+    )
+    @app_commands.describe(provider=locale_str("The provider whose key is forgotten"))
+    @app_commands.choices(provider=PROVIDER_CHOICES)
+    async def provider_remove(
+        self, interaction: discord.Interaction, provider: app_commands.Choice[str]
+    ) -> None:
+        guild_id, actor = self.ids(interaction)
+        await self.reply(interaction, await tenants_ui.remove_text(self.bot, guild_id, actor, provider.value))
+
+    @provider.command(
+        name="fallback", description=locale_str("Whether models without this server's key use the bot's own")
+    )
+    @app_commands.describe(
+        mode=locale_str("on: the bot's own providers too (its limits apply); off: only this server's keys")
+    )
+    @app_commands.choices(
+        mode=[
+            app_commands.Choice(name=locale_str("on"), value="on"),
+            app_commands.Choice(name=locale_str("off"), value="off"),
+        ]
+    )
+    async def provider_fallback(
+        self, interaction: discord.Interaction, mode: app_commands.Choice[str]
+    ) -> None:
+        guild_id, actor = self.ids(interaction)
+        await self.reply(
+            interaction, await tenants_ui.fallback_text(self.bot, guild_id, actor, mode.value == "on")
+        )
+
+    @palette.command(
+        name="usage",
+        description=locale_str("Images made here this month: by model and size, by member, credits"),
+    )
+    @app_commands.describe(
+        month=locale_str("The month as YYYY-MM (default: this month, UTC)"),
+        every_server=locale_str("The bot's owner only: every server's usage"),
+    )
+    async def usage(
+        self,
+        interaction: discord.Interaction,
+        month: app_commands.Range[str, 1, 10] | None = None,
+        every_server: bool = False,
+    ) -> None:
+        guild_id, _ = self.ids(interaction)
+        if every_server and not await self.bot.flows.is_operator(interaction.user):
+            raise ValidationError("Only the bot's owner sees every server's usage.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await tenants_ui.usage_embeds(
+            self.bot, guild_id, month, every_server=every_server, locale=user_locale(interaction)
+        )
+        await interaction.followup.send(embeds=found, ephemeral=True)
 
     # ------------------------------------------------------------------ bans and purge
 

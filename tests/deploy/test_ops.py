@@ -45,6 +45,9 @@ async def test_counters_queue_depth_and_readiness_of_a_gateway_and_a_worker(
             await d.imagine(first, "beta prompt", model=LISTENHUB_MODEL),
             await d.imagine(second, "gamma prompt", model=LISTENHUB_MODEL),
         ]
+        # The three are stored before the fourth arrives (requests sent at once are handled concurrently,
+        # in no guaranteed order: the fourth must be the one over the limit).
+        await d.wait_db("SELECT COUNT(*) FROM jobs", lambda n: n == 3)
         refused = await d.imagine(first, "delta prompt", model=LISTENHUB_MODEL)  # over USER_MAX_CONCURRENT
         text = await d.reply(refused)
         assert "in progress" in text, text

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from tests.fakes.http import FakeServer, png_bytes
+from tests.fakes.providers.common import KeyRing
 
 VALID_KEY = "am-test-key-0123456789"
 
@@ -94,6 +95,8 @@ class FakeApiMart:
     key = VALID_KEY
 
     def __init__(self, *, polls: int = 3) -> None:
+        #: Other accepted keys (servers' own) and the key each call carried.
+        self.keyring = KeyRing()
         self.default = ApiMartScript(polls=polls)
         self.scripts: deque[ApiMartScript] = deque()
         self.submit_faults: deque[Fault] = deque()
@@ -153,7 +156,7 @@ class FakeApiMart:
     # --- handlers ------------------------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {self.key}"
+        return self.keyring.check(request, self.key)
 
     async def _stall(self, seconds: float) -> None:
         if seconds > 0:

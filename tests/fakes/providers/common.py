@@ -43,3 +43,21 @@ class ScriptQueue(deque[Scripted]):
             if item.times <= 0:
                 self.popleft()
         return item
+
+
+class KeyRing:
+    """Keys a fake provider accepts besides its own (``extra``), and the key every call carried."""
+
+    def __init__(self) -> None:
+        self.extra: set[str] = set()
+        #: (request path, bearer key or None) of every call that reached an authorization check.
+        self.used: list[tuple[str, str | None]] = []
+
+    def check(self, request: Any, main: str) -> bool:
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else None
+        self.used.append((request.path, key))
+        return key is not None and (key == main or key in self.extra)
+
+    def keys_used(self) -> list[str | None]:
+        return [key for _path, key in self.used]

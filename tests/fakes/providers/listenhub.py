@@ -23,7 +23,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.fakes.http import FakeServer, RecordedRequest, png_bytes
-from tests.fakes.providers.common import Scripted, ScriptQueue, image_dimensions
+from tests.fakes.providers.common import KeyRing, Scripted, ScriptQueue, image_dimensions
 
 API_KEY = "lh-test-key-0123456789"
 BASE_PATH = "/openapi"
@@ -96,6 +96,8 @@ class FakeListenHub:
         #: The subscription answer: a body (served with 200) or a ``(status, body)`` tuple.
         self.subscription: Any = FULL_SUBSCRIPTION
         self.calls: dict[str, int] = {"generate": 0, "subscription": 0}
+        #: Other accepted keys (servers' own) and the key each call carried.
+        self.keyring = KeyRing()
         self.request_times: list[float] = []
         #: Every image the fake returned, in order (compare with what the adapter hands back).
         self.images: list[bytes] = []
@@ -224,7 +226,7 @@ class FakeListenHub:
     # --- handlers -------------------------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+        return self.keyring.check(request, self.api_key)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from tests.fakes.http import FakeServer, png_bytes
+from tests.fakes.providers.common import KeyRing
 
 VALID_KEY = "ms-test-key-abcdef"
 
@@ -207,6 +208,8 @@ class FakeMountsea:
     key = VALID_KEY
 
     def __init__(self, *, polls: int = 3) -> None:
+        #: Other accepted keys (servers' own) and the key each call carried.
+        self.keyring = KeyRing()
         self.default = MountseaScript(polls=polls)
         self.scripts: deque[MountseaScript] = deque()
         self.submit_faults: deque[Fault] = deque()
@@ -269,7 +272,7 @@ class FakeMountsea:
     # --- handlers ------------------------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {self.key}"
+        return self.keyring.check(request, self.key)
 
     async def _stall(self, seconds: float) -> None:
         if seconds > 0:

@@ -23,7 +23,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.fakes.http import FakeServer, RecordedRequest, png_bytes
-from tests.fakes.providers.common import Scripted, ScriptQueue, image_dimensions
+from tests.fakes.providers.common import KeyRing, Scripted, ScriptQueue, image_dimensions
 
 API_KEY = "sk-nbp-test-key-abcdef"
 GENERATE_PATH = "/api/ai/nano-banana/generate"
@@ -50,6 +50,8 @@ class FakeNanoBananaPro:
     def __init__(
         self, *, scale: float = 1 / 16, processing_delay: float = 0.0, allow_4k: bool = True
     ) -> None:
+        #: Other accepted keys (servers' own) and the key each call carried.
+        self.keyring = KeyRing()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(GENERATE_PATH, self._generate)
         app.router.add_get("/files/{name}", self._file)
@@ -143,7 +145,7 @@ class FakeNanoBananaPro:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer:
             self.peers.add((str(peer[0]), int(peer[1])))
-        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+        if not self.keyring.check(request, self.api_key):
             await self.server.record(request)
             return _error(401, "Unauthorized: missing or invalid API key")
         if request.content_type not in ("application/json", "multipart/form-data"):
