@@ -155,6 +155,8 @@ class JobService:
             "seed": plan.seed,
             "strict_safety": plan.strict_safety,
             "upload_limit": origin.upload_limit,
+            # Server galleries (bot.web) show results of non-NSFW server channels only.
+            "nsfw_channel": origin.nsfw_channel or origin.guild_id is None,
         }
         new_job = NewJob(
             user_id=origin.user_id,

@@ -51,6 +51,7 @@ from bot.catalog import get_model
 from bot.config import Settings
 from bot.errors import NoRouteAvailable, PaletteError, ProviderError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
+from bot.imagestore import ImageStore
 from bot.jobs.service import (
     DeliveredImage,
     Delivery,
@@ -411,6 +412,8 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id
         self.spool = spool
+        #: Where delivered images are kept for the web gallery (bot.imagestore); set by bot.app.
+        self.image_store: ImageStore | None = None
         self.clock = clock
         capacity = generator.capacity()
         self.max_jobs = max_jobs or settings.worker_max_jobs or max(1, sum(capacity.values()))
@@ -669,6 +672,16 @@ class Worker:
                 if lease.lost:
                     raise LeaseLost()
                 delivery = await self.presenter.deliver(job, outcome, running.spooled)
+            if self.image_store is not None:  # the web gallery's copy (errors are logged, not raised)
+                await self.image_store.save(
+                    job.user_id,
+                    job.id,
+                    [
+                        (img.filename, item.data if item.data is not None else item.path)  # type: ignore[misc]
+                        for img, item in zip(delivery.images, running.spooled, strict=False)
+                        if item.data is not None or item.path is not None
+                    ],
+                )
         except (LeaseLost, asyncio.CancelledError):
             raise
         except PaletteError as exc:

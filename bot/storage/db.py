@@ -57,6 +57,7 @@ from bot.storage.repository import (
     KeyValueRepository,
     ModerationRepository,
 )
+from bot.storage.web import SqlWebRepository
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class Database(SqlJobRepository):
         self.history: HistoryRepository = SqlHistoryRepository(self)
         self.kv: KeyValueRepository = SqlKeyValueRepository(self)
         self.moderation: ModerationRepository = SqlModerationRepository(self)
+        #: The web gallery's sessions, logins and gallery queries (bot.web).
+        self.web = SqlWebRepository(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

@@ -259,6 +259,28 @@ class AdminCog(commands.Cog):
         )
         await self.reply(interaction, f"✅ Mod log: {channel.mention if channel else 'off'}.")
 
+    @palette.command(name="gallery", description="This server's web gallery of results (members only)")
+    @app_commands.describe(
+        mode="on: members see results of non-NSFW channels on Palette's website; off: nobody does"
+    )
+    @app_commands.choices(
+        mode=[app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
+    )
+    async def gallery(self, interaction: discord.Interaction, mode: app_commands.Choice[str]) -> None:
+        guild_id, actor = self.ids(interaction)
+        enabled = mode.value == "on"
+        before = await self.bot.db.web.set_gallery(guild_id, enabled, actor, self.mod.clock())
+        if before != enabled:
+            self.mod.emit(
+                modlog.policy_change(
+                    guild_id, actor_id=actor, what="web gallery",
+                    before="on" if before else "off", after=mode.value,
+                )
+            )  # fmt: skip
+        site = self.bot.settings.web_base_url
+        where = f" at {site.rstrip('/')}/servers/{guild_id}" if enabled and site else ""
+        await self.reply(interaction, f"✅ Web gallery: {mode.value}{where}.")
+
     @palette.command(name="nsfw", description="What NSFW-marked channels allow")
     @app_commands.describe(
         mode="same: the same rules as everywhere; relaxed: no NSFW term list and normal provider safety"

@@ -44,6 +44,9 @@ class HistoryCog(commands.Cog):
 
         async def confirmed(click: discord.Interaction) -> None:
             cleared = await self.bot.db.history.delete_user_data(user_id)
+            store = getattr(self.bot, "image_store", None)
+            if store is not None:  # the web gallery's copies go too
+                await store.delete_user(user_id)
             await click.response.edit_message(
                 content=f"🧹 Cleared {cleared} generation(s) from Palette's records. "
                 "The images already posted stay in their channels (use their Delete button).",
