@@ -28,10 +28,10 @@ _gallery = schema.gallery_settings
 _reports = schema.reports
 _blocked = schema.blocked_attempts
 
-#: How ``bot.jobs.service.JobService`` writes "posted in a non-NSFW channel" into a job's params (JSON
-#: with ``json.dumps``' default separators). A job without it (older rows, DMs) never reaches a server
-#: gallery: unknown counts as NSFW.
-SFW_PARAM = '"nsfw_channel": false'
+#: How a job's params (JSON) say "posted in a non-NSFW channel" (``bot.jobs.service.JobService`` writes
+#: ``json.dumps``' default separators, :func:`bot.storage.records` compact ones). A job without it (older
+#: rows, DMs) never reaches a server gallery: unknown counts as NSFW.
+SFW_PARAMS = ('"nsfw_channel": false', '"nsfw_channel":false')
 
 MAX_SEARCH_WORDS = 8
 
@@ -79,7 +79,7 @@ class GalleryImage:
 
     @property
     def sfw(self) -> bool:
-        return SFW_PARAM in (self.params or "")
+        return self.params_dict.get("nsfw_channel") is False
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +276,8 @@ class SqlWebRepository:
         offset: int = 0,
     ) -> tuple[list[GalleryImage], int]:
         """A page of a server's gallery: results posted in its non-NSFW channels, newest first."""
-        where = and_(_results.c.guild_id == guild_id, _jobs.c.params.contains(SFW_PARAM, autoescape=True))
+        sfw = or_(*(_jobs.c.params.contains(p, autoescape=True) for p in SFW_PARAMS))
+        where = and_(_results.c.guild_id == guild_id, sfw)
         return await self._page(where, words=words, model=model, limit=limit, offset=offset)
 
     async def _page(
