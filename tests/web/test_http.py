@@ -122,7 +122,7 @@ async def test_server_gallery_members_only_sfw_only(site) -> None:
 
 
 async def test_csrf_and_logout_end_the_session(site) -> None:
-    job, [rid], _ = await site.seed(site.alice, "keep me")
+    _job, [rid], _ = await site.seed(site.alice, "keep me")
     alice = await site.login(site.alice)
     forged = await alice.post(f"/images/{rid}/delete", data={"csrf": "guess"})
     assert forged.status_code == 403
