@@ -177,13 +177,27 @@ class LoginRequired(Exception):
         self.next_path = next_path
 
 
-async def check_csrf(ctx: WebContext, request: Request, viewer: Viewer) -> dict[str, str]:
+class PostedForm(dict[str, str]):
+    """A posted form's text fields (the first value of each) and, with :meth:`getlist`, all values."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._all: dict[str, list[str]] = {}
+        for key, value in items:
+            self.setdefault(key, value)
+            self._all.setdefault(key, []).append(value)
+
+    def getlist(self, key: str) -> list[str]:
+        return list(self._all.get(key, []))
+
+
+async def check_csrf(ctx: WebContext, request: Request, viewer: Viewer) -> PostedForm:
     """The posted form, once its CSRF token matches the session's (and the Origin, when sent, is ours)."""
     origin = request.headers.get("origin")
     if origin and ctx.settings.web_base_url and origin.rstrip("/") != ctx.origin:
         raise HttpError(403, text("csrf"))
-    form = await request.form()
-    values = {k: v for k, v in form.items() if isinstance(v, str)}
+    form = await request.form(max_files=0, max_fields=200)
+    values = PostedForm([(k, v) for k, v in form.multi_items() if isinstance(v, str)])
     if not security.same(values.get("csrf"), viewer.csrf):
         raise HttpError(403, text("csrf"))
     return values

@@ -153,6 +153,10 @@ class BotActions(Protocol):
 
     async def member_roles(self, guild_id: int, user_id: int) -> set[int] | None: ...
 
+    async def guild_roles(self, guild_id: int) -> list[tuple[int, str]]: ...
+
+    async def text_channels(self, guild_id: int) -> list[tuple[int, str]]: ...
+
 
 class ClientActions:
     """:class:`BotActions` through a discord.py client (the gateway bot or a REST-only client)."""
@@ -182,3 +186,27 @@ class ClientActions:
         except discord.HTTPException:
             return None
         return {int(r) for r in data.get("roles", [])}
+
+    async def guild_roles(self, guild_id: int) -> list[tuple[int, str]]:
+        """The server's roles but @everyone and managed (bot) roles, as ``(id, name)``."""
+        import discord
+
+        try:
+            data = await self.client.http.get_roles(guild_id)
+        except discord.HTTPException:
+            return []
+        return [
+            (int(r["id"]), str(r.get("name", "")))
+            for r in data
+            if int(r["id"]) != guild_id and not r.get("managed")
+        ]
+
+    async def text_channels(self, guild_id: int) -> list[tuple[int, str]]:
+        """The server's text channels, as ``(id, name)``."""
+        import discord
+
+        try:
+            data = await self.client.http.get_all_guild_channels(guild_id)
+        except discord.HTTPException:
+            return []
+        return [(int(c["id"]), str(c.get("name", ""))) for c in data if c.get("type") in (0, 5)]

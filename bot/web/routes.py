@@ -15,13 +15,14 @@ from starlette.routing import Route
 from bot.catalog import MODELS, RESOLUTIONS
 from bot.errors import PaletteError
 from bot.moderation import modlog
-from bot.moderation.bans import describe_duration
+from bot.moderation.bans import describe_duration, parse_duration
 from bot.moderation.service import MAX_LIMIT
 from bot.storage.web import WebSession, search_words
 from bot.web import security
 from bot.web.app import (
     PAGE_SIZE,
     HttpError,
+    PostedForm,
     Viewer,
     WebContext,
     check_csrf,
@@ -312,6 +313,7 @@ async def dashboard(ctx: WebContext, request: Request) -> Response:
         models=MODELS, resolutions=RESOLUTIONS, ban_choices=BAN_CHOICES, max_limit=MAX_LIMIT,
         gallery=await ctx.db.web.gallery_enabled(guild_id), notice=request.query_params.get("notice"),
         error=request.query_params.get("error"), describe_duration=describe_duration,
+        roles=await ctx.bot.guild_roles(guild_id), channels=await ctx.bot.text_channels(guild_id),
     )  # fmt: skip
 
 
@@ -379,7 +381,16 @@ class PolicyInputError(Exception):
     pass
 
 
-async def _manager(ctx: WebContext, request: Request) -> tuple[Viewer, int, dict[str, str]]:
+def _ids(form: PostedForm, key: str, known: set[int]) -> tuple[int, ...]:
+    """Channel ids picked in a multi-select; only the server's own channels."""
+    values = form.getlist(key)
+    picked = tuple(dict.fromkeys(v for v in (_int(x) for x in values) if v is not None))
+    if any(v not in known for v in picked):
+        raise PolicyInputError(text("not_found"))
+    return picked
+
+
+async def _manager(ctx: WebContext, request: Request) -> tuple[Viewer, int, PostedForm]:
     viewer, guild_id, guild = await _moderator(ctx, request)
     form = await check_csrf(ctx, request, viewer)
     if not can_manage(guild):  # the same rule as /palette: Manage Server
@@ -410,6 +421,33 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
                 "default_model": (form.get("default_model") or "").strip() or None,
             }
             what = "models"
+        elif section == "channels":
+            known = {cid for cid, _ in await ctx.bot.text_channels(guild_id)}
+            allowed = _ids(form, "allowed_channels", known)
+            denied = _ids(form, "denied_channels", known)
+            changes = {"allowed_channels": allowed, "denied_channels": () if allowed else denied}
+            what = "channels"
+        elif section == "roles":
+            roles = {rid for rid, _ in await ctx.bot.guild_roles(guild_id)}
+            channels = {cid for cid, _ in await ctx.bot.text_channels(guild_id)}
+            mod_role = _int(form.get("mod_role_id"))
+            log_channel = _int(form.get("modlog_channel_id"))
+            if (mod_role is not None and mod_role not in roles) or (
+                log_channel is not None and log_channel not in channels
+            ):
+                raise PolicyInputError(text("not_found"))
+            changes = {"mod_role_id": mod_role, "modlog_channel_id": log_channel}
+            what = "moderator role and mod log"
+        elif section == "autoban":
+            hits = _int(form.get("autoban_hits"))
+            if hits is None or not 0 <= hits <= 100:
+                raise PolicyInputError(text("bad_number", field="Blocked prompts", max=100))
+            window = parse_duration(form.get("autoban_window") or "")
+            duration = parse_duration(form.get("autoban_duration") or "")
+            if window is None or duration is None:
+                raise PolicyInputError(text("bad_duration"))
+            changes = {"autoban_hits": hits, "autoban_window": window, "autoban_duration": duration}
+            what = "auto-ban"
         elif section == "nsfw":
             changes = {
                 "nsfw_mode": form.get("nsfw_mode") if form.get("nsfw_mode") in ("same", "relaxed") else "same"

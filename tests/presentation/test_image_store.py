@@ -57,6 +57,7 @@ async def test_a_moderators_removal_removes_records_and_files(palette: Palette) 
     owner = palette.fake.users[palette.guild.owner_id]
     done = await palette.fake.click_button(owner, report, f"palette:mod:delete:{job.id}")
     assert "Deleted the result" in await palette.reply(done)
+    assert message.deleted
     assert stored(palette, palette.alice, job.id) == ([], [])
     assert await palette.bot.db.history.results_for_job(job.id) == []
 

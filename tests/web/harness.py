@@ -46,6 +46,7 @@ class Site:
     alice: User
     bob: User
     outsider: User
+    client: WorkerClient
 
     def browser(self) -> httpx.AsyncClient:
         """A new cookie jar: one person's browser."""
@@ -129,8 +130,11 @@ async def running_site(tmp_path: Path, **overrides: Any) -> AsyncIterator[Site]:
             await client.login(fake.bot_token)
             ctx = build_context(settings, db, client, client.application_id)
             try:
-                yield Site(fake, db, ctx, create_app(ctx), guild, channel, nsfw, owner, alice, bob, outsider)
+                yield Site(
+                    fake, db, ctx, create_app(ctx), guild, channel, nsfw, owner, alice, bob, outsider, client
+                )
             finally:
+                await client.modlog.drain(timeout=5)
                 await ctx.oauth.aclose()
                 await client.close()
                 await db.close()

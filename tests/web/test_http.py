@@ -240,3 +240,87 @@ async def test_revoked_discord_access_ends_the_session_on_refresh(site) -> None:
 
     await asyncio.sleep(0.05)
     assert (await alice.get("/gallery")).status_code == 303
+
+
+async def test_dashboard_policy_sections_check_ids_and_write_the_mod_log(site) -> None:
+    gid = site.guild.id
+    log_channel = site.fake.add_channel(site.guild, "mod-log")
+    role = site.fake.add_role(site.guild, "palette-mods")
+    owner = await site.login(site.owner)
+    board = await owner.get(f"/servers/{gid}/dashboard")
+    assert "#mod-log" in board.text and "palette-mods" in board.text
+    token = csrf_of(board.text)
+    post = f"/servers/{gid}/policy"
+    foreign = await owner.post(post, data={"csrf": token, "section": "roles", "modlog_channel_id": "12345"})
+    assert "error=" in foreign.headers["location"]
+    ok = await owner.post(
+        post,
+        data={"csrf": token, "section": "roles", "mod_role_id": str(role.id),
+              "modlog_channel_id": str(log_channel.id)},
+    )  # fmt: skip
+    assert "notice=" in ok.headers["location"]
+    policy = await site.db.moderation.get_policy(gid)
+    assert policy.mod_role_id == role.id and policy.modlog_channel_id == log_channel.id
+    chans = await owner.post(
+        post, data={"csrf": token, "section": "channels", "allowed_channels": [str(site.channel.id)]}
+    )
+    assert "notice=" in chans.headers["location"]
+    assert (await site.db.moderation.get_policy(gid)).allowed_channels == (site.channel.id,)
+    auto = await owner.post(
+        post, data={"csrf": token, "section": "autoban", "autoban_hits": "4", "autoban_window": "5m",
+                    "autoban_duration": "2h"},
+    )  # fmt: skip
+    assert "notice=" in auto.headers["location"]
+    policy = await site.db.moderation.get_policy(gid)
+    assert (policy.autoban_hits, policy.autoban_window, policy.autoban_duration) == (4, 300, 7200)
+    bad = await owner.post(
+        post, data={"csrf": token, "section": "autoban", "autoban_hits": "4", "autoban_window": "soon",
+                    "autoban_duration": "2h"},
+    )  # fmt: skip
+    assert "error=" in bad.headers["location"]
+    added = await owner.post(
+        f"/servers/{gid}/blocklist/add", data={"csrf": token, "pattern": "Gore", "kind": "word"}
+    )
+    assert "notice=" in added.headers["location"]
+    assert [e.pattern for e in await site.db.moderation.blocklist(gid)] == ["gore"]
+    regex = await owner.post(
+        f"/servers/{gid}/blocklist/add", data={"csrf": token, "pattern": "(a+)+$", "kind": "regex"}
+    )
+    assert "error=" in regex.headers["location"]  # the same pattern checks as /palette blocklist
+    removed = await owner.post(f"/servers/{gid}/blocklist/remove", data={"csrf": token, "pattern": "gore"})
+    assert "notice=" in removed.headers["location"]
+    await site.client.modlog.drain(timeout=10)
+    titles = [
+        str(m.embeds[0].get("title", "")) + str(m.embeds[0].get("description", ""))
+        for m in site.fake.channel_messages(log_channel)
+        if m.embeds
+    ]
+    assert any("blocklist" in t.lower() for t in titles) and any("auto-ban" in t.lower() for t in titles)
+
+
+async def test_blocked_prompts_are_listed_escaped(site) -> None:
+    gid = site.guild.id
+    await site.db.moderation.record_blocked(gid, site.bob.id, site.channel.id, "<b>nasty</b>", "nasty", 1.0,
+                                            window=600)  # fmt: skip
+    owner = await site.login(site.owner)
+    board = await owner.get(f"/servers/{gid}/dashboard")
+    assert "&lt;b&gt;nasty&lt;/b&gt;" in board.text and "<b>nasty" not in board.text
+
+
+async def test_paging_and_parent_chain(site) -> None:
+    first, [parent_rid], _ = await site.seed(site.alice, "the first one")
+    _child, [child_rid], _ = await site.seed(site.alice, "the variation", parent=first)
+    for i in range(25):
+        await site.seed(site.alice, f"filler {i}")
+    alice = await site.login(site.alice)
+    page1 = await alice.get("/gallery")
+    assert "Page 1 of 2" in page1.text and "the first one" not in page1.text
+    page2 = await alice.get("/gallery", params={"page": 2})
+    assert "the first one" in page2.text
+    child = await alice.get(f"/images/{child_rid}")
+    assert f'href="/images/{parent_rid}"' in child.text and "Made from" in child.text
+    assert (
+        (await alice.get(f"/images/{child_rid}/original", params={"download": 1}))
+        .headers["content-disposition"]
+        .startswith("attachment")
+    )
