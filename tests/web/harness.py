@@ -105,7 +105,9 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def running_site(tmp_path: Path, **overrides: Any) -> AsyncIterator[Site]:
+async def running_site(
+    tmp_path: Path, database_url: str | None = None, **overrides: Any
+) -> AsyncIterator[Site]:
     async with FakeDiscord() as fake:
         owner = fake.add_user("owner")
         guild = fake.add_guild("Art Club", owner_id=owner.id)
@@ -114,16 +116,16 @@ async def running_site(tmp_path: Path, **overrides: Any) -> AsyncIterator[Site]:
         alice, bob, outsider = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("outsider")
         fake.add_member(guild, alice)
         fake.add_member(guild, bob)
-        settings = make_settings(
-            discord_token=fake.bot_token,
-            discord_api_base=fake.api_base,
-            database_url=f"sqlite:///{tmp_path / 'palette.db'}",
-            data_dir=tmp_path,
-            web_base_url=BASE,
-            discord_client_secret=fake.oauth.client_secret,
-            discord_oauth_url=fake.oauth.authorize_url,
-            **overrides,
-        )
+        options: dict[str, Any] = {
+            "discord_token": fake.bot_token,
+            "discord_api_base": fake.api_base,
+            "database_url": database_url or f"sqlite:///{tmp_path / 'palette.db'}",
+            "data_dir": tmp_path,
+            "web_base_url": BASE,
+            "discord_client_secret": fake.oauth.client_secret,
+            "discord_oauth_url": fake.oauth.authorize_url,
+        }
+        settings = make_settings(**{**options, **overrides})
         db = await open_database(settings.database_url)
         client = WorkerClient(settings, db)
         with point_discord_at(fake):

@@ -21,8 +21,9 @@ def csrf_of(html: str) -> str:
 
 
 @pytest.fixture
-async def site(tmp_path: Path):
-    async with running_site(tmp_path) as running:
+async def site(tmp_path: Path, database_url: str):
+    """The site on SQLite, then on PostgreSQL."""
+    async with running_site(tmp_path, database_url) as running:
         yield running
 
 
