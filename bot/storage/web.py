@@ -213,6 +213,19 @@ class SqlWebRepository:
         value = await self._db.fetchval(select(_gallery.c.enabled).where(_gallery.c.guild_id == guild_id))
         return bool(value)
 
+    async def enabled_galleries(self, guild_ids: Sequence[int]) -> set[int]:
+        """Which of ``guild_ids`` have their gallery on (one statement, in chunks)."""
+        found: set[int] = set()
+        ids = list(guild_ids)
+        for start in range(0, len(ids), 500):
+            rows = await self._db.fetchall(
+                select(_gallery.c.guild_id).where(
+                    _gallery.c.guild_id.in_(ids[start : start + 500]), _gallery.c.enabled.is_(True)
+                )
+            )
+            found.update(int(r[0]) for r in rows)
+        return found
+
     async def set_gallery(self, guild_id: int, enabled: bool, actor_id: int | None, now: float) -> bool:
         """Turn the server's gallery on or off; returns what it was before."""
         async with self._db.transaction() as conn:

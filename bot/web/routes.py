@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from bot.catalog import MODELS, RESOLUTIONS
 from bot.errors import PaletteError
+from bot.imagestore import BROWSER_TYPES
 from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
 from bot.moderation.service import MAX_LIMIT
@@ -76,18 +77,30 @@ async def home(ctx: WebContext, request: Request) -> Response:
 
 @page
 async def login(ctx: WebContext, request: Request) -> Response:
-    state = security.new_token()
+    state, nonce = security.new_token(), security.new_token()
     verifier, challenge = security.pkce_pair()
     next_path = security.safe_next(request.query_params.get("next"))
-    await ctx.db.web.add_state(security.digest(state), verifier, next_path, ctx.clock() + security.STATE_TTL)
-    return RedirectResponse(ctx.oauth.login_url(state, challenge), status_code=303)
+    await ctx.db.web.add_state(
+        security.state_key(state, nonce), verifier, next_path, ctx.clock() + security.STATE_TTL
+    )
+    response = RedirectResponse(ctx.oauth.login_url(state, challenge), status_code=303)
+    response.set_cookie(
+        security.LOGIN_COOKIE, nonce, max_age=int(security.STATE_TTL), httponly=True, samesite="lax",
+        secure=ctx.secure_cookies, path="/auth/callback",
+    )  # fmt: skip
+    return response
 
 
 @page
 async def callback(ctx: WebContext, request: Request) -> Response:
     state = request.query_params.get("state") or ""
     code = request.query_params.get("code") or ""
-    taken = await ctx.db.web.take_state(security.digest(state), ctx.clock()) if state else None
+    nonce = request.cookies.get(security.LOGIN_COOKIE) or ""
+    taken = (
+        await ctx.db.web.take_state(security.state_key(state, nonce), ctx.clock())
+        if state and nonce
+        else None
+    )
     if taken is None:
         raise HttpError(400, text("login_expired"))
     verifier, next_path = taken
@@ -117,6 +130,7 @@ async def callback(ctx: WebContext, request: Request) -> Response:
         )
     )
     response = RedirectResponse(next_path, status_code=303)
+    response.delete_cookie(security.LOGIN_COOKIE, path="/auth/callback")
     response.set_cookie(
         security.SESSION_COOKIE,
         cookie,
@@ -201,6 +215,8 @@ async def image_page(ctx: WebContext, request: Request) -> Response:
     siblings = await ctx.db.web.job_images(image.job_id)
     chain = await ctx.db.web.parent_chain(image.job_id) if image.user_id == viewer.user_id else []
     original = await asyncio.to_thread(ctx.store.find_original, image.user_id, image.job_id, image.filename)
+    # HEIC/HEIF originals are offered as downloads; browsers are shown the thumbnail.
+    displayable = original is not None and original[1] in BROWSER_TYPES.values()
     jump = (
         f"https://discord.com/channels/{image.guild_id or '@me'}/{image.channel_id}/{image.message_id}"
         if image.channel_id and image.message_id
@@ -209,8 +225,8 @@ async def image_page(ctx: WebContext, request: Request) -> Response:
     return render(
         ctx, request, "image.html",
         viewer=viewer, image=image, params=image.params_dict, siblings=siblings, chain=chain,
-        has_original=original is not None, jump=jump, mine=image.user_id == viewer.user_id,
-        server_name=viewer.guild_name(image.guild_id),
+        has_original=original is not None, displayable=displayable, jump=jump,
+        mine=image.user_id == viewer.user_id, server_name=viewer.guild_name(image.guild_id),
     )  # fmt: skip
 
 
@@ -259,8 +275,9 @@ async def delete_image(ctx: WebContext, request: Request) -> Response:
 async def servers(ctx: WebContext, request: Request) -> Response:
     viewer = await require_viewer(ctx, request)
     rows = []
+    enabled_ids = await ctx.db.web.enabled_galleries(list(viewer.guilds))
     for guild_id, guild in sorted(viewer.guilds.items(), key=lambda kv: str(kv[1]["name"]).lower()):
-        enabled = await ctx.db.web.gallery_enabled(guild_id)
+        enabled = guild_id in enabled_ids
         manage = can_manage(guild)
         if enabled or manage:
             rows.append({"id": guild_id, "name": guild["name"], "gallery": enabled, "manage": manage})

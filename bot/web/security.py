@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SESSION_COOKIE = "palette_session"
+#: A login's browser: the callback is accepted only in the browser that started the login (no login CSRF).
+LOGIN_COOKIE = "palette_login"
 #: Seconds a login may take between leaving for Discord and coming back.
 STATE_TTL = 600.0
 
@@ -25,6 +27,11 @@ def new_token() -> str:
 def digest(token: str) -> str:
     """What the database keeps of a cookie or state: its SHA-256 (a leaked table opens no session)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def state_key(state: str, browser_nonce: str) -> str:
+    """What the database keeps of a login under way: bound to the state and to the browser's nonce."""
+    return digest(f"{state}:{browser_nonce}")
 
 
 def same(a: str | None, b: str | None) -> bool:

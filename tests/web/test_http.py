@@ -64,8 +64,26 @@ async def test_forged_state_and_wrong_verifier_are_refused(site) -> None:
     other = await site.browser().get("/login")
     other_state = httpx.URL(other.headers["location"]).params["state"]
     swapped = await web.get(f"/auth/callback?code={back.params['code']}&state={other_state}")
-    assert swapped.status_code == 400
-    assert "invalid_grant: code_verifier" in site.fake.oauth.refusals
+    assert swapped.status_code == 400 and security.SESSION_COOKIE not in web.cookies
+    # Login CSRF: a callback link (code + state) opened in another browser logs nobody in.
+    victim = site.browser()
+    assert (await victim.get(f"/auth/callback?{back.query.decode()}")).status_code == 400
+    assert security.SESSION_COOKIE not in victim.cookies
+    # Discord (the fake) refuses a code with the wrong PKCE verifier or client secret.
+    async with httpx.AsyncClient() as discord_side:
+        token_url = f"{site.fake.api_base}/oauth2/token"
+        form = {"grant_type": "authorization_code", "code": back.params["code"],
+                "redirect_uri": BASE + "/auth/callback", "code_verifier": "wrong"}  # fmt: skip
+        wrong = await discord_side.post(token_url, data=form, auth=(str(site.fake.application_id), "x"))
+        assert wrong.status_code == 401
+        fresh = await site.browser().get("/login")
+        code = httpx.URL((await discord_side.get(fresh.headers["location"])).headers["location"]).params[
+            "code"
+        ]
+        secret = (str(site.fake.application_id), site.fake.oauth.client_secret)
+        bad_pkce = await discord_side.post(token_url, data={**form, "code": code}, auth=secret)
+        assert bad_pkce.status_code == 400
+    assert site.fake.oauth.refusals[-2:] == ["invalid_client", "invalid_grant: code_verifier"]
 
 
 async def test_open_redirect_after_login_is_not_possible(site) -> None:
