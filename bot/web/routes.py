@@ -266,7 +266,9 @@ async def delete_image(ctx: WebContext, request: Request) -> Response:
     for channel_id, message_id in targets:
         if channel_id and message_id:
             await ctx.bot.delete_message(channel_id, message_id)
-    await ctx.db.web.forget_job(image.job_id, ctx.clock())
+    now = ctx.clock()
+    await ctx.db.moderation.resolve_reports(image.job_id, "deleted by its owner", now)
+    await ctx.db.web.forget_job(image.job_id, now)
     await ctx.store.delete_job(image.user_id, image.job_id)
     return _redirect("/gallery", text("deleted"))
 

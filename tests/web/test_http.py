@@ -343,3 +343,25 @@ async def test_paging_and_parent_chain(site) -> None:
         .headers["content-disposition"]
         .startswith("attachment")
     )
+
+
+async def test_sessions_expire_and_are_swept(site) -> None:
+    import time
+
+    alice = await site.login(site.alice)
+    assert (await alice.get("/gallery")).status_code == 200
+    later = time.time() + site.ctx.settings.web_session_hours * 3600 + 60
+    site.ctx.clock = lambda: later
+    assert (await alice.get("/gallery")).status_code == 303
+    assert await site.db.web.sweep(later) == 1
+    assert await query(site.ctx.settings.database_url, "SELECT COUNT(*) FROM web_sessions") == [(0,)]
+
+
+async def test_deleting_a_reported_image_resolves_its_reports(site) -> None:
+    gid = site.guild.id
+    job, [rid], _ = await site.seed(site.bob, "mine to delete")
+    await site.db.moderation.add_report(gid, job, site.alice.id, site.bob.id, 1.0)
+    bob = await site.login(site.bob)
+    token = csrf_of((await bob.get(f"/images/{rid}")).text)
+    assert (await bob.post(f"/images/{rid}/delete", data={"csrf": token})).status_code == 303
+    assert await site.db.web.open_reports(gid) == []
