@@ -116,9 +116,7 @@ def attach_worker(
 
 def build_image_store(settings: Settings) -> ImageStore:
     """The folder of delivered images the web gallery serves (IMAGE_STORE_DIR)."""
-    return ImageStore(
-        settings.image_store_directory, retention_days=settings.image_retention_days or None
-    )
+    return ImageStore(settings.image_store_directory, retention_days=settings.image_retention_days or None)
 
 
 def spool_directory(settings: Settings, worker_id: str) -> Path:
