@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,7 +88,44 @@ class ImageStore:
             log.exception("job %s: could not store its images for the web gallery", job_id)
             return 0
 
+    async def hold(self, items: Sequence[tuple[str, bytes | str | Path]]) -> list[tuple[str, bytes | Path]]:
+        """Keep images past the spool that holds them, for a :meth:`save` later: bytes by reference, spool
+        files hard-linked (or copied) into the store's ``.incoming`` folder, which :meth:`save` empties."""
+        try:
+            return await asyncio.to_thread(self._hold, list(items))
+        except Exception:
+            log.exception("could not keep delivered images for the web gallery")
+            return []
+
+    def _hold(self, items: list[tuple[str, bytes | str | Path]]) -> list[tuple[str, bytes | Path]]:
+        held: list[tuple[str, bytes | Path]] = []
+        for name, source in items:
+            if isinstance(source, bytes):
+                held.append((name, source))
+                continue
+            self.incoming.mkdir(parents=True, exist_ok=True)
+            target = self.incoming / uuid.uuid4().hex
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+            held.append((name, target))
+        return held
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / ".incoming"
+
     def _save_all(self, user_id: int, job_id: int, items: list[tuple[str, bytes | str | Path]]) -> int:
+        try:
+            return self._save_items(user_id, job_id, items)
+        finally:
+            for _name, source in items:
+                if isinstance(source, Path) and source.parent == self.incoming:
+                    with contextlib.suppress(OSError):
+                        source.unlink()
+
+    def _save_items(self, user_id: int, job_id: int, items: list[tuple[str, bytes | str | Path]]) -> int:
         stored = 0
         for filename, source in items:
             stem = stem_of(filename)
@@ -132,6 +170,12 @@ class ImageStore:
 
     def _prune(self, cutoff: float) -> int:
         removed = 0
+        day_ago = time.time() - 86400
+        if self.incoming.is_dir():  # left by a process that died between delivering and storing
+            for path in self.incoming.iterdir():
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < day_ago:
+                        path.unlink()
         base = self.root / "originals"
         if not base.is_dir():
             return 0

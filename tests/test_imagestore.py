@@ -67,3 +67,15 @@ async def test_delete_job_and_user(tmp_path: Path) -> None:
     assert store.find_original(1, 1, "a.png") is None and store.find_original(1, 2, "b.png") is not None
     await store.delete_user(1)
     assert store.find_original(1, 2, "b.png") is None and store.find_original(2, 3, "c.png") is not None
+
+
+async def test_held_images_outlive_the_spool_and_are_cleaned_up(tmp_path: Path) -> None:
+    spooled = tmp_path / "spool" / "x.img"
+    spooled.parent.mkdir()
+    spooled.write_bytes(png((30, 30)))
+    store = ImageStore(tmp_path / "store")
+    held = await store.hold([("palette-9-1.png", spooled), ("palette-9-2.png", png((10, 10)))])
+    spooled.unlink()  # the spool lets go of it when the delivery is done
+    assert await store.save(5, 9, held) == 2
+    assert store.find_original(5, 9, "palette-9-1.png") is not None
+    assert not any(store.incoming.iterdir())

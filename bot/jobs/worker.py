@@ -45,6 +45,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bot.catalog import get_model
@@ -665,6 +666,7 @@ class Worker:
             log.exception("job %s failed unexpectedly", job.id)
             await self._fail(running, ProviderError("Something went wrong while generating."))
             return
+        keep: list[tuple[str, bytes | Path]] = []
         try:
             running.spooled = await self.spool.admit(outcome.images)
             outcome.images = []  # the spool holds them now (memory budget, or disk)
@@ -672,15 +674,15 @@ class Worker:
                 if lease.lost:
                     raise LeaseLost()
                 delivery = await self.presenter.deliver(job, outcome, running.spooled)
-            if self.image_store is not None:  # the web gallery's copy (errors are logged, not raised)
-                await self.image_store.save(
-                    job.user_id,
-                    job.id,
+            if self.image_store is not None:
+                # The web gallery's copy is made after settling (never widening the window between
+                # posting and recording); the images are kept past the spool until then.
+                keep = await self.image_store.hold(
                     [
                         (img.filename, item.data if item.data is not None else item.path)  # type: ignore[misc]
                         for img, item in zip(delivery.images, running.spooled, strict=False)
                         if item.data is not None or item.path is not None
-                    ],
+                    ]
                 )
         except (LeaseLost, asyncio.CancelledError):
             raise
@@ -696,6 +698,8 @@ class Worker:
             running.spooled = []
         recorded = RecordedDelivery(delivery, outcome.provider, outcome.provider_model)
         await self._settle_delivered(running, recorded, record=True)
+        if keep and self.image_store is not None:  # errors are logged there, never raised
+            self._spawn(self.image_store.save(job.user_id, job.id, keep))
 
     async def _generate(
         self, job: JobRecord, plan: Plan, slots: QueueSlots, on_task: Any

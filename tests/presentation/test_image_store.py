@@ -4,6 +4,7 @@ the results rows) again; /palette gallery switches a server's gallery."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,18 @@ from bot.imagestore import ImageStore
 from tests.presentation.conftest import Palette
 from tests.presentation.test_mod_buttons import reported
 from tests.presentation.test_moderation import setup_modlog
+
+
+async def wait_stored(palette: Palette, user: Any, job_id: int, timeout: float = 10) -> None:
+    """Until the worker stored the job's images (it does so right after settling, in the background)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not stored(palette, user, job_id)[1]:
+        assert asyncio.get_running_loop().time() < deadline, "the images were not stored"
+        await asyncio.sleep(0.02)
+    store: ImageStore = palette.bot.image_store  # type: ignore[attr-defined]
+    while store.incoming.is_dir() and any(store.incoming.iterdir()):
+        assert asyncio.get_running_loop().time() < deadline, "held images were not cleaned up"
+        await asyncio.sleep(0.02)
 
 
 def stored(palette: Palette, user: Any, job_id: int) -> tuple[list[Path], list[Path]]:
@@ -24,6 +37,8 @@ async def test_delivered_images_are_stored_and_history_clear_deletes_them(palett
     mine = await palette.job_of(await palette.result_message(await palette.imagine(palette.alice, "a fox")))
     theirs = await palette.job_of(await palette.result_message(await palette.imagine(palette.bob, "an owl")))
     await palette.idle()
+    await wait_stored(palette, palette.alice, mine.id)
+    await wait_stored(palette, palette.bob, theirs.id)
     originals, thumbs = stored(palette, palette.alice, mine.id)
     results = await palette.bot.db.history.results_for_job(mine.id)
     assert [p.stem for p in originals] == [r.filename.rsplit(".", 1)[0] for r in results]
@@ -41,7 +56,7 @@ async def test_delivered_images_are_stored_and_history_clear_deletes_them(palett
 async def test_the_owners_delete_button_removes_records_and_files(palette: Palette) -> None:
     message = await palette.result_message(await palette.imagine(palette.alice, "delete me"))
     job = await palette.job_of(message)
-    assert stored(palette, palette.alice, job.id)[1]
+    await wait_stored(palette, palette.alice, job.id)
     click = await palette.fake.click_button(palette.alice, message, palette.button(message, "delete"))
     await palette.reply(click)
     assert message.deleted
@@ -53,7 +68,7 @@ async def test_a_moderators_removal_removes_records_and_files(palette: Palette) 
     _, log_channel = await setup_modlog(palette)
     message, job, report = await reported(palette, log_channel)
     await palette.idle()
-    assert stored(palette, palette.alice, job.id)[1]
+    await wait_stored(palette, palette.alice, job.id)
     owner = palette.fake.users[palette.guild.owner_id]
     done = await palette.fake.click_button(owner, report, f"palette:mod:delete:{job.id}")
     assert "Deleted the result" in await palette.reply(done)

@@ -4,6 +4,7 @@ a data directory; Discord is the loopback fake (gateway, REST and OAuth2)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from pathlib import Path
@@ -66,6 +67,12 @@ async def test_gallery_dashboard_and_security_in_a_browser(tmp_path: Path, brows
         ]
         await d.all_final(asks)
         assert all(ix.original and ix.original.files for ix in asks)
+        thumbs = tmp_path / "data" / "images" / "thumbs"
+        for _ in range(300):  # the worker stores them right after settling, in the background
+            if len(list(thumbs.rglob("*.webp"))) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert len(list(thumbs.rglob("*.webp"))) == 3
         on = await d.admin(owner, "gallery", mode="on")
         assert "Web gallery: on" in await d.reply(on)
 
