@@ -383,6 +383,7 @@ async def _seed_everything(url: str) -> None:
         await db.moderation.ban(Ban(2, 7, None, "spam", 1, True, now))
         await db.moderation.record_blocked(2, 7, 3, "bad", "b.d", now, window=600)
         await db.moderation.add_report(2, done.id, 8, 1, now)
+        await db.web.set_gallery(2, True, 1, now)
         for statement, params in [
             ("INSERT INTO provider_slots VALUES ('apimart', 0, :job, 'w1', :t)",
              {"job": running.id, "t": now}),
@@ -391,6 +392,9 @@ async def _seed_everything(url: str) -> None:
             ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "
              "VALUES ('apimart', :ok, 1.5, :t)", {"ok": True, "t": now}),
             ("INSERT INTO workers VALUES ('w1', 'worker', 'host', 123, :t, :t)", {"t": now}),
+            ("INSERT INTO web_sessions VALUES ('sid', 1, 'u', 'sealed', '[]', :t, 'csrf', :t, :t)",
+             {"t": now}),
+            ("INSERT INTO oauth_states VALUES ('state', 'verifier', '/gallery', :t)", {"t": now}),
         ]:  # fmt: skip
             await db.execute(statement, params)
     finally:
