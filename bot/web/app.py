@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 24
+#: The largest form the site accepts (every form is a few fields).
+MAX_FORM_BYTES = 64 * 1024
 
 CSP = (
     "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
@@ -196,6 +198,12 @@ async def check_csrf(ctx: WebContext, request: Request, viewer: Viewer) -> Poste
     origin = request.headers.get("origin")
     if origin and ctx.settings.web_base_url and origin.rstrip("/") != ctx.origin:
         raise HttpError(403, text("csrf"))
+    try:
+        length = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        length = MAX_FORM_BYTES + 1
+    if length > MAX_FORM_BYTES or request.headers.get("transfer-encoding"):
+        raise HttpError(413, text("too_large"))
     form = await request.form(max_files=0, max_fields=200)
     values = PostedForm([(k, v) for k, v in form.multi_items() if isinstance(v, str)])
     if not security.same(values.get("csrf"), viewer.csrf):

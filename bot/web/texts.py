@@ -30,6 +30,7 @@ TEXTS: dict[str, str] = {
     "block_missing": "That entry was not on the blocklist.",
     "bad_number": "{field} must be a whole number from 0 to {max}.",
     "bad_duration": "Durations look like 30m, 2h or 1d.",
+    "too_large": "That form is too large.",
 }
 
 

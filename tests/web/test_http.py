@@ -150,6 +150,8 @@ async def test_csrf_and_logout_end_the_session(site) -> None:
         headers={"Origin": "https://evil.example"},
     )  # fmt: skip
     assert cross_site.status_code == 403
+    huge = await alice.post(f"/images/{rid}/delete", data={"csrf": "x", "pad": "a" * 100_000})
+    assert huge.status_code == 413
     assert await site.db.web.image(rid) is not None
     token = csrf_of((await alice.get("/gallery")).text)
     assert (await alice.post("/logout", data={"csrf": "nope"})).status_code == 403
