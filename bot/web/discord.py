@@ -4,6 +4,8 @@ servers) and the REST API as the bot (deleting result messages, a member's roles
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -155,14 +157,47 @@ class BotActions(Protocol):
 
     async def guild_roles(self, guild_id: int) -> list[tuple[int, str]]: ...
 
+    async def user_names(self, user_ids: Iterable[int]) -> dict[int, str]: ...
+
     async def text_channels(self, guild_id: int) -> list[tuple[int, str]]: ...
 
 
 class ClientActions:
     """:class:`BotActions` through a discord.py client (the gateway bot or a REST-only client)."""
 
+    #: Names looked up per dashboard page at most (the rest show as ids); remembered for a while.
+    MAX_NAME_LOOKUPS = 40
+    NAME_TTL = 3600.0
+
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._names: dict[int, tuple[str, float]] = {}
+
+    async def user_names(self, user_ids: Iterable[int]) -> dict[int, str]:
+        """Display names of users (for the dashboard), from a cache or ``GET /users/{id}`` as the bot."""
+        import discord
+
+        now = time.monotonic()
+        names: dict[int, str] = {}
+        lookups = 0
+        for user_id in dict.fromkeys(user_ids):
+            cached = self._names.get(user_id)
+            if cached is not None and now - cached[1] < self.NAME_TTL:
+                names[user_id] = cached[0]
+                continue
+            if lookups >= self.MAX_NAME_LOOKUPS:
+                continue
+            lookups += 1
+            try:
+                data = await self.client.http.get_user(user_id)
+            except discord.HTTPException:
+                continue
+            name = str(data.get("global_name") or data.get("username") or user_id)
+            self._names[user_id] = (name, now)
+            names[user_id] = name
+        if len(self._names) > 10_000:
+            self._names.clear()
+        return names
 
     async def delete_message(self, channel_id: int, message_id: int) -> bool:
         import discord

@@ -324,10 +324,15 @@ async def dashboard(ctx: WebContext, request: Request) -> Response:
     policy = await ctx.db.moderation.get_policy(guild_id)
     now = ctx.clock()
     bans = [b for b in await ctx.db.moderation.bans(guild_id) if b.active(now)]
+    reports = await ctx.db.web.open_reports(guild_id)
+    blocked = await ctx.db.web.blocked_attempts(guild_id)
+    names = await ctx.bot.user_names(
+        [r.reported_id for r in reports] + [b.user_id for b in bans] + [a.user_id for a in blocked]
+    )
     return render(
         ctx, request, "dashboard.html",
         viewer=viewer, guild=guild, guild_id=guild_id, policy=policy,
-        reports=await ctx.db.web.open_reports(guild_id), blocked=await ctx.db.web.blocked_attempts(guild_id),
+        reports=reports, blocked=blocked, names=names,
         bans=bans, blocklist=await ctx.db.moderation.blocklist(guild_id), manage=can_manage(guild),
         models=MODELS, resolutions=RESOLUTIONS, ban_choices=BAN_CHOICES, max_limit=MAX_LIMIT,
         gallery=await ctx.db.web.gallery_enabled(guild_id), notice=request.query_params.get("notice"),

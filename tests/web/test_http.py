@@ -190,6 +190,7 @@ async def test_dashboard_403_for_members_and_moderation_for_managers(site) -> No
     owner = await site.login(site.owner)
     board = await owner.get(f"/servers/{gid}/dashboard")
     assert board.status_code == 200 and "reported thing" in board.text
+    assert f"by bob ({site.bob.id})" in board.text
     assert (await owner.get(f"/images/{rid}/thumb")).status_code == 200  # moderators see reported images
     token = csrf_of(board.text)
     banned = await owner.post(f"/servers/{gid}/reports/{job}/ban", data={"csrf": token, "duration": "1d"})
