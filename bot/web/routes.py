@@ -302,7 +302,7 @@ async def server_gallery(ctx: WebContext, request: Request) -> Response:
         ctx, request, "gallery.html",
         viewer=viewer, images=images, filters=f, server=None, models=[m.key for m in MODELS], servers=[],
         paging=_pages(total, f["page"]), title=f"{guild['name']}: gallery", action=f"/servers/{guild_id}",
-        guild=guild, guild_id=guild_id, notice=None,
+        guild=guild, guild_id=guild_id, notice=None, moderator=await is_moderator(ctx, viewer, guild_id),
     )  # fmt: skip
 
 
