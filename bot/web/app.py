@@ -59,6 +59,7 @@ class WebContext:
     moderation: ModerationService
     bot: BotActions
     tokens: security.TokenBox
+    signer: security.Signer
     clock: Callable[[], float] = time.time
     #: Background tasks started with the app (pruning), stopped with it.
     tasks: list[Any] = field(default_factory=list)
@@ -235,7 +236,32 @@ async def is_moderator(ctx: WebContext, viewer: Viewer, guild_id: int) -> bool:
 # ---------------------------------------------------------------------------------------------- the app
 
 
+def redirect(ctx: WebContext, path: str, *, notice: str | None = None, error: str | None = None) -> Any:
+    """303 to ``path`` carrying a notice or error the next page shows (signed: see :class:`Signer`)."""
+    from urllib.parse import urlencode
+
+    from starlette.responses import RedirectResponse
+
+    params = {}
+    for key, message in (("notice", notice), ("error", error)):
+        if message:
+            params[key] = message
+            params[f"{key}_sig"] = ctx.signer.sign(f"{key}:{message}")
+    return RedirectResponse(path + (f"?{urlencode(params)}" if params else ""), status_code=303)
+
+
+def flash(ctx: WebContext, request: Request, key: str) -> str | None:
+    """The notice or error of a :func:`redirect`, when its signature is ours."""
+    message = request.query_params.get(key)
+    checked = ctx.signer.check(
+        f"{key}:{message}" if message else None, request.query_params.get(f"{key}_sig")
+    )
+    return message if checked else None
+
+
 def render(ctx: WebContext, request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
+    values.setdefault("notice", flash(ctx, request, "notice"))
+    values.setdefault("error", flash(ctx, request, "error"))
     env: Environment = request.app.state.templates
     html = env.get_template(name).render(request=request, base_url=ctx.settings.web_base_url, **values)
     return HTMLResponse(html, status_code=status)

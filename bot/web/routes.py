@@ -30,6 +30,7 @@ from bot.web.app import (
     current_viewer,
     is_moderator,
     page,
+    redirect,
     render,
     require_member,
     require_viewer,
@@ -44,11 +45,19 @@ HOUSEKEEPING_SECONDS = 3600.0
 BAN_CHOICES = ("1h", "1d", "7d", "30d")
 
 
+MAX_ID = 2**63 - 1
+MAX_PAGE = 100_000
+
+
 def _int(value: str | None, default: int | None = None) -> int | None:
+    """A whole number from a URL or form (at most 64 bits), else ``default``."""
+    if value is None or value == "" or len(value) > 20:
+        return default
     try:
-        return int(value) if value not in (None, "") else default
+        number = int(value)
     except (TypeError, ValueError):
         return default
+    return number if -MAX_ID <= number <= MAX_ID else default
 
 
 def _path_id(request: Request, name: str) -> int:
@@ -56,12 +65,6 @@ def _path_id(request: Request, name: str) -> int:
     if value is None or value < 0:
         raise HttpError(404, text("not_found"))
     return value
-
-
-def _redirect(path: str, notice: str | None = None) -> RedirectResponse:
-    from urllib.parse import urlencode
-
-    return RedirectResponse(path + (f"?{urlencode({'notice': notice})}" if notice else ""), status_code=303)
 
 
 # ---------------------------------------------------------------------------------------------- login
@@ -159,7 +162,7 @@ async def logout(ctx: WebContext, request: Request) -> Response:
 def _filters(request: Request) -> dict[str, Any]:
     q = (request.query_params.get("q") or "")[:200]
     model = request.query_params.get("model") or ""
-    page_no = max(1, _int(request.query_params.get("page"), 1) or 1)
+    page_no = min(MAX_PAGE, max(1, _int(request.query_params.get("page"), 1) or 1))
     return {"q": q, "model": model if any(m.key == model for m in MODELS) else "", "page": page_no}
 
 
@@ -186,7 +189,7 @@ async def my_gallery(ctx: WebContext, request: Request) -> Response:
         ctx, request, "gallery.html",
         viewer=viewer, images=images, filters=f, server=server, models=models,
         servers=[(g, viewer.guild_name(g)) for g in guild_ids], paging=_pages(total, f["page"]),
-        title="Your images", action="/gallery", notice=request.query_params.get("notice"),
+        title="Your images", action="/gallery",
     )  # fmt: skip
 
 
@@ -270,7 +273,7 @@ async def delete_image(ctx: WebContext, request: Request) -> Response:
     await ctx.db.moderation.resolve_reports(image.job_id, "deleted by its owner", now)
     await ctx.db.web.forget_job(image.job_id, now)
     await ctx.store.delete_job(image.user_id, image.job_id)
-    return _redirect("/gallery", text("deleted"))
+    return redirect(ctx, "/gallery", notice=text("deleted"))
 
 
 @page
@@ -302,7 +305,7 @@ async def server_gallery(ctx: WebContext, request: Request) -> Response:
         ctx, request, "gallery.html",
         viewer=viewer, images=images, filters=f, server=None, models=[m.key for m in MODELS], servers=[],
         paging=_pages(total, f["page"]), title=f"{guild['name']}: gallery", action=f"/servers/{guild_id}",
-        guild=guild, guild_id=guild_id, notice=None, moderator=await is_moderator(ctx, viewer, guild_id),
+        guild=guild, guild_id=guild_id, moderator=await is_moderator(ctx, viewer, guild_id),
     )  # fmt: skip
 
 
@@ -335,7 +338,7 @@ async def dashboard(ctx: WebContext, request: Request) -> Response:
         reports=reports, blocked=blocked, names=names,
         bans=bans, blocklist=await ctx.db.moderation.blocklist(guild_id), manage=can_manage(guild),
         models=MODELS, resolutions=RESOLUTIONS, ban_choices=BAN_CHOICES, max_limit=MAX_LIMIT,
-        gallery=await ctx.db.web.gallery_enabled(guild_id), notice=request.query_params.get("notice"),
+        gallery=await ctx.db.web.gallery_enabled(guild_id),
         error=request.query_params.get("error"), describe_duration=describe_duration,
         roles=await ctx.bot.guild_roles(guild_id), channels=await ctx.bot.text_channels(guild_id),
     )  # fmt: skip
@@ -364,7 +367,7 @@ async def report_action(ctx: WebContext, request: Request) -> Response:
         ctx.moderation.emit(
             modlog.deleted_result(guild_id, job_id=job.id, user_id=job.user_id, actor_id=viewer.user_id)
         )
-        return _redirect(back, text("report_deleted"))
+        return redirect(ctx, back, notice=text("report_deleted"))
     if action == "ban":
         choice = form.get("duration") or BAN_CHOICES[0]
         if choice not in BAN_CHOICES:
@@ -375,10 +378,10 @@ async def report_action(ctx: WebContext, request: Request) -> Response:
         )  # fmt: skip
         await ctx.db.moderation.resolve_reports(job.id, "banned", now)
         length = describe_duration((ban.expires_at or now) - now)
-        return _redirect(back, text("report_banned", duration=length))
+        return redirect(ctx, back, notice=text("report_banned", duration=length))
     if action == "dismiss":
         await ctx.db.moderation.resolve_reports(job.id, "dismissed", now)
-        return _redirect(back, text("report_dismissed"))
+        return redirect(ctx, back, notice=text("report_dismissed"))
     raise HttpError(404, text("not_found"))
 
 
@@ -388,7 +391,9 @@ async def lift_ban(ctx: WebContext, request: Request) -> Response:
     await check_csrf(ctx, request, viewer)
     user_id = _path_id(request, "user_id")
     lifted = await ctx.moderation.unban(guild_id, user_id, actor_id=viewer.user_id)
-    return _redirect(f"/servers/{guild_id}/dashboard", text("ban_lifted" if lifted else "ban_missing"))
+    return redirect(
+        ctx, f"/servers/{guild_id}/dashboard", notice=text("ban_lifted" if lifted else "ban_missing")
+    )
 
 
 def _limit(form: dict[str, str], key: str, label: str) -> int | None:
@@ -490,16 +495,14 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
                         before="on" if before else "off", after="on" if enabled else "off",
                     )
                 )  # fmt: skip
-            return _redirect(back, text("policy_saved"))
+            return redirect(ctx, back, notice=text("policy_saved"))
         else:
             raise HttpError(400, text("not_found"))
         await ctx.moderation.update_policy(guild_id, viewer.user_id, what, **changes)
     except (PolicyInputError, PaletteError) as exc:
         message = exc.message if isinstance(exc, PaletteError) else str(exc)
-        from urllib.parse import urlencode
-
-        return RedirectResponse(f"{back}?{urlencode({'error': message})}", status_code=303)
-    return _redirect(back, text("policy_saved"))
+        return redirect(ctx, back, error=message)
+    return redirect(ctx, back, notice=text("policy_saved"))
 
 
 @page
@@ -512,13 +515,11 @@ async def blocklist_action(ctx: WebContext, request: Request) -> Response:
             kind = "regex" if form.get("kind") == "regex" else "word"
             scope = "sfw" if form.get("scope") == "sfw" else "all"
             await ctx.moderation.add_block(guild_id, viewer.user_id, kind, pattern, scope)  # type: ignore[arg-type]
-            return _redirect(back, text("block_added"))
+            return redirect(ctx, back, notice=text("block_added"))
         removed = await ctx.moderation.remove_block(guild_id, viewer.user_id, pattern)
     except PaletteError as exc:
-        from urllib.parse import urlencode
-
-        return RedirectResponse(f"{back}?{urlencode({'error': exc.message})}", status_code=303)
-    return _redirect(back, text("block_removed" if removed else "block_missing"))
+        return redirect(ctx, back, error=exc.message)
+    return redirect(ctx, back, notice=text("block_removed" if removed else "block_missing"))
 
 
 # ---------------------------------------------------------------------------------------------- upkeep

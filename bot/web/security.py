@@ -48,6 +48,22 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
+class Signer:
+    """HMAC signatures of short texts the site puts in its own redirect URLs (notices after a form), so a
+    crafted link cannot make the site show words it never said."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = hashlib.sha256(b"palette web notice:" + secret.encode()).digest()
+
+    def sign(self, message: str) -> str:
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def check(self, message: str | None, signature: str | None) -> str | None:
+        if not message or not signature:
+            return None
+        return message if same(self.sign(message), signature) else None
+
+
 class TokenBox:
     """Encrypts the user's OAuth access token for the database with a key derived from the client
     secret (a new secret makes old sessions log in again)."""

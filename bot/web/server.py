@@ -15,7 +15,7 @@ from bot.imagestore import ImageStore
 from bot.storage import Database
 from bot.web.app import WebContext, create_app
 from bot.web.discord import ClientActions, OAuthClient
-from bot.web.security import TokenBox
+from bot.web.security import Signer, TokenBox
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def build_context(settings: Settings, db: Database, client: Any, application_id:
         moderation=client.moderation,
         bot=ClientActions(client),
         tokens=TokenBox(secret.get_secret_value()),
+        signer=Signer(secret.get_secret_value()),
     )
 
 

@@ -348,6 +348,15 @@ async def test_paging_and_parent_chain(site) -> None:
     )
 
 
+async def test_notices_are_signed_and_odd_numbers_are_not_errors(site) -> None:
+    alice = await site.login(site.alice)
+    spoof = await alice.get("/gallery", params={"notice": "Your account is locked: visit evil.example"})
+    assert "evil.example" not in spoof.text
+    for path in ("/images/99999999999999999999999999", "/images/-1", "/servers/1e9"):
+        assert (await alice.get(path)).status_code in (403, 404)
+    assert (await alice.get("/gallery", params={"page": "9" * 40, "server": "9" * 30})).status_code == 200
+
+
 async def test_sessions_expire_and_are_swept(site) -> None:
     import time
 
