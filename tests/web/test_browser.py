@@ -106,6 +106,7 @@ async def test_gallery_dashboard_and_security_in_a_browser(tmp_path: Path, brows
         await page.locator("img[alt^='lighthouse']").click()
         await page.get_by_role("button", name="Delete this image").click()
         await page.wait_for_url(re.compile(r".*/gallery\?notice=.*"))
+        assert "gone from the site" in await page.get_by_role("status").inner_text()
         assert "lighthouse" not in await page.locator("main").inner_text()
         assert asks[0].original.deleted
         assert await d.scalar("SELECT COUNT(*) FROM results WHERE user_id = ?", alice.id) == 1
