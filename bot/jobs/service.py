@@ -21,6 +21,7 @@ from bot.catalog import get_model
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.limits import LimitPolicy
+from bot.ops import metrics
 from bot.storage import JobRecord, NewJob, NewReference
 from bot.storage.queue import QueueRepository
 from bot.storage.repository import JobRepository
@@ -45,6 +46,8 @@ class JobOrigin:
     role_ids: tuple[int, ...] = ()
     nsfw_channel: bool = False
     status_message_id: int | None = None
+    #: The language of the job's public messages (a Discord locale code; None = English).
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,15 @@ class JobService:
         process either runs. (A job whose command handler died before handing it over is adopted by a
         worker after a while: :data:`bot.jobs.worker.ADOPT_AFTER`.)
         """
+        try:
+            return await self._submit(spec, origin, kind=kind, parent_job_id=parent_job_id)
+        except PaletteError:
+            metrics.job_finished("refused")
+            raise
+
+    async def _submit(
+        self, spec: GenerationSpec, origin: JobOrigin, *, kind: str, parent_job_id: int | None
+    ) -> JobRecord:
         plan = self.generator.plan(spec)
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
         params = {
@@ -157,6 +169,9 @@ class JobService:
             "upload_limit": origin.upload_limit,
             # Server galleries (bot.web) show results of non-NSFW server channels only.
             "nsfw_channel": origin.nsfw_channel or origin.guild_id is None,
+            "locale": origin.locale,
+            # How many references are stored with the job: a worker reads them only when there are some.
+            "references": len(plan.references),
         }
         new_job = NewJob(
             user_id=origin.user_id,

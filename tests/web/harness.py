@@ -23,6 +23,7 @@ from bot.web.server import build_context
 from tests.conftest import make_settings
 from tests.fakes.discord import FakeDiscord, point_discord_at
 from tests.fakes.discord.models import Channel, Guild, User
+from tests.storage.factories import claim_job
 
 BASE = "http://palette.test"
 
@@ -92,7 +93,7 @@ class Site:
         )  # fmt: skip
         message = self.fake.create_message(channel, {"content": "result"})
         names = [f"palette-{job.id}-{i}.png" for i in range(1, images + 1)]
-        await self.db.jobs.mark_running(job.id, now)
+        await claim_job(self.db, job.id, now)
         await self.db.jobs.finish_job(
             job.id, images, result_message_id=message.id,
             results=[NewResult(filename=n, sha256="0" * 64, width=64, height=48, mime_type="image/png",

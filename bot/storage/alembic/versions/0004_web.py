@@ -1,7 +1,7 @@
 """The web gallery and dashboard: browser sessions, OAuth2 logins under way, per-server gallery switch.
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0008
 Create Date: 2025-01-04
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0003"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
