@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from bot.catalog import MODELS, RESOLUTIONS
 from bot.errors import PaletteError
+from bot.i18n import msg
 from bot.imagestore import BROWSER_TYPES
 from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
@@ -441,7 +442,7 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
                 "max_images": _limit(form, "max_images", "Max images") or None,
                 "max_resolution": form.get("max_resolution") or None,
             }
-            what = "limits"
+            what = msg("limits")
         elif section == "models":
             allowed = tuple(k for k in (form.get("allowed_models") or "").split(",") if k.strip())
             allowed = tuple(dict.fromkeys(k.strip() for k in allowed))
@@ -449,13 +450,13 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
                 "allowed_models": allowed,
                 "default_model": (form.get("default_model") or "").strip() or None,
             }
-            what = "models"
+            what = msg("models")
         elif section == "channels":
             known = {cid for cid, _ in await ctx.bot.text_channels(guild_id)}
             allowed = _ids(form, "allowed_channels", known)
             denied = _ids(form, "denied_channels", known)
             changes = {"allowed_channels": allowed, "denied_channels": () if allowed else denied}
-            what = "channels"
+            what = msg("channels")
         elif section == "roles":
             roles = {rid for rid, _ in await ctx.bot.guild_roles(guild_id)}
             channels = {cid for cid, _ in await ctx.bot.text_channels(guild_id)}
@@ -466,7 +467,7 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
             ):
                 raise PolicyInputError(text("not_found"))
             changes = {"mod_role_id": mod_role, "modlog_channel_id": log_channel}
-            what = "moderator role and mod log"
+            what = msg("moderator role and mod log")
         elif section == "autoban":
             hits = _int(form.get("autoban_hits"))
             if hits is None or not 0 <= hits <= 100:
@@ -476,23 +477,24 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
             if window is None or duration is None:
                 raise PolicyInputError(text("bad_duration"))
             changes = {"autoban_hits": hits, "autoban_window": window, "autoban_duration": duration}
-            what = "auto-ban"
+            what = msg("auto-ban")
         elif section == "nsfw":
             changes = {
                 "nsfw_mode": form.get("nsfw_mode") if form.get("nsfw_mode") in ("same", "relaxed") else "same"
             }
-            what = "NSFW channels"
+            what = msg("NSFW channels")
         elif section == "builtin":
             changes = {"builtin_blocklist": form.get("builtin_blocklist") == "on"}
-            what = "built-in blocklist"
+            what = msg("built-in blocklist")
         elif section == "gallery":
             enabled = form.get("gallery") == "on"
             before = await ctx.db.web.set_gallery(guild_id, enabled, viewer.user_id, ctx.clock())
             if before != enabled:
                 ctx.moderation.emit(
                     modlog.policy_change(
-                        guild_id, actor_id=viewer.user_id, what="web gallery",
-                        before="on" if before else "off", after="on" if enabled else "off",
+                        guild_id, actor_id=viewer.user_id, what=msg("web gallery"),
+                        before=msg("on") if before else msg("off"),
+                        after=msg("on") if enabled else msg("off"),
                     )
                 )  # fmt: skip
             return redirect(ctx, back, notice=text("policy_saved"))
