@@ -397,7 +397,7 @@ async def _seed_everything(url: str) -> None:
             ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "
              "VALUES ('apimart', :ok, 1.5, :t)", {"ok": True, "t": now}),
             ("INSERT INTO workers VALUES ('w1', 'worker', 'host', 123, :t, :t)", {"t": now}),
-            ("INSERT INTO web_sessions VALUES ('sid', 1, 'u', 'sealed', '[]', :t, 'csrf', :t, :t)",
+            ("INSERT INTO web_sessions VALUES ('sid', 1, 'u', 'sealed', '[]', :t, 'csrf', :t, :t, 'de')",
              {"t": now}),
             ("INSERT INTO oauth_states VALUES ('state', 'verifier', '/gallery', :t)", {"t": now}),
             ("INSERT INTO gateway_shards VALUES ('g1', 0, 2, 'host', 124, 0.05, :t)", {"t": now}),

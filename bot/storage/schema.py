@@ -372,6 +372,8 @@ web_sessions = Table(
     Column("csrf", Text, nullable=False),
     Column("created_at", Seconds, nullable=False),
     Column("expires_at", Seconds, nullable=False),
+    # The user's Discord language (``locale`` of /users/@me): the site's pages are shown in it.
+    Column("locale", Text),
 )
 Index("web_sessions_expires", web_sessions.c.expires_at)
 

@@ -47,6 +47,8 @@ class WebSession:
     csrf: str
     created_at: float
     expires_at: float
+    #: The user's Discord locale (``en-US``, ``de`` ...), when Discord said.
+    locale: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ class SqlWebRepository:
                 csrf=session.csrf,
                 created_at=session.created_at,
                 expires_at=session.expires_at,
+                locale=session.locale,
             )
         )
 
@@ -187,7 +190,7 @@ class SqlWebRepository:
         return WebSession(
             row.id, int(row.user_id), row.username, row.access_token,
             guilds if isinstance(guilds, list) else [],
-            float(row.guilds_at), row.csrf, float(row.created_at), float(row.expires_at),
+            float(row.guilds_at), row.csrf, float(row.created_at), float(row.expires_at), row.locale,
         )  # fmt: skip
 
     async def update_guilds(self, session_id: str, guilds: list[dict[str, Any]], now: float) -> None:

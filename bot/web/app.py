@@ -9,6 +9,7 @@ are rows in the database (:mod:`bot.storage.web`), so any number of web processe
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from babel import negotiate_locale
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
+from jinja2.runtime import Context
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -27,6 +30,8 @@ from starlette.staticfiles import StaticFiles
 
 from bot.catalog import get_model
 from bot.config import Settings
+from bot.i18n import SOURCE_LOCALE, Text, resolve, shipped_locales, t, tn
+from bot.i18n import render as render_text
 from bot.imagestore import ImageStore
 from bot.moderation.service import ModerationService
 from bot.storage import Database
@@ -74,11 +79,56 @@ class WebContext:
         return f"{parts.scheme}://{parts.netloc}"
 
 
-class HttpError(Exception):
-    """Answer the request with an error page (``message`` is shown, escaped)."""
+# ---------------------------------------------------------------------------------------------- language
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+#: The language of the request being served: the signed-in user's Discord locale, else the browser's
+#: Accept-Language, else English. Set by :func:`page` and :func:`current_viewer`; read when words are made.
+LOCALE: contextvars.ContextVar[str] = contextvars.ContextVar("web_locale", default=SOURCE_LOCALE)
+
+#: Accept-Language tags that mean the source language (``en``, ``en-GB`` ... read English).
+_ENGLISH = "en"
+
+
+def accepted_locale(header: str | None) -> str:
+    """The shipped locale that best fits an ``Accept-Language`` header (Babel's negotiation, by q)."""
+    if not header:
+        return SOURCE_LOCALE
+    wanted: list[tuple[float, int, str]] = []
+    for index, part in enumerate(header.split(",")[:20]):
+        tag, _, params = part.strip().partition(";")
+        tag = tag.strip()
+        if not tag or tag == "*" or len(tag) > 35:
+            continue
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                continue
+        if q > 0:
+            wanted.append((-q, index, tag))
+    preferred = [tag for _, _, tag in sorted(wanted)]
+    available = [*shipped_locales(), _ENGLISH]
+    found = negotiate_locale(preferred, available, sep="-")
+    if found is None:
+        # A language without a catalog of its region (``pt``, ``es-MX``) reads its language's catalog.
+        for tag in preferred:
+            if (code := resolve(tag)) != SOURCE_LOCALE:
+                return code
+        return SOURCE_LOCALE
+    return SOURCE_LOCALE if found == _ENGLISH else resolve(found)
+
+
+def words(value: object) -> str:
+    """A message (:class:`bot.i18n.Text`, plain text) in the request's language."""
+    return render_text(LOCALE.get(), value)
+
+
+class HttpError(Exception):
+    """Answer the request with an error page (``message`` is shown, escaped, in the request's language)."""
+
+    def __init__(self, status: int, message: str | Text) -> None:
+        super().__init__(str(message))
         self.status = status
         self.message = message
 
@@ -105,7 +155,9 @@ class Viewer:
         g = self.guild(guild_id)
         if g is not None:
             return str(g["name"])
-        return "Direct messages" if guild_id is None else f"Server {guild_id}"
+        if guild_id is None:
+            return t(LOCALE.get(), "Direct messages")
+        return t(LOCALE.get(), "Server {id}", id=guild_id)
 
 
 # ---------------------------------------------------------------------------------------------- templates
@@ -122,14 +174,44 @@ def _model_label(key: str) -> str:
     return model.label if model is not None else key
 
 
+@pass_context
+def _gettext(context: Context, message: str, /, **params: Any) -> str:
+    """``_("...", name=value)`` in a template: the page's language (``locale``), ``{name}`` filled."""
+    return t(context.get("locale"), message, **params)
+
+
+@pass_context
+def _ngettext(context: Context, singular: str, plural: str, n: int, /, **params: Any) -> str:
+    return tn(context.get("locale"), singular, plural, n, **params)
+
+
+@pass_context
+def _pgettext(context: Context, message_context: str, message: str, /, **params: Any) -> str:
+    return Text(message, params, context=message_context).render(context.get("locale"))
+
+
+@pass_context
+def _shown(context: Context, value: object) -> str:
+    """A value the domain made (a message, a duration) in the page's language."""
+    return render_text(context.get("locale"), value)
+
+
 def make_templates() -> Environment:
+    """Jinja2 with its i18n extension: ``_()``, ``ngettext()`` and ``pgettext()`` translate through the
+    catalogs of :mod:`bot.i18n` into the language of the page being rendered (its ``locale``), with the
+    catalogs' ``{name}`` placeholders. The messages are found by :mod:`bot.i18n.extract`."""
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         enable_async=False,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext=_gettext, ngettext=_ngettext, pgettext=_pgettext, newstyle=False
     )
     env.filters["date"] = _date
     env.filters["model_label"] = _model_label
+    env.filters["shown"] = _shown
     return env
 
 
@@ -146,6 +228,8 @@ async def current_viewer(ctx: WebContext, request: Request) -> Viewer | None:
     session = await ctx.db.web.get_session(security.digest(token), now)
     if session is None:
         return None
+    if session.locale:
+        LOCALE.set(resolve(session.locale))  # the user's Discord language beats the browser's
     guilds = session.guilds
     if now - session.guilds_at > ctx.settings.web_guilds_refresh:
         access = ctx.tokens.open(session.access_token)
@@ -236,14 +320,18 @@ async def is_moderator(ctx: WebContext, viewer: Viewer, guild_id: int) -> bool:
 # ---------------------------------------------------------------------------------------------- the app
 
 
-def redirect(ctx: WebContext, path: str, *, notice: str | None = None, error: str | None = None) -> Any:
-    """303 to ``path`` carrying a notice or error the next page shows (signed: see :class:`Signer`)."""
+def redirect(
+    ctx: WebContext, path: str, *, notice: str | Text | None = None, error: str | Text | None = None
+) -> Any:
+    """303 to ``path`` carrying a notice or error the next page shows (signed: see :class:`Signer`), in
+    the language of the request that made it."""
     from urllib.parse import urlencode
 
     from starlette.responses import RedirectResponse
 
     params = {}
-    for key, message in (("notice", notice), ("error", error)):
+    for key, shown in (("notice", notice), ("error", error)):
+        message = words(shown) if shown is not None else None
         if message:
             params[key] = message
             params[f"{key}_sig"] = ctx.signer.sign(f"{key}:{message}")
@@ -262,8 +350,12 @@ def flash(ctx: WebContext, request: Request, key: str) -> str | None:
 def render(ctx: WebContext, request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
     values.setdefault("notice", flash(ctx, request, "notice"))
     values.setdefault("error", flash(ctx, request, "error"))
+    locale = LOCALE.get()
+    values = {k: render_text(locale, v) if isinstance(v, Text) else v for k, v in values.items()}
     env: Environment = request.app.state.templates
-    html = env.get_template(name).render(request=request, base_url=ctx.settings.web_base_url, **values)
+    html = env.get_template(name).render(
+        request=request, base_url=ctx.settings.web_base_url, locale=locale, **values
+    )
     return HTMLResponse(html, status_code=status)
 
 
@@ -275,6 +367,7 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         ctx: WebContext = request.app.state.ctx
+        LOCALE.set(accepted_locale(request.headers.get("accept-language")))
         try:
             return await handler(ctx, request)
         except LoginRequired as exc:
@@ -283,7 +376,7 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return RedirectResponse("/login?" + _query(next=exc.next_path), status_code=303)
         except HttpError as exc:
             viewer = await current_viewer(ctx, request)
-            return render(ctx, request, "error.html", exc.status, message=exc.message, viewer=viewer)
+            return render(ctx, request, "error.html", exc.status, message=words(exc.message), viewer=viewer)
 
     endpoint.__name__ = handler.__name__
     return endpoint

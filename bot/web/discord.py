@@ -32,6 +32,8 @@ class OAuthError(Exception):
 class DiscordUser:
     id: int
     username: str
+    #: The language the user set in Discord (``locale``, scope ``identify``), when given.
+    locale: str | None = None
 
 
 class OAuthClient:
@@ -100,7 +102,8 @@ class OAuthClient:
         if not isinstance(data, dict) or "id" not in data:
             raise OAuthError("unexpected /users/@me answer")
         name = data.get("global_name") or data.get("username") or str(data["id"])
-        return DiscordUser(int(data["id"]), str(name))
+        locale = data.get("locale")
+        return DiscordUser(int(data["id"]), str(name), str(locale)[:16] if locale else None)
 
     async def guilds(self, token: str) -> list[dict[str, Any]]:
         """The user's servers, as ``{id, name, owner, permissions}`` (ids as strings)."""

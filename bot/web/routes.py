@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from bot.catalog import MODELS, RESOLUTIONS
 from bot.errors import PaletteError
-from bot.i18n import msg
+from bot.i18n import Text, msg
 from bot.imagestore import BROWSER_TYPES
 from bot.moderation import modlog
 from bot.moderation.bans import describe_duration, parse_duration
@@ -131,6 +131,7 @@ async def callback(ctx: WebContext, request: Request) -> Response:
             csrf=security.new_token(),
             created_at=now,
             expires_at=now + lifetime,
+            locale=user.locale,
         )
     )
     response = RedirectResponse(next_path, status_code=303)
@@ -190,7 +191,7 @@ async def my_gallery(ctx: WebContext, request: Request) -> Response:
         ctx, request, "gallery.html",
         viewer=viewer, images=images, filters=f, server=server, models=models,
         servers=[(g, viewer.guild_name(g)) for g in guild_ids], paging=_pages(total, f["page"]),
-        title="Your images", action="/gallery",
+        title=msg("Your images"), action="/gallery",
     )  # fmt: skip
 
 
@@ -305,7 +306,8 @@ async def server_gallery(ctx: WebContext, request: Request) -> Response:
     return render(
         ctx, request, "gallery.html",
         viewer=viewer, images=images, filters=f, server=None, models=[m.key for m in MODELS], servers=[],
-        paging=_pages(total, f["page"]), title=f"{guild['name']}: gallery", action=f"/servers/{guild_id}",
+        paging=_pages(total, f["page"]), title=msg("{server}: gallery", server=guild["name"]),
+        action=f"/servers/{guild_id}",
         guild=guild, guild_id=guild_id, moderator=await is_moderator(ctx, viewer, guild_id),
     )  # fmt: skip
 
@@ -397,7 +399,7 @@ async def lift_ban(ctx: WebContext, request: Request) -> Response:
     )
 
 
-def _limit(form: dict[str, str], key: str, label: str) -> int | None:
+def _limit(form: dict[str, str], key: str, label: Text) -> int | None:
     raw = (form.get(key) or "").strip()
     if raw == "":
         return None
@@ -408,7 +410,11 @@ def _limit(form: dict[str, str], key: str, label: str) -> int | None:
 
 
 class PolicyInputError(Exception):
-    pass
+    """A dashboard form value the policy cannot take; ``text`` says why."""
+
+    def __init__(self, message: Text) -> None:
+        super().__init__(str(message))
+        self.text = message
 
 
 def _ids(form: PostedForm, key: str, known: set[int]) -> tuple[int, ...]:
@@ -436,10 +442,10 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
         section = form.get("section")
         if section == "limits":
             changes: dict[str, Any] = {
-                "daily_limit": _limit(form, "daily_limit", "Daily limit"),
-                "hourly_limit": _limit(form, "hourly_limit", "Hourly limit"),
-                "daily_pool": _limit(form, "daily_pool", "Server pool") or None,
-                "max_images": _limit(form, "max_images", "Max images") or None,
+                "daily_limit": _limit(form, "daily_limit", msg("Daily limit")),
+                "hourly_limit": _limit(form, "hourly_limit", msg("Hourly limit")),
+                "daily_pool": _limit(form, "daily_pool", msg("Server pool")) or None,
+                "max_images": _limit(form, "max_images", msg("Max images")) or None,
                 "max_resolution": form.get("max_resolution") or None,
             }
             what = msg("limits")
@@ -471,7 +477,7 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
         elif section == "autoban":
             hits = _int(form.get("autoban_hits"))
             if hits is None or not 0 <= hits <= 100:
-                raise PolicyInputError(text("bad_number", field="Blocked prompts", max=100))
+                raise PolicyInputError(text("bad_number", field=msg("Blocked prompts"), max=100))
             window = parse_duration(form.get("autoban_window") or "")
             duration = parse_duration(form.get("autoban_duration") or "")
             if window is None or duration is None:
@@ -502,8 +508,7 @@ async def save_policy(ctx: WebContext, request: Request) -> Response:
             raise HttpError(400, text("not_found"))
         await ctx.moderation.update_policy(guild_id, viewer.user_id, what, **changes)
     except (PolicyInputError, PaletteError) as exc:
-        message = exc.message if isinstance(exc, PaletteError) else str(exc)
-        return redirect(ctx, back, error=message)
+        return redirect(ctx, back, error=exc.text)
     return redirect(ctx, back, notice=text("policy_saved"))
 
 
@@ -520,7 +525,7 @@ async def blocklist_action(ctx: WebContext, request: Request) -> Response:
             return redirect(ctx, back, notice=text("block_added"))
         removed = await ctx.moderation.remove_block(guild_id, viewer.user_id, pattern)
     except PaletteError as exc:
-        return redirect(ctx, back, error=exc.message)
+        return redirect(ctx, back, error=exc.text)
     return redirect(ctx, back, notice=text("block_removed" if removed else "block_missing"))
 
 

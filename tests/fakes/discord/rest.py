@@ -237,7 +237,8 @@ class Routes:
     async def get_me(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
-            return json_response(self.fake.oauth.bearer_user(auth).to_payload())
+            user = self.fake.oauth.bearer_user(auth)
+            return json_response({**user.to_payload(), "locale": user.locale})
         return json_response(self.fake._me_payload())
 
     # -- OAuth2 (the web gallery's login) ---------------------------------------------------

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("csrf", sa.Text, nullable=False),
         sa.Column("created_at", Seconds, nullable=False),
         sa.Column("expires_at", Seconds, nullable=False),
+        sa.Column("locale", sa.Text),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_web_sessions")),
     )
     op.create_index("web_sessions_expires", "web_sessions", ["expires_at"])
