@@ -190,12 +190,6 @@ def _pgettext(context: Context, message_context: str, message: str, /, **params:
     return Text(message, params, context=message_context).render(context.get("locale"))
 
 
-@pass_context
-def _shown(context: Context, value: object) -> str:
-    """A value the domain made (a message, a duration) in the page's language."""
-    return render_text(context.get("locale"), value)
-
-
 def make_templates() -> Environment:
     """Jinja2 with its i18n extension: ``_()``, ``ngettext()`` and ``pgettext()`` translate through the
     catalogs of :mod:`bot.i18n` into the language of the page being rendered (its ``locale``), with the
@@ -211,7 +205,6 @@ def make_templates() -> Environment:
     )
     env.filters["date"] = _date
     env.filters["model_label"] = _model_label
-    env.filters["shown"] = _shown
     return env
 
 
