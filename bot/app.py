@@ -27,6 +27,7 @@ import discord
 
 from bot.config import Settings
 from bot.generation import Generator
+from bot.imagestore import ImageStore
 from bot.jobs.spool import SPOOL_DIR_NAME, EncoderPool, ImageSpool
 from bot.jobs.worker import Presence, Worker, new_worker_id
 from bot.loopmonitor import start_from_env
@@ -46,7 +47,7 @@ from bot.tenants import provider_label
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-ROLES = ("all", "gateway", "worker")
+ROLES = ("all", "gateway", "worker", "web")
 
 
 async def open_storage(settings: Settings) -> tuple[Database, QueueRepository, HealthRepository]:
@@ -94,6 +95,7 @@ async def create_bot(
         sync_only=sync_only,
         **client_options,
     )
+    bot.image_store = build_image_store(settings)  # type: ignore[attr-defined]
     if role == "all":
         bot.worker, bot.presenter, bot.encoders = attach_worker(
             bot, settings, db, queue, generator, bot.worker_id
@@ -169,7 +171,14 @@ def attach_worker(
             )
 
     worker.on_key_rejected = key_rejected
+    worker.image_store = build_image_store(settings)
+    client.image_store = worker.image_store  # type: ignore[attr-defined]  # /history-clear, moderators
     return worker, presenter, encoders
+
+
+def build_image_store(settings: Settings) -> ImageStore:
+    """The folder of delivered images the web gallery serves (IMAGE_STORE_DIR)."""
+    return ImageStore(settings.image_store_directory, retention_days=settings.image_retention_days or None)
 
 
 def spool_directory(settings: Settings, worker_id: str) -> Path:
@@ -240,6 +249,9 @@ async def _run(settings: Settings, sync_only: bool, role: str) -> int:
     )
     runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
     stopper = asyncio.create_task(stopping.wait())
+    web: asyncio.Task[None] | None = None
+    if role == "all" and settings.web_enabled and not sync_only:
+        web = asyncio.create_task(_serve_web_when_logged_in(settings, bot))
     try:
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
@@ -254,6 +266,8 @@ async def _run(settings: Settings, sync_only: bool, role: str) -> int:
             raise runner.exception()  # type: ignore[misc]
     finally:
         stopper.cancel()
+        if web is not None:
+            await _stop_web(bot, web)
         if ops is not None:
             await ops.stop()
         await shutdown(bot)
@@ -262,6 +276,29 @@ async def _run(settings: Settings, sync_only: bool, role: str) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
     return EXIT_OK
+
+
+async def _serve_web_when_logged_in(settings: Settings, bot: PaletteBot) -> None:
+    """All-in-one with WEB_BASE_URL and DISCORD_CLIENT_SECRET set: the site, once the bot knows its
+    application id."""
+    from bot.web.server import serve_beside
+
+    while bot.application_id is None and not bot.is_closed():  # noqa: ASYNC110 (set by discord.py's login)
+        await asyncio.sleep(0.1)
+    if bot.is_closed():
+        return
+    task = await serve_beside(settings, bot)
+    await task
+
+
+async def _stop_web(bot: PaletteBot, web: asyncio.Task[None]) -> None:
+    server = getattr(bot, "web_server", None)
+    if server is not None:
+        server.should_exit = True
+    try:
+        await asyncio.wait_for(web, 10)
+    except BaseException:
+        web.cancel()
 
 
 class WorkerRole:
@@ -349,10 +386,20 @@ async def _run_worker(settings: Settings) -> int:
     return EXIT_OK
 
 
+async def _run_web(settings: Settings) -> int:
+    """The web role: the gallery and dashboard, Discord's REST API as the bot, the shared database."""
+    from bot.web.server import run_web_role
+
+    await run_web_role(settings, _stop_event())
+    return EXIT_OK
+
+
 def run_bot(settings: Settings, *, sync_only: bool = False, role: str = "all") -> int:
     try:
         if role == "worker":
             return asyncio.run(_run_worker(settings))
+        if role == "web":
+            return asyncio.run(_run_web(settings))
         return asyncio.run(_run(settings, sync_only, role))
     except discord.LoginFailure:
         log.error(

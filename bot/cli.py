@@ -3,6 +3,7 @@
 python -m bot                      run the Discord bot (needs DISCORD_TOKEN): gateway and worker in one
 python -m bot gateway              only the gateway part: answers Discord, queues jobs in the database
 python -m bot worker               only the worker part: runs queued jobs, posts results (no gateway)
+python -m bot web                  the web gallery and moderation dashboard (needs WEB_BASE_URL etc.)
 python -m bot sync                 push slash commands to Discord now
 python -m bot generate --model M --prompt P [--aspect-ratio R] [--resolution 1K] [--count N]
                        [--seed S] [--ref FILE ...] [--out DIR]
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the Discord bot, gateway and worker in one process (the default)")
     sub.add_parser("gateway", help="answer Discord and queue jobs; workers (other processes) run them")
     sub.add_parser("worker", help="run queued jobs and post their results (no gateway connection)")
+    sub.add_parser("web", help="serve the web gallery and moderation dashboard")
     sub.add_parser("sync", help="sync slash commands with Discord now")
 
     gen = sub.add_parser("generate", help="generate images without Discord")
@@ -98,11 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.secrets(), settings.log_format)
     command = args.command or "run"
     try:
-        if command in ("run", "sync", "gateway", "worker"):
+        if command in ("run", "sync", "gateway", "worker", "web"):
             if settings.discord_token is None:
                 print(NO_TOKEN_HELP, file=sys.stderr)
                 return EXIT_USAGE
             from bot.app import run_bot
+
+            if command == "web" and not settings.web_enabled:
+                print("The site needs WEB_BASE_URL and DISCORD_CLIENT_SECRET (README).", file=sys.stderr)
+                return EXIT_USAGE
 
             role = {"run": "all", "sync": "all"}.get(command, command)
             return run_bot(settings, sync_only=command == "sync", role=role)

@@ -160,6 +160,27 @@ class Settings(BaseSettings):
     # Whether /imagine and friends may be used in DMs with the bot (servers set their own policy).
     allow_dms: bool = True
 
+    # --- web gallery and moderation dashboard (`python -m bot web`; README "The web gallery") ---
+    # The site's public address; the OAuth2 redirect is WEB_BASE_URL + /auth/callback. Empty: no site.
+    web_base_url: str | None = None
+    # What the web server listens on.
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8080, ge=0, le=65535)
+    # The Discord application's id (OAuth2 client id); empty: read from Discord with the bot token.
+    discord_client_id: int | None = None
+    # The application's OAuth2 client secret (Developer Portal -> OAuth2).
+    discord_client_secret: SecretStr | None = None
+    # Where browsers are sent to log in; token exchange and user look-ups go to DISCORD_API_BASE.
+    discord_oauth_url: str = "https://discord.com/oauth2/authorize"
+    # Hours a web login lasts.
+    web_session_hours: float = Field(24.0 * 7, gt=0)
+    # Seconds between refreshes of a signed-in user's servers and permissions (GET /users/@me/guilds).
+    web_guilds_refresh: float = Field(300.0, gt=0)
+    # Where delivered images are kept for the gallery. Empty: <data dir>/images.
+    image_store_dir: Path | None = None
+    # Originals older than this many days are pruned (thumbnails stay); 0 = kept forever.
+    image_retention_days: float = Field(0.0, ge=0)
+
     log_level: str = "INFO"
     # "text" (readable lines, the default) or "json" (one JSON object per line, for log collectors).
     log_format: Literal["text", "json"] = "text"
@@ -181,6 +202,8 @@ class Settings(BaseSettings):
         "apimart_api_key",
         "mountsea_api_key",
         "palette_secret_key",
+        "discord_client_secret",
+        "web_base_url",
         mode="before",
     )
     @classmethod
@@ -205,7 +228,15 @@ class Settings(BaseSettings):
         parse_shard_ids(value)  # ValueError with the reason
         return value.strip()
 
-    @field_validator("discord_dev_guild_id", "data_dir", "metrics_port", "shard_count", mode="before")
+    @field_validator(
+        "discord_dev_guild_id",
+        "data_dir",
+        "metrics_port",
+        "shard_count",
+        "discord_client_id",
+        "image_store_dir",
+        mode="before",
+    )
     @classmethod
     def _blank_guild_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -277,9 +308,22 @@ class Settings(BaseSettings):
         path = sqlite_path(self.database_url)
         return path.parent if path is not None else Path("data")
 
+    @property
+    def image_store_directory(self) -> Path:
+        """IMAGE_STORE_DIR, else ``<data dir>/images``."""
+        return self.image_store_dir if self.image_store_dir is not None else self.data_directory / "images"
+
+    @property
+    def web_enabled(self) -> bool:
+        """Whether the site is configured (WEB_BASE_URL and DISCORD_CLIENT_SECRET)."""
+        secret = self.discord_client_secret
+        return bool(self.web_base_url) and secret is not None and bool(secret.get_secret_value())
+
     def secrets(self) -> list[str]:
         """Every configured secret value; used to scrub logs."""
-        values = [self.discord_token, self.palette_secret_key] + [p.api_key for p in self.providers()]
+        values = [self.discord_token, self.palette_secret_key, self.discord_client_secret] + [
+            p.api_key for p in self.providers()
+        ]
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
         from bot.storage.engine import parse_database_url
 

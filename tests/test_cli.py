@@ -394,11 +394,15 @@ async def _seed_everything(url: str) -> None:
         # A server's own provider key (a Fernet token, as bot.tenants stores it) and its fallback.
         await db.tenants.set_key(2, "listenhub", "gAAAAA-not-a-key-but-a-token", 1, now)
         await db.tenants.set_fallback(2, True, now)
+        await db.web.set_gallery(2, True, 1, now)
         for statement, params in [
             ("INSERT INTO provider_health VALUES ('apimart', 2, NULL, NULL, :t)", {"t": now}),
             ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "
              "VALUES ('apimart', :ok, 1.5, :t)", {"ok": True, "t": now}),
             ("INSERT INTO workers VALUES ('w1', 'worker', 'host', 123, :t, :t)", {"t": now}),
+            ("INSERT INTO web_sessions VALUES ('sid', 1, 'u', 'sealed', '[]', :t, 'csrf', :t, :t, 'de')",
+             {"t": now}),
+            ("INSERT INTO oauth_states VALUES ('state', 'verifier', '/gallery', :t)", {"t": now}),
             ("INSERT INTO gateway_shards VALUES ('g1', 0, 2, 'host', 124, 0.05, :t)", {"t": now}),
             ("INSERT INTO identify_buckets VALUES (0, :t, 'g1')", {"t": now}),
             ("INSERT INTO command_syncs VALUES ('command_hash:global', 'abc', 'g1', :t)", {"t": now}),

@@ -16,6 +16,10 @@ How to add a message
    - A constant shown later (a label in a table): ``N_("Model")``, rendered with ``t(locale, value)``.
    - Command, option and choice descriptions: ``locale_str("...")`` (discord.py), translated by
      :class:`bot.presentation.translator.PaletteTranslator`.
+   - Web pages (``bot/web/templates``): ``{{ _("Your images") }}``, ``{{ _("Image {id}", id=n) }}``,
+     ``{{ ngettext("{n} report", "{n} reports", n) }}`` (Jinja2's i18n extension, see
+     :func:`bot.web.app.make_templates`); the web layer's other words are ``N_`` constants in
+     ``bot/web/texts.py``.
 2. ``python -m bot.i18n update`` adds the new English ids to every catalog in ``bot/i18n/locales/``
    (empty translations) and drops the ones no code uses any more; then translate them in each ``.po``.
 3. ``pytest tests/test_i18n.py`` fails while any catalog lacks a translation, a translation's placeholders

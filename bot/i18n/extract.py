@@ -4,6 +4,12 @@ A message is the literal first text argument of: :func:`bot.i18n.t` / ``tn`` / `
 the locale), ``msg`` / ``nmsg`` / ``pmsg``, ``N_``, discord.py's ``locale_str``, and the constructor of
 any :class:`bot.errors.PaletteError` subclass. A non-literal there (an f-string, a variable) is reported
 by :func:`problems`, unless it is a value passed through (a name, an attribute: an existing message).
+
+The web site's templates (``bot/web/templates/*.html``) are scanned too, with Jinja2's own extractor
+(the one Babel's ``jinja2`` extraction method uses): ``_("...", name=value)``, ``gettext``,
+``ngettext(singular, plural, n, ...)`` and ``pgettext(context, "...")``, with the same ``{name}``
+placeholders; a ``{% trans %}`` block with variables (``%(name)s``) is reported, as the catalogs use
+named ``{name}`` placeholders.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("bot", "cogs")
+TEMPLATES = "bot/web/templates"
 
 #: function name -> (index of the first text argument, whether it is plural, whether it has a context)
 FUNCTIONS: dict[str, tuple[int, bool, bool]] = {
@@ -157,6 +164,48 @@ def scan(root: Path = ROOT) -> tuple[list[Message], list[str]]:
                 if plural_text is None:
                     problems.append(f"{where}: {name}() needs a literal plural text")
                     continue
+            messages.append(Message(text, plural_text, ctx_value, where))
+    template_messages, template_problems = scan_templates(root)
+    return messages + template_messages, problems + template_problems
+
+
+#: template function -> (whether it is plural, whether it has a context)
+TEMPLATE_FUNCTIONS: dict[str, tuple[bool, bool]] = {
+    "_": (False, False),
+    "gettext": (False, False),
+    "ngettext": (True, False),
+    "pgettext": (False, True),
+}
+
+
+def scan_templates(root: Path = ROOT) -> tuple[list[Message], list[str]]:
+    """The messages of the web site's Jinja2 templates, and the problems found (non-literal texts)."""
+    from jinja2 import Environment
+
+    folder = root / TEMPLATES
+    if not folder.is_dir():
+        return [], []
+    env = Environment(extensions=["jinja2.ext.i18n"])
+    messages: list[Message] = []
+    problems: list[str] = []
+    for path in sorted(folder.rglob("*.html")):
+        rel = path.relative_to(root)
+        found = env.extract_translations(  # type: ignore[attr-defined]
+            path.read_text(encoding="utf-8"), tuple(TEMPLATE_FUNCTIONS)
+        )
+        for lineno, name, out in found:
+            where = f"{rel}:{lineno}"
+            plural, context = TEMPLATE_FUNCTIONS[name]
+            args = list(out) if isinstance(out, tuple) else [out]
+            ctx_value = args.pop(0) if context else None
+            text = args[0] if args else None
+            plural_text = args[1] if plural and len(args) > 1 else None
+            if (context and ctx_value is None) or text is None or (plural and plural_text is None):
+                problems.append(f"{where}: {name}() needs literal texts")
+                continue
+            if "%(" in text:
+                problems.append(f"{where}: use _() with {{name}} placeholders, not {{% trans %}} variables")
+                continue
             messages.append(Message(text, plural_text, ctx_value, where))
     return messages, problems
 

@@ -177,6 +177,8 @@ class JobService:
             "seed": plan.seed,
             "strict_safety": plan.strict_safety,
             "upload_limit": origin.upload_limit,
+            # Server galleries (bot.web) show results of non-NSFW server channels only.
+            "nsfw_channel": origin.nsfw_channel or origin.guild_id is None,
             "locale": origin.locale,
             # How many references are stored with the job: a worker reads them only when there are some.
             "references": len(plan.references),

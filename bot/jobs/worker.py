@@ -45,12 +45,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bot.catalog import get_model
 from bot.config import Settings
 from bot.errors import NoRouteAvailable, PaletteError, ProviderError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
+from bot.imagestore import ImageStore
 from bot.jobs.service import (
     DeliveredImage,
     Delivery,
@@ -416,6 +418,8 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id
         self.spool = spool
+        #: Where delivered images are kept for the web gallery (bot.imagestore); set by bot.app.
+        self.image_store: ImageStore | None = None
         self.clock = clock
         capacity = generator.capacity()
         self.max_jobs = max_jobs or settings.worker_max_jobs or max(1, sum(capacity.values()))
@@ -687,6 +691,7 @@ class Worker:
             log.exception("job %s failed unexpectedly", job.id)
             await self._fail(running, ProviderError("Something went wrong while generating."))
             return
+        keep: list[tuple[str, bytes | Path]] = []
         try:
             running.spooled = await self.spool.admit(outcome.images)
             outcome.images = []  # the spool holds them now (memory budget, or disk)
@@ -694,6 +699,16 @@ class Worker:
                 if lease.lost:
                     raise LeaseLost()
                 delivery = await self.presenter.deliver(job, outcome, running.spooled)
+            if self.image_store is not None:
+                # The web gallery's copy is made after settling (never widening the window between
+                # posting and recording); the images are kept past the spool until then.
+                keep = await self.image_store.hold(
+                    [
+                        (img.filename, item.data if item.data is not None else item.path)  # type: ignore[misc]
+                        for img, item in zip(delivery.images, running.spooled, strict=False)
+                        if item.data is not None or item.path is not None
+                    ]
+                )
         except (LeaseLost, asyncio.CancelledError):
             raise
         except PaletteError as exc:
@@ -708,6 +723,8 @@ class Worker:
             running.spooled = []
         recorded = RecordedDelivery(delivery, outcome.provider, outcome.provider_model)
         await self._settle_delivered(running, recorded, record=True)
+        if keep and self.image_store is not None:  # errors are logged there, never raised
+            self._spawn(self.image_store.save(job.user_id, job.id, keep))
 
     def _report_rejected(self, job: JobRecord, credentials: CallCredentials | None) -> None:
         """Tell the server's mod log about each of its own keys a provider refused during the job."""

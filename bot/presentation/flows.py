@@ -327,6 +327,8 @@ class Flows:
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.message is not None:
             await interaction.message.delete()
+        # Gone from Palette's records and the web gallery too.
+        await moderation.forget_job(self.bot, job, self.bot.moderation.clock())
         if by_moderator and job.guild_id is not None:
             self.bot.moderation.emit(
                 modlog.deleted_result(job.guild_id, job_id=job.id, user_id=job.user_id, actor_id=user.id)

@@ -341,6 +341,7 @@ async def moderator_action(
     if action == "delete":
         deleted = await delete_job_messages(bot, job)
         await bot.db.moderation.resolve_reports(job.id, "deleted", now)
+        await forget_job(bot, job, now)
         bot.moderation.emit(
             modlog.deleted_result(
                 job.guild_id, job_id=job.id, user_id=job.user_id, actor_id=interaction.user.id
@@ -379,6 +380,14 @@ async def delete_job_messages(bot: PaletteBot, job: JobRecord) -> int:
         if await delete_message(bot, channel_id, message_id):
             deleted += 1
     return deleted
+
+
+async def forget_job(bot: Any, job: JobRecord, now: float) -> None:
+    """A removed result leaves Palette's records and the web gallery's image store."""
+    await bot.db.web.forget_job(job.id, now)
+    store = getattr(bot, "image_store", None)
+    if store is not None:
+        await store.delete_job(job.user_id, job.id)
 
 
 async def delete_message(bot: PaletteBot, channel_id: int, message_id: int) -> bool:

@@ -60,6 +60,7 @@ from bot.storage.repository import (
 )
 from bot.storage.tenants import SqlTenantRepository
 from bot.storage.usage import SqlUsageRepository
+from bot.storage.web import SqlWebRepository
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ class Database(SqlJobRepository):
         # Servers' own provider keys (encrypted) and the monthly usage report (issue 12).
         self.tenants = SqlTenantRepository(self)
         self.usage = SqlUsageRepository(self)
+        #: The web gallery's sessions, logins and gallery queries (bot.web).
+        self.web = SqlWebRepository(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

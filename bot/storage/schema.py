@@ -378,6 +378,48 @@ guild_key_settings = Table(
     Column("updated_at", Seconds, nullable=False),
 )
 
+# --- the web gallery and dashboard (bot/web) ------------------------------------------------------------
+
+# Signed-in browsers. ``id`` is the SHA-256 of the session cookie (the cookie itself is never stored);
+# ``access_token`` is the user's Discord OAuth token, encrypted (bot.web.security), kept only to refresh
+# ``guilds`` (their servers and permissions, JSON) every few minutes. Every POST carries ``csrf``.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Snowflake, nullable=False),
+    Column("username", Text, nullable=False, server_default=""),
+    Column("access_token", Text),
+    Column("guilds", Text, nullable=False, server_default="[]"),
+    Column("guilds_at", Seconds, nullable=False),
+    Column("csrf", Text, nullable=False),
+    Column("created_at", Seconds, nullable=False),
+    Column("expires_at", Seconds, nullable=False),
+    # The user's Discord language (``locale`` of /users/@me): the site's pages are shown in it.
+    Column("locale", Text),
+)
+Index("web_sessions_expires", web_sessions.c.expires_at)
+
+# OAuth2 logins under way: the SHA-256 of ``state`` and the PKCE verifier, for a few minutes.
+oauth_states = Table(
+    "oauth_states",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("verifier", Text, nullable=False),
+    Column("next_path", Text, nullable=False, server_default="/"),
+    Column("expires_at", Seconds, nullable=False),
+)
+
+# Servers that turned their web gallery on (``/palette gallery on``); off when absent.
+gallery_settings = Table(
+    "gallery_settings",
+    metadata,
+    Column("guild_id", Snowflake, primary_key=True, autoincrement=False),
+    Column("enabled", Boolean, nullable=False, server_default="0"),
+    Column("updated_by", Snowflake),
+    Column("updated_at", Seconds, nullable=False),
+)
+
 # --- gateway shards (bot/ops/shards.py) -----------------------------------------------------------------
 
 # Which process runs which gateway shard, and its latency: one row per (process, shard), kept fresh by a

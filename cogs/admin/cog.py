@@ -326,6 +326,37 @@ class AdminCog(commands.Cog):
             interaction, msg("✅ Mod log: {channel}.", channel=channel.mention if channel else msg("off"))
         )
 
+    @palette.command(
+        name="gallery", description=locale_str("This server's web gallery of results (members only)")
+    )
+    @app_commands.describe(
+        mode=locale_str("on: members see results of non-NSFW channels on Palette's website; off: nobody does")
+    )
+    @app_commands.choices(
+        mode=[
+            app_commands.Choice(name=locale_str("on"), value="on"),
+            app_commands.Choice(name=locale_str("off"), value="off"),
+        ]
+    )
+    async def gallery(self, interaction: discord.Interaction, mode: app_commands.Choice[str]) -> None:
+        guild_id, actor = self.ids(interaction)
+        enabled = mode.value == "on"
+        before = await self.bot.db.web.set_gallery(guild_id, enabled, actor, self.mod.clock())
+        if before != enabled:
+            self.mod.emit(
+                modlog.policy_change(
+                    guild_id, actor_id=actor, what=msg("web gallery"),
+                    before=msg("on") if before else msg("off"),
+                    after=msg("on") if enabled else msg("off"),
+                )
+            )  # fmt: skip
+        site = self.bot.settings.web_base_url
+        if enabled and site:
+            reply = msg("✅ Web gallery: on, at {url}.", url=f"{site.rstrip('/')}/servers/{guild_id}")
+        else:
+            reply = msg("✅ Web gallery: on.") if enabled else msg("✅ Web gallery: off.")
+        await self.reply(interaction, reply)
+
     @palette.command(name="nsfw", description=locale_str("What NSFW-marked channels allow"))
     @app_commands.describe(
         mode=locale_str(

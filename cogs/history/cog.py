@@ -53,6 +53,9 @@ class HistoryCog(commands.Cog):
 
         async def confirmed(click: discord.Interaction) -> None:
             cleared = await self.bot.db.history.delete_user_data(user_id)
+            store = getattr(self.bot, "image_store", None)
+            if store is not None:  # the web gallery's copies go too
+                await store.delete_user(user_id)
             await click.response.edit_message(
                 content=tn(
                     user_locale(click),

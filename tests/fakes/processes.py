@@ -43,6 +43,7 @@ READY_MARKERS: dict[str, str] = {
     "run": r"logged in as",
     "gateway": r"logged in as",
     "worker": r"worker \S+ ready",
+    "web": r"web site ready at",
 }
 
 

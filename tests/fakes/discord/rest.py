@@ -25,6 +25,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Routes discord.py calls without a bot token (the interaction token is the credential).
 _TOKENLESS = re.compile(r"^/(interactions/\d+/[^/]+/callback|webhooks/\d+/[^/]+(/.*)?)$")
+# OAuth2: the token exchange authenticates with the client secret; user routes with a Bearer token.
+_OAUTH_TOKEN_PATH = "/oauth2/token"
+_BEARER_PATHS = ("/users/@me", "/users/@me/guilds")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -103,7 +106,9 @@ def make_middleware(fake: FakeDiscord) -> Any:
         )
         fake.requests.append(record)
         try:
-            if content_type.startswith("multipart/form-data"):
+            if path == _OAUTH_TOKEN_PATH:
+                pass  # form-encoded, read by the handler
+            elif content_type.startswith("multipart/form-data"):
                 parts.extend(_parse_multipart(content_type, body))
             elif body:
                 try:
@@ -117,8 +122,11 @@ def make_middleware(fake: FakeDiscord) -> Any:
                 response: web.StreamResponse = json_response(fault.body, fault.status, fault.headers)
                 record.response = fault.body
             else:
+                bearer = request.headers.get("Authorization", "").startswith("Bearer ")
                 if (
                     not _TOKENLESS.match(path)
+                    and path != _OAUTH_TOKEN_PATH
+                    and not (bearer and path in _BEARER_PATHS)
                     and request.headers.get("Authorization") != f"Bot {fake.bot_token}"
                 ):
                     raise errors.unauthorized()
@@ -159,6 +167,9 @@ def add_routes(app: web.Application, fake: FakeDiscord) -> None:
     p = API_PREFIX
     add = app.router.add_route
     add("GET", p + "/users/@me", r.get_me)
+    add("GET", p + "/users/@me/guilds", r.get_my_guilds)
+    add("POST", p + "/oauth2/token", r.oauth_token)
+    app.router.add_get("/oauth2/authorize", r.oauth_authorize)
     add("GET", p + "/users/{user_id}", r.get_user)
     add("POST", p + "/users/@me/channels", r.create_dm)
     add("GET", p + "/applications/@me", r.get_application)
@@ -224,7 +235,23 @@ class Routes:
         return json_response({"items": []})
 
     async def get_me(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            user = self.fake.oauth.bearer_user(auth)
+            return json_response({**user.to_payload(), "locale": user.locale})
         return json_response(self.fake._me_payload())
+
+    # -- OAuth2 (the web gallery's login) ---------------------------------------------------
+
+    async def get_my_guilds(self, request: web.Request) -> web.Response:
+        user = self.fake.oauth.bearer_user(request.headers.get("Authorization", ""))
+        return json_response(self.fake.oauth.guilds_payload(user))
+
+    async def oauth_authorize(self, request: web.Request) -> web.StreamResponse:
+        return self.fake.oauth.authorize(request)
+
+    async def oauth_token(self, request: web.Request) -> web.Response:
+        return self.fake.oauth.token(request, await request.post(), request.headers.get("Authorization"))
 
     async def get_user(self, request: web.Request) -> web.Response:
         user = self.fake.users.get(_snowflake(request.match_info["user_id"], errors.unknown_user))

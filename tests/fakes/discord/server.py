@@ -46,6 +46,7 @@ from .models import (
     unique_suffix,
     walk_components,
 )
+from .oauth import FakeOAuth
 from .permissions import base_permissions, channel_permissions
 
 T = TypeVar("T")
@@ -161,6 +162,8 @@ class FakeDiscord:
         self._message_log: list[Message] = []
         self._by_token: dict[str, Interaction] = {}
         self._runner: web.AppRunner | None = None
+        #: OAuth2 for the web gallery: who approves logins, codes and tokens (tests.fakes.discord.oauth).
+        self.oauth = FakeOAuth(self)
 
     # ------------------------------------------------------------------------------------
     # lifecycle
