@@ -196,6 +196,23 @@ class JobService:
         routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
         return routes[0].provider if routes else next(iter(self.generator.providers), "")
 
+    async def cancel(self, job_id: int, by: int) -> bool:
+        """Cancel an unfinished job whose result is not posted yet: settled as ``cancelled`` (everything
+        refunded, once: settling is idempotent) in one write, so a queued job leaves the queue at once. A
+        worker running it stops: this process's at once, another process's when it next looks (its lease
+        renewal is refused; the status is read again before posting). False when there was nothing to
+        cancel (finished, or the result was already posted)."""
+        if not await self.jobs.cancel_job(job_id, by, self.clock()):
+            return False
+        self._providers.pop(job_id, None)
+        if self.worker is not None:
+            self.worker.abandon(job_id)
+        try:
+            await self.queue.notify()  # its provider slot may be free now
+        except Exception as exc:
+            log.warning("job %s: could not wake the workers (%s)", job_id, type(exc).__name__)
+        return True
+
     async def position(self, job_id: int) -> int | None:
         """The job's place in line over the whole deployment (None once a worker has it)."""
         return await self.queue.position(job_id)

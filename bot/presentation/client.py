@@ -26,7 +26,7 @@ from bot.moderation.service import ModerationService
 from bot.presentation.flows import Flows
 from bot.presentation.moderation import ModLogSender
 from bot.presentation.presenter import DiscordPresenter
-from bot.presentation.views import ResultButton
+from bot.presentation.views import CancelButton, ResultButton
 from bot.providers.transport import Downloader
 from bot.storage import Database
 from bot.storage.queue import QueueRepository
@@ -113,7 +113,7 @@ class PaletteBot(commands.Bot):
     async def setup_hook(self) -> None:
         for cog in COGS:
             await self.load_extension(cog)
-        self.add_dynamic_items(ResultButton)
+        self.add_dynamic_items(ResultButton, CancelButton)
         self.synced = await self.sync_commands(force=self.sync_only)
         if self.sync_only:
             return

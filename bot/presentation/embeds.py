@@ -63,6 +63,22 @@ def started_text(job: JobRecord, started_at: float) -> str:
     )
 
 
+def cancelled_text(user_id: int, *, images: int) -> str:
+    """The status message of a cancelled job."""
+    what = f"{images} image{'s' if images != 1 else ''}"
+    return f"✖️ Cancelled by <@{user_id}>. Nothing was charged ({what} refunded)."
+
+
+#: Answers to a click on Cancel (ephemeral), by outcome.
+CANCEL_TEXT = {
+    "not_allowed": "Only the person who asked for this (or a moderator) can cancel it.",
+    "already_done": "That request has already finished; there is nothing to cancel.",
+    "already_cancelled": "That request was already cancelled.",
+    "posted": "Those images have just been posted; it is too late to cancel.",
+    "unknown": "That request is no longer in Palette's records.",
+}
+
+
 def result_embed(
     job: JobRecord,
     *,

@@ -29,7 +29,7 @@ from bot.generation import GenerationSpec, load_references
 from bot.jobs.service import JobOrigin
 from bot.moderation import modlog
 from bot.presentation import embeds, moderation
-from bot.presentation.views import PromptModal
+from bot.presentation.views import PromptModal, status_view
 from bot.providers.base import Reference
 from bot.storage import JobRecord
 
@@ -188,7 +188,7 @@ class Flows:
         text = embeds.queued_text(job, await self.bot.jobs.position(job.id))
         message: discord.Message | None = None
         try:
-            message = await interaction.edit_original_response(content=text)
+            message = await interaction.edit_original_response(content=text, view=status_view(job.id))
         except discord.HTTPException as exc:  # progress is best effort
             log.warning("job %s: could not show the queued status (%s)", job.id, exc)
             if job.status_message_id is None:
@@ -197,6 +197,44 @@ class Flows:
                     message = await interaction.original_response()
         if job.status_message_id is None and message is not None:
             await self.bot.db.jobs.set_status_message(job.id, message.id)
+
+    # ------------------------------------------------------------------ cancel
+
+    async def cancel_action(self, interaction: discord.Interaction, job_id: int) -> None:
+        """The Cancel button of a status message: the requester or a moderator takes the request back.
+
+        The id in the button is checked like a result button's (the job must belong to this server and
+        the clicked message must be its status message), so a forged id cancels nothing."""
+        try:
+            job = await self.bot.db.jobs.get_job(job_id)
+            if job is None:
+                raise ValidationError(embeds.CANCEL_TEXT["unknown"])
+            message = interaction.message
+            if (
+                message is None
+                or job.guild_id != interaction.guild_id
+                or job.status_message_id is None
+                or message.id != job.status_message_id
+            ):
+                raise NotThisResult()
+            user = interaction.user
+            if user.id != job.user_id:
+                policy = await self.bot.moderation.policy(interaction.guild_id)
+                if not moderation.is_moderator(interaction, policy):
+                    raise ValidationError(embeds.CANCEL_TEXT["not_allowed"])
+            if job.finished:
+                key = "already_cancelled" if job.status == "cancelled" else "already_done"
+                raise ValidationError(embeds.CANCEL_TEXT[key])
+            if not await self.bot.jobs.cancel(job.id, user.id):
+                current = await self.bot.db.jobs.get_job(job.id)
+                if current is not None and current.status == "cancelled":
+                    raise ValidationError(embeds.CANCEL_TEXT["already_cancelled"])
+                posted = current is not None and current.delivery is not None
+                raise ValidationError(embeds.CANCEL_TEXT["posted" if posted else "already_done"])
+            text = embeds.cancelled_text(user.id, images=job.reserved)
+            await interaction.response.edit_message(content=text, embed=None, attachments=[], view=None)
+        except Exception as exc:
+            await self.bot.report_error(interaction, exc)
 
     # ------------------------------------------------------------------ result buttons
 

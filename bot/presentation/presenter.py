@@ -31,7 +31,7 @@ from bot.generation import GenerationOutcome
 from bot.jobs.service import DeliveredImage, Delivery
 from bot.jobs.spool import EncoderPool, ImageSpool, SpooledImage, Upload, prepare_upload
 from bot.presentation import embeds
-from bot.presentation.views import result_view
+from bot.presentation.views import result_view, status_view
 from bot.storage import JobRecord
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,9 @@ class DiscordPresenter:
                 return
             try:
                 await webhook.edit_message(
-                    self._status_ref(job), content=embeds.started_text(job, time.time())
+                    self._status_ref(job),
+                    content=embeds.started_text(job, time.time()),
+                    view=status_view(job.id),
                 )
             except discord.HTTPException as exc:  # progress is best effort
                 log.info("job %s: could not show progress (%s)", job.id, exc)

@@ -51,6 +51,41 @@ class ResultButton(
         await bot.flows.result_action(interaction, self.action, self.job_id)
 
 
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"palette:cancel:(?P<job_id>[0-9]{1,19})",
+):
+    """Cancel on the status message of a queued or running job (persistent like the result buttons)."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel",
+                emoji="✖️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"palette:cancel:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> CancelButton:
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: PaletteBot = interaction.client  # type: ignore[assignment]
+        await bot.flows.cancel_action(interaction, self.job_id)
+
+
+def status_view(job_id: int) -> discord.ui.View:
+    """The buttons of a job's status message while it is queued or running."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
 def result_view(job_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in RESULT_ACTIONS:

@@ -184,6 +184,9 @@ class JobRecord:
     worker_id: str | None = None
     lease_expires_at: float | None = None
     delivery: str | None = None
+    # Cancel and compare (issue 12).
+    cancelled_by: int | None = None
+    group_id: int | None = None
 
     @property
     def params_dict(self) -> dict[str, Any]:
