@@ -30,10 +30,11 @@ from bot.presentation.views import CancelButton, ResultButton
 from bot.providers.transport import Downloader
 from bot.storage import Database
 from bot.storage.queue import QueueRepository
+from bot.styles import StyleService
 
 log = logging.getLogger(__name__)
 
-COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin")
+COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin", "cogs.styles")
 # View channel, send messages, embed links, attach files, read message history.
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, embed_links=True, attach_files=True, read_message_history=True
@@ -99,6 +100,7 @@ class PaletteBot(commands.Bot):
         self.policy = LimitPolicy(settings, db.moderation, source=self.moderation.limit_policy)
         self.jobs = JobService(db.jobs, queue, generator, self.policy)
         self.flows = Flows(self)
+        self.styles = StyleService(db.styles)
         self.presence = Presence(queue, role, worker_id)
         # This process's worker (all-in-one), its presenter and encoder processes: see bot.app.
         self.worker: Worker | None = None

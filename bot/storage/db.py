@@ -57,6 +57,7 @@ from bot.storage.repository import (
     KeyValueRepository,
     ModerationRepository,
 )
+from bot.storage.styles import SqlStyleRepository
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class Database(SqlJobRepository):
         self.history: HistoryRepository = SqlHistoryRepository(self)
         self.kv: KeyValueRepository = SqlKeyValueRepository(self)
         self.moderation: ModerationRepository = SqlModerationRepository(self)
+        self.styles = SqlStyleRepository(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.catalog import MODELS, get_model
 from bot.generation import SEED_MAX, GenerationSpec
+from bot.presentation.styles import apply_style, style_choices
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
@@ -59,6 +60,11 @@ class ImagineCog(commands.Cog):
         ratios = model.aspect_ratios if model else MODELS[0].aspect_ratios
         return [app_commands.Choice(name=r, value=r) for r in ratios if current in r][:25]
 
+    async def style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await style_choices(self.bot, interaction, current)
+
     # ------------------------------------------------------------------ commands
 
     @app_commands.command(name="imagine", description="Generate images from a text prompt")
@@ -69,8 +75,11 @@ class ImagineCog(commands.Cog):
         resolution="Output size; larger takes longer",
         count="How many images (1-4); each counts against your quota",
         seed="Same seed + same prompt gives similar results (some models only)",
+        style="A saved style (yours or the server's) that wraps your prompt",
     )
-    @app_commands.autocomplete(model=model_autocomplete, aspect_ratio=ratio_autocomplete)
+    @app_commands.autocomplete(
+        model=model_autocomplete, aspect_ratio=ratio_autocomplete, style=style_autocomplete
+    )
     @app_commands.choices(resolution=RESOLUTION_CHOICES)
     async def imagine(
         self,
@@ -81,17 +90,22 @@ class ImagineCog(commands.Cog):
         resolution: app_commands.Choice[str] | None = None,
         count: app_commands.Range[int, 1, 4] = 1,
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        style: str | None = None,
     ) -> None:
-        interaction.extras["model_chosen"] = model is not None  # else the server's default applies
+        styled = await apply_style(
+            self.bot, interaction, style, prompt=prompt, model=model, aspect_ratio=aspect_ratio
+        )
+        # A model chosen here or by the style; else the server's default applies.
+        interaction.extras["model_chosen"] = styled.model is not None
         spec = GenerationSpec(
-            model=model or self.bot.default_model(),
-            prompt=prompt,
-            aspect_ratio=aspect_ratio,
+            model=styled.model or self.bot.default_model(),
+            prompt=styled.prompt,
+            aspect_ratio=styled.aspect_ratio,
             resolution=resolution.value if resolution else None,
             count=count,
             seed=seed,
         )
-        await self.bot.flows.start_job(interaction, spec, kind="imagine")
+        await self.bot.flows.start_job(interaction, spec, kind="imagine", blobs=styled.blobs)
 
     @app_commands.command(name="edit", description="Edit or combine images with a prompt")
     @app_commands.describe(
@@ -103,8 +117,11 @@ class ImagineCog(commands.Cog):
         model="Which model edits it (default: Nano Banana Pro)",
         aspect_ratio="Shape of the result, e.g. 1:1, 16:9",
         resolution="Output size; larger takes longer",
+        style="A saved style (yours or the server's) that wraps your prompt",
     )
-    @app_commands.autocomplete(model=model_autocomplete, aspect_ratio=ratio_autocomplete)
+    @app_commands.autocomplete(
+        model=model_autocomplete, aspect_ratio=ratio_autocomplete, style=style_autocomplete
+    )
     @app_commands.choices(resolution=RESOLUTION_CHOICES)
     async def edit(
         self,
@@ -117,16 +134,23 @@ class ImagineCog(commands.Cog):
         model: str | None = None,
         aspect_ratio: str | None = None,
         resolution: app_commands.Choice[str] | None = None,
+        style: str | None = None,
     ) -> None:
         attachments = [a for a in (image, image2, image3, image4) if a is not None]
-        interaction.extras["model_chosen"] = model is not None  # else the server's default applies
+        styled = await apply_style(
+            self.bot, interaction, style, prompt=prompt, model=model, aspect_ratio=aspect_ratio
+        )
+        # A model chosen here or by the style; else the server's default applies.
+        interaction.extras["model_chosen"] = styled.model is not None
         spec = GenerationSpec(
-            model=model or self.bot.default_edit_model(len(attachments)),
-            prompt=prompt,
-            aspect_ratio=aspect_ratio,
+            model=styled.model or self.bot.default_edit_model(len(attachments) + len(styled.blobs)),
+            prompt=styled.prompt,
+            aspect_ratio=styled.aspect_ratio,
             resolution=resolution.value if resolution else None,
         )
-        await self.bot.flows.start_job(interaction, spec, kind="edit", attachments=attachments)
+        await self.bot.flows.start_job(
+            interaction, spec, kind="edit", attachments=attachments, blobs=styled.blobs
+        )
 
     async def edit_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         await self.bot.flows.edit_from_message(interaction, message)
