@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from bot.catalog import get_model
@@ -137,8 +137,14 @@ class JobService:
         *,
         kind: str = "imagine",
         parent_job_id: int | None = None,
+        group_id: int | None = None,
+        check_concurrency: bool = True,
     ) -> JobRecord:
         """Validate, reserve quota atomically and persist the job. Raises PaletteError on refusal.
+
+        ``group_id``: one job of a /compare request (its jobs share one message). Its second and later
+        jobs pass ``check_concurrency=False``: the request counts once against the jobs-at-once limit
+        (every image still counts against the daily and hourly ones).
 
         The job is stored without its queue provider: no worker can claim it until :meth:`hand_over`.
         Until then the command handler owns the status message (it shows "queued"), so a worker's
@@ -148,6 +154,8 @@ class JobService:
         """
         plan = self.generator.plan(spec)
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
+        if not check_concurrency:
+            limits = replace(limits, max_concurrent=None)
         params = {
             "aspect_ratio": plan.aspect_ratio,
             "resolution": plan.resolution,
@@ -174,6 +182,7 @@ class JobService:
                 for i, r in enumerate(plan.references)
             ],
             queue_provider=None,  # set by hand_over
+            group_id=group_id,
         )
         job = await self.jobs.reserve_job(new_job, limits, self.clock())
         self._providers[job.id] = plan.routes[0].provider

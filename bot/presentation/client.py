@@ -34,7 +34,7 @@ from bot.styles import StyleService
 
 log = logging.getLogger(__name__)
 
-COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin", "cogs.styles")
+COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin", "cogs.styles", "cogs.compare")
 # View channel, send messages, embed links, attach files, read message history.
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, embed_links=True, attach_files=True, read_message_history=True

@@ -222,6 +222,11 @@ class Flows:
                 policy = await self.bot.moderation.policy(interaction.guild_id)
                 if not moderation.is_moderator(interaction, policy):
                     raise ValidationError(embeds.CANCEL_TEXT["not_allowed"])
+            if job.group_id is not None:  # /compare: the models not posted yet
+                from bot.presentation.compare import cancel_group  # compare builds on this module
+
+                await cancel_group(self.bot, interaction, job)
+                return
             if job.finished:
                 key = "already_cancelled" if job.status == "cancelled" else "already_done"
                 raise ValidationError(embeds.CANCEL_TEXT[key])
@@ -295,13 +300,21 @@ class Flows:
         )
         return replace(spec, **changes)  # type: ignore[arg-type]
 
+    @staticmethod
+    def job_images(interaction: discord.Interaction, job: JobRecord) -> list[discord.Attachment]:
+        """The clicked message's images of ``job`` (a /compare message carries every model's image)."""
+        message = interaction.message
+        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        if job.group_id is not None:
+            images = [a for a in images if a.filename.startswith(f"palette-{job.id}-")]
+        return images
+
     async def reroll(self, interaction: discord.Interaction, job: JobRecord) -> None:
         """Same prompt and options, a fresh roll; charged to whoever clicked."""
         await self.start_job(interaction, self.spec_from_job(job), kind="reroll", parent_job_id=job.id)
 
     async def open_edit_modal(self, interaction: discord.Interaction, job: JobRecord) -> None:
-        message = interaction.message
-        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        images = self.job_images(interaction, job)
         if not images:
             raise ValidationError("This message has no image left to edit.")
         model = get_model(job.model)
@@ -330,8 +343,7 @@ class Flows:
         model = get_model(job.model)
         if model is None or "4K" not in model.resolutions or not model.supports_edit:
             raise UnsupportedOption(f"{embeds.model_label(job.model)} cannot upscale to 4K.")
-        message = interaction.message
-        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        images = self.job_images(interaction, job)
         if not images:
             raise ValidationError("This message has no image left to upscale.")
         prompt = (

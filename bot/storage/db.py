@@ -46,6 +46,7 @@ from bot.storage.engine import (
     safe_url,
     sqlite_path,
 )
+from bot.storage.groups import SqlGroupRepository
 from bot.storage.history import SqlHistoryRepository
 from bot.storage.jobs import SqlJobRepository
 from bot.storage.kv import SqlKeyValueRepository
@@ -130,6 +131,7 @@ class Database(SqlJobRepository):
         self.kv: KeyValueRepository = SqlKeyValueRepository(self)
         self.moderation: ModerationRepository = SqlModerationRepository(self)
         self.styles = SqlStyleRepository(self)
+        self.groups = SqlGroupRepository(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

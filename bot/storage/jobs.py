@@ -93,7 +93,7 @@ _WINDOW_GUILD = sql(
 _INSERT_JOB_COLUMNS = (
     "user_id", "guild_id", "channel_id", "kind", "model", "prompt", "params", "count", "reserved",
     "interaction_token", "interaction_created_at", "status_message_id", "parent_job_id", "created_at",
-    "queue_provider",
+    "queue_provider", "group_id",
 )  # fmt: skip
 _INSERT_JOB = text(
     f"INSERT INTO jobs ({', '.join(_INSERT_JOB_COLUMNS)}) "
@@ -379,7 +379,7 @@ class SqlJobRepository:
             "interaction_created_at": new_job.interaction_created_at,
             "status_message_id": new_job.status_message_id,
             "parent_job_id": new_job.parent_job_id, "created_at": now,
-            "queue_provider": new_job.queue_provider,
+            "queue_provider": new_job.queue_provider, "group_id": new_job.group_id,
         }  # fmt: skip
         blob_ids: list[int | None] = []
         if total:
