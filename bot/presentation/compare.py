@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -229,13 +229,23 @@ class GroupMessages:
         except (discord.HTTPException, AttributeError) as exc:
             raise GroupMessageUnavailable(f"job {job.id}: group message unavailable") from exc
 
-    async def update(self, job: JobRecord, new: NewPart | None = None) -> discord.Message:
+    async def update(
+        self,
+        job: JobRecord,
+        new: NewPart | None = None,
+        *,
+        before: Callable[[set[int]], Awaitable[None]] | None = None,
+    ) -> discord.Message:
         """Rewrite the group's message from the truth, adding ``new`` (this job's image) if given.
-        Returns the edited message. Raises :class:`GroupMessageUnavailable`."""
+        ``before`` runs under the lock with the ids of the jobs whose images the message has (cancelling
+        the others then cannot race a part being posted). Returns the edited message. Raises
+        :class:`GroupMessageUnavailable`."""
         assert job.group_id is not None
         owner = await self._lock(job.group_id)
         try:
             message, webhook = await self._fetch(job)
+            if before is not None:
+                await before({j for a in message.attachments if (j := _job_of(a.filename)) is not None})
             members = await self.groups.members(job.group_id)
             # Every other part's image is kept by id. This job's own, if a worker that died before recording
             # its delivery had already posted it, is replaced (the job is charged once, for this one).
@@ -337,16 +347,26 @@ def render(
 async def cancel_group(bot: PaletteBot, interaction: discord.Interaction, job: JobRecord) -> int:
     """Cancel every job of ``job``'s group that is not posted yet; rewrite the message. Returns how many
     images were refunded."""
-    assert job.group_id is not None
+    group_id = job.group_id
+    assert group_id is not None
     await interaction.response.defer()
     refunded = 0
-    for member in await bot.db.groups.members(job.group_id):
-        unfinished = member.status in ("queued", "running") and not member.delivered
-        if unfinished and await bot.jobs.cancel(member.job_id, interaction.user.id):
-            refunded += 1
+    ran = False
+
+    async def cancel_unposted(posted: set[int]) -> None:
+        nonlocal refunded, ran
+        ran = True
+        for member in await bot.db.groups.members(group_id):
+            unfinished = member.status in ("queued", "running") and not member.delivered
+            wanted = unfinished and member.job_id not in posted
+            if wanted and await bot.jobs.cancel(member.job_id, interaction.user.id):
+                refunded += 1
+
     try:
-        await GroupMessages(bot, bot.db.groups).update(job)
+        await GroupMessages(bot, bot.db.groups).update(job, before=cancel_unposted)
     except (GroupMessageUnavailable, PaletteError, discord.HTTPException) as exc:
-        log.info("group %s: could not rewrite its message after cancelling (%s)", job.group_id, exc)
+        log.info("group %s: could not rewrite its message after cancelling (%s)", group_id, exc)
+        if not ran:  # the message is out of reach: cancel without it
+            await cancel_unposted(set())
     await interaction.followup.send(text("cancelled", user=interaction.user.id), ephemeral=True)
     return refunded

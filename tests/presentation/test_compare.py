@@ -153,3 +153,50 @@ async def test_cancelling_a_queued_compare_refunds_every_model(tmp_path: Path) -
         assert (await palette.bot.db.jobs.ledger_balance()).balanced
         usage = await palette.bot.db.jobs.usage(palette.alice.id, palette.bot.jobs.clock())
         assert usage.daily_used == 0
+
+
+async def test_cancel_mid_compare_keeps_posted_images_and_refunds_the_rest(palette: Palette) -> None:
+    palette.listenhub.hold()
+    ix = await compare(palette, palette.alice, "half done", models="nano-banana, nano-banana-pro")
+
+    def one_posted(i: Any) -> Any:
+        m = i.original
+        return m if m and len(m.files) == 1 else None
+
+    message = await ix.wait_for(one_posted, 20)
+    assert "1 of 2 done" in message.content
+    cancel = next(c for c in part_buttons(message) if c.startswith("palette:cancel:"))
+    click = await palette.fake.click_button(palette.alice, message, cancel)
+    await click.wait_for(lambda i: bool(i.followups), timeout=10)
+    palette.listenhub.release_all()  # the held model answers after all
+    posted, cancelled = await all_settled(palette, message.id, 2)
+    await palette.idle()
+    await asyncio.sleep(0.3)
+    assert posted.model == "nano-banana" and posted.status == "done" and posted.committed == 1
+    assert (
+        cancelled.status == "cancelled"
+        and cancelled.refunded == 1
+        and cancelled.cancelled_by == palette.alice.id
+    )
+    final = ix.original
+    assert len(final.files) == 1 and final.files[0][0].startswith(f"palette-{posted.id}-")
+    assert "Cancelled" in final.embeds[1]["description"]
+    assert not any(c.startswith("palette:cancel:") for c in part_buttons(final))
+    assert f"palette:reroll:{posted.id}" in part_buttons(final)
+    assert (await palette.bot.db.jobs.ledger_balance()).balanced
+
+
+async def test_models_autocomplete_completes_the_last_name(palette: Palette) -> None:
+    async def offered(typed: str) -> list[str]:
+        ix = await palette.fake.autocomplete(
+            palette.alice,
+            palette.channel,
+            "compare",
+            options=[{"name": "prompt", "value": "x"}, {"name": "models", "value": typed, "focused": True}],
+        )
+        await ix.wait_for(lambda i: i.autocomplete_choices is not None, timeout=5)
+        return [c["value"] for c in ix.autocomplete_choices]
+
+    assert (await offered(""))[0] == "nano-banana-pro, gpt-image-2"
+    assert "nano-banana-pro, gpt-image-2" in await offered("nano-banana-pro, gpt")
+    assert all(v.startswith("nano-banana-pro, ") for v in await offered("nano-banana-pro, "))
