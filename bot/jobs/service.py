@@ -22,6 +22,7 @@ from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.limits import LimitPolicy
 from bot.storage import JobRecord, NewJob, NewReference
+from bot.storage.errors import QuotaExceeded, QuotaScope
 from bot.storage.queue import QueueRepository
 from bot.storage.repository import JobRepository
 
@@ -187,6 +188,27 @@ class JobService:
         job = await self.jobs.reserve_job(new_job, limits, self.clock())
         self._providers[job.id] = plan.routes[0].provider
         return job
+
+    async def check_room(self, origin: JobOrigin, images: int) -> None:
+        """Refuse up front (nothing is reserved) a request of ``images`` images, made of several jobs,
+        that cannot fit the daily, pool or hourly limit as a whole (/compare). The jobs' reservations still
+        check again, atomically, one by one."""
+        limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
+        now = self.clock()
+        pool_guild = origin.guild_id if limits.guild_daily_pool is not None else None
+        usage = await self.jobs.usage(origin.user_id, now, pool_guild)
+        checks: list[tuple[QuotaScope, int | None, int, float | None]] = [
+            ("daily", limits.daily, usage.daily_used, usage.daily_resets_at),
+            ("pool", limits.guild_daily_pool if pool_guild is not None else None, usage.guild_pool_used or 0,
+             usage.guild_pool_resets_at),
+            ("hourly", limits.hourly, usage.hourly_used, usage.hourly_resets_at),
+        ]  # fmt: skip
+        for scope, limit, used, resets_at in checks:
+            if limit is not None and used + images > limit:
+                raise QuotaExceeded(
+                    scope, limit=limit, used=used, requested=images,
+                    resets_at=resets_at if images <= limit else None, now=now,
+                )  # fmt: skip
 
     async def hand_over(self, job: JobRecord) -> None:
         """The command handler is done with the status message: the job joins the queue, waiting for a

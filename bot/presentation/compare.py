@@ -130,11 +130,13 @@ async def start_compare(
         for spec in specs[1:]
     ]
     plans = [jobs.plan(spec) for spec in specs]  # a ratio one of the models lacks is refused here
-    for plan in plans:
-        bot.moderation.check_plan(gate.policy, model=plan.model.key, resolution=plan.resolution, count=1)
+    for plan in plans:  # the server's models, sizes, and images per request (the whole comparison)
+        check = bot.moderation.check_plan
+        check(gate.policy, model=plan.model.key, resolution=plan.resolution, count=len(plans))
     await bot.moderation.screen_prompt(gate.policy, gate.ctx, plans[0].prompt)
     await bot.flows.defer(interaction)
     origin = bot.flows.origin(interaction)
+    await jobs.check_room(origin, len(specs))  # the whole comparison fits, or nothing is reserved
     group_id = await bot.db.groups.create(origin.user_id, origin.guild_id, len(specs), jobs.clock())
     reserved: list[JobRecord] = []
     try:

@@ -200,3 +200,42 @@ async def test_models_autocomplete_completes_the_last_name(palette: Palette) -> 
     assert (await offered(""))[0] == "nano-banana-pro, gpt-image-2"
     assert "nano-banana-pro, gpt-image-2" in await offered("nano-banana-pro, gpt")
     assert all(v.startswith("nano-banana-pro, ") for v in await offered("nano-banana-pro, "))
+
+
+async def test_a_compare_over_the_quota_is_refused_whole_and_costs_nothing(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, user_daily_limit=1) as palette:
+        ix = await compare(palette, palette.alice, "two images, one allowed")
+        answer = await palette.reply(ix)
+        assert "needs 2 images but your daily limit is 1" in answer
+        await palette.idle()
+        assert palette.listenhub.calls["generate"] == 0
+        usage = await palette.bot.db.jobs.usage(palette.alice.id, palette.bot.jobs.clock())
+        assert usage.daily_used == 0 and usage.in_flight == 0
+        assert (await palette.bot.db.jobs.ledger_balance()).balanced
+        # One image is still allowed afterwards.
+        await palette.result_message(await palette.imagine(palette.alice, "just one"))
+
+
+async def test_a_reservation_refused_midway_refunds_the_ones_already_made(palette: Palette) -> None:
+    """Another request of the user's can take the last image between the check and the reservations:
+    the comparison is then refused whole and what it had reserved is refunded at once."""
+    from bot.storage.errors import QuotaExceeded
+
+    real_submit = palette.bot.jobs.submit
+    calls = 0
+
+    async def second_refused(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise QuotaExceeded("daily", limit=1, used=1, now=palette.bot.jobs.clock())
+        return await real_submit(*args, **kwargs)
+
+    palette.bot.jobs.submit = second_refused  # type: ignore[method-assign]
+    ix = await compare(palette, palette.alice, "raced")
+    assert "You've used 1 of your 1" in await palette.reply(ix)
+    rows = await palette.bot.db.fetchall("SELECT status, refunded, reserved FROM jobs")
+    assert [tuple(r) for r in rows] == [("cancelled", 1, 1)]
+    await palette.idle()
+    assert palette.listenhub.calls["generate"] == 0
+    assert (await palette.bot.db.jobs.ledger_balance()).balanced
