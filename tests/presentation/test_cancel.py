@@ -241,3 +241,28 @@ async def test_a_cancelled_task_is_not_resubmitted(tmp_path: Path) -> None:
         assert sum(palette.mountsea.polls.values()) == polls  # nobody polls it any more
         assert "Cancelled" in ix.original.content
         await ledger_ok(palette.bot)
+
+
+async def test_a_queued_job_is_cancelled_after_a_restart(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, role="gateway") as palette:
+        ix = await palette.imagine(palette.alice, "queued before the restart")
+        status = await status_with_cancel(ix, "Queued")
+        custom_id = cancel_id(status)
+        job_id = int(custom_id.rsplit(":", 1)[1])
+        settings = palette.bot.settings
+        await shutdown(palette.bot)
+        restarted = await create_bot(settings, role="gateway", guild_ready_timeout=0.05)
+        task = asyncio.create_task(restarted.start(settings.discord_token.get_secret_value()))
+        try:
+            await asyncio.wait_for(restarted.wait_until_ready(), 15)
+            palette.bot = restarted
+            click = await palette.fake.click_button(palette.alice, status, custom_id)
+            await click.wait_for_response()
+            job = await settled(palette, job_id)
+            assert job.status == "cancelled" and job.refunded == 1
+            assert "Cancelled" in ix.original.content
+            assert (await restarted.jobs.queue.depth()).queued == 0
+            await ledger_ok(restarted)
+        finally:
+            await shutdown(restarted)
+            await asyncio.wait_for(task, 10)
