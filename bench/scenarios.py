@@ -299,7 +299,10 @@ def _processes(h: Harness) -> dict[str, Any]:
             "cpu_s": None if p.cpu_s is None else round(p.cpu_s, 1),
             "max_loop_stall_ms": _ms(p.loop_stall()),
             "loop_stalls_over_50ms": p.loop_report().get("stalls_over_50ms"),
+            "max_gc_pause_ms": _ms(p.loop_report().get("max_gc_pause_s")),
+            "gc_pauses_s": p.loop_report().get("gc_pauses_s"),
             "log_warnings": p.log_errors()[:10],
+            "sql": p.loop_report().get("sql") or {},
         }
         for p in h.processes
     }
@@ -314,6 +317,16 @@ def _deploy_common(h: Harness) -> dict[str, Any]:
         "provider_max_in_flight": h.provider.max_in_flight,
         "provider_calls": h.provider.calls["generate"],
     }
+
+
+def sql_per_job(processes: dict[str, Any], jobs: int) -> dict[str, float]:
+    """Every bot process's SQL counts (statements by kind, transactions), summed, per job."""
+    total: dict[str, int] = {}
+    for info in processes.values():
+        for key, n in (info.get("sql") or {}).items():
+            total[key] = total.get(key, 0) + n
+    per_job = {key: round(n / max(1, jobs), 2) for key, n in total.items()}
+    return dict(sorted(per_job.items(), key=lambda item: -item[1]))
 
 
 async def deploy_1k(quick: bool, database_url: str | None = None) -> Result:
@@ -341,6 +354,8 @@ async def deploy_1k(quick: bool, database_url: str | None = None) -> Result:
         details = {**stats, "burst": burst_n, "queued_during_burst": queued_during_burst, **_deploy_common(h)}
     gateway = details["processes"]["bot"]
     stall = gateway["max_loop_stall_ms"]
+    cpu_ms = sum(v["cpu_s"] or 0 for v in details["processes"].values()) * 1000 / len(everything)
+    sql = details["sql_per_job"] = sql_per_job(details["processes"], len(everything))
     p99 = percentile(acks, 99)
     unacked = burst_n - len(acks)
     figures = [
@@ -355,6 +370,9 @@ async def deploy_1k(quick: bool, database_url: str | None = None) -> Result:
         Figure(name, f"Jain's index over {users} users' mean wait", stats["jain"], "x", ">= 0.9",
                check(stats["jain"], ">=", 0.9)),
         Figure(name, "failed jobs", stats["failed"], "count", "0", stats["failed"] == 0),
+        Figure(name, "CPU ms per job (all bot processes, start to stop)", cpu_ms, "ms", "", None),
+        Figure(name, "SQL statements per job (all bot processes)", sql.get("statements"), "", "", None),
+        Figure(name, "write transactions per job", sql.get("transactions (write)"), "", "", None),
     ]  # fmt: skip
     return figures, details
 
@@ -444,9 +462,15 @@ async def deploy_throughput(quick: bool, database_url: str | None = None) -> Res
         details[label] = run
         rate = run["jobs"] / run["makespan_s"] if run["makespan_s"] else math.nan
         cpu_ms = sum(run["cpu_s"].values()) * 1000 / run["jobs"]
+        sql = sql_per_job(run["processes"], run["jobs"])
+        run["sql_per_job"] = sql
         figures += [
             Figure(name, f"{label}: jobs/s ({jobs} jobs, zero latency)", rate, "/s", "", None),
             Figure(name, f"{label}: CPU ms per job (all bot processes)", cpu_ms, "ms", "", None),
+            Figure(name, f"{label}: SQL statements per job", sql.get("statements"), "", "", None),
+            Figure(
+                name, f"{label}: write transactions per job", sql.get("transactions (write)"), "", "", None
+            ),
             Figure(name, f"{label}: failed jobs", run["failed"], "count", "0", run["failed"] == 0),
         ]
     return figures, details

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 
 from bot.config import Settings
@@ -28,7 +30,9 @@ from bot.generation import Generator
 from bot.jobs.spool import SPOOL_DIR_NAME, EncoderPool, ImageSpool
 from bot.jobs.worker import Presence, Worker, new_worker_id
 from bot.loopmonitor import start_from_env
-from bot.presentation.client import PaletteBot, WorkerClient, point_discord_at
+from bot.ops import metrics
+from bot.ops.server import ProcessProbe, start_ops_server
+from bot.presentation.client import PaletteBot, ShardedPaletteBot, WorkerClient, point_discord_at
 from bot.presentation.moderation import ModLoggingPresenter
 from bot.presentation.presenter import DiscordPresenter
 from bot.providers import build_downloader, build_providers, build_reference_downloader
@@ -62,10 +66,16 @@ async def create_bot(
     if role not in ("all", "gateway"):
         raise ValueError(f"create_bot makes the 'all' or 'gateway' role, not {role!r}")
     point_discord_at(settings)
+    metrics.set_role(role)
+    client_options.setdefault("http_trace", metrics.discord_trace())  # 429s and interaction ack times
+    cls: type[PaletteBot] = PaletteBot
+    if settings.sharded and not sync_only:
+        cls = ShardedPaletteBot
+        client_options.update(await shard_options(settings))
     db, queue, health = await open_storage(settings)
     generator = build_generator(settings, health)
     references = build_reference_downloader(settings)
-    bot = PaletteBot(
+    bot = cls(
         settings,
         db,
         generator,
@@ -82,6 +92,31 @@ async def create_bot(
         )
         bot.jobs.worker = bot.worker
     return bot
+
+
+async def shard_options(settings: Settings) -> dict[str, Any]:
+    """``shard_count`` and ``shard_ids`` for the AutoShardedClient: SHARD_COUNT, else the count Discord
+    recommends (``GET /gateway/bot``); SHARD_IDS, else all of them."""
+    count = settings.shard_count
+    if count is None:
+        count = int((await fetch_bot_gateway(settings))["shards"])
+    ids = settings.shard_id_list() or list(range(count))
+    if ids[-1] >= count:
+        raise ValueError(f"SHARD_IDS names shard {ids[-1]}, but there are {count} shards (0-{count - 1})")
+    log.info("running shard(s) %s of %d", ",".join(map(str, ids)), count)
+    return {"shard_count": count, "shard_ids": ids}
+
+
+async def fetch_bot_gateway(settings: Settings) -> dict[str, Any]:
+    """Discord's ``GET /gateway/bot``: the recommended shard count and the session start limits."""
+    assert settings.discord_token is not None
+    headers = {"Authorization": f"Bot {settings.discord_token.get_secret_value()}"}
+    url = settings.discord_api_base.rstrip("/") + "/gateway/bot"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        if response.status == 401:
+            raise discord.LoginFailure("Improper token has been passed.")
+        response.raise_for_status()
+        return dict(await response.json())
 
 
 def attach_worker(
@@ -158,11 +193,24 @@ def _stop_event() -> asyncio.Event:
     return stopping
 
 
+def gateway_probe(bot: PaletteBot) -> ProcessProbe:
+    """What /readyz and /metrics look at in a gateway (or all-in-one) process."""
+    probe = ProcessProbe()
+    probe.db, probe.queue, probe.generator = bot.db, bot.queue, bot.generator
+    probe.worker, probe.gateway, probe.expects_gateway = bot.worker, bot, True
+    return probe
+
+
 async def _run(settings: Settings, sync_only: bool, role: str) -> int:
     bot = await create_bot(settings, role=role, sync_only=sync_only)
     _monitor = start_from_env()  # PALETTE_LOOP_MONITOR=1: record event-loop stalls (benchmark)
     stopping = _stop_event()
     assert settings.discord_token is not None
+    ops = (
+        None
+        if sync_only
+        else await start_ops_server(gateway_probe(bot), settings.metrics_host, settings.metrics_port)
+    )
     runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
     stopper = asyncio.create_task(stopping.wait())
     try:
@@ -179,6 +227,8 @@ async def _run(settings: Settings, sync_only: bool, role: str) -> int:
             raise runner.exception()  # type: ignore[misc]
     finally:
         stopper.cancel()
+        if ops is not None:
+            await ops.stop()
         await shutdown(bot)
         if not runner.done():
             runner.cancel()
@@ -201,13 +251,16 @@ class WorkerRole:
         self.worker: Worker | None = None
         self.encoders: EncoderPool | None = None
         self.presence: Presence | None = None
+        #: What /readyz and /metrics look at (filled in as the parts start).
+        self.probe = ProcessProbe()
 
     async def start(self) -> None:
         settings = self.settings
         point_discord_at(settings)
+        metrics.set_role("worker")
         self.db, self.queue, health = await open_storage(settings)
         self.generator = build_generator(settings, health)
-        self.client = WorkerClient(settings, self.db)
+        self.client = WorkerClient(settings, self.db, http_trace=metrics.discord_trace())
         assert settings.discord_token is not None
         await self.client.login(settings.discord_token.get_secret_value())
         self.worker, _presenter, self.encoders = attach_worker(
@@ -217,6 +270,8 @@ class WorkerRole:
         await self.presence.start()
         self.client.moderation.watch()
         await self.worker.start()
+        self.probe.db, self.probe.queue, self.probe.generator = self.db, self.queue, self.generator
+        self.probe.worker = self.worker
         log.info("worker %s ready (REST only, no gateway)", self.worker_id)
 
     async def stop(self, grace: float = 0.0) -> None:
@@ -238,6 +293,7 @@ class WorkerRole:
             await self.db.close()
         self.worker = self.presence = self.client = self.generator = self.encoders = None
         self.queue = self.db = None
+        self.probe.db = self.probe.queue = self.probe.generator = self.probe.worker = None
 
 
 async def _run_worker(settings: Settings) -> int:
@@ -245,8 +301,14 @@ async def _run_worker(settings: Settings) -> int:
     role = WorkerRole(settings)
     _monitor = start_from_env()
     stopping = _stop_event()
+    metrics.set_role("worker")
+    ops = await start_ops_server(role.probe, settings.metrics_host, settings.metrics_port)
     try:
         await role.start()
+        # As the gateway does once it is ready (client.on_ready): what start-up made lives as long as the
+        # process, so the collector's full passes need not rescan it.
+        gc.collect()
+        gc.freeze()
         await stopping.wait()
         log.info(
             "shutting down: no new jobs; running ones get %.0f s, the rest go back to the queue",
@@ -255,6 +317,8 @@ async def _run_worker(settings: Settings) -> int:
         await role.stop(grace=settings.shutdown_grace)
     finally:
         await role.stop()
+        if ops is not None:
+            await ops.stop()
     return EXIT_OK
 
 

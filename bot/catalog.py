@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from bot.i18n import N_
+
 MB = 1024 * 1024
 
 STANDARD_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9")
@@ -101,7 +103,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         key="nano-banana-pro",
         label="Nano Banana Pro",
-        description="Gemini 3 Pro Image: highest quality, best text rendering",
+        description=N_("Gemini 3 Pro Image: highest quality, best text rendering"),
         routes=(
             Route(
                 "listenhub",
@@ -136,7 +138,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         key="nano-banana-2",
         label="Nano Banana 2",
-        description="Gemini 3.1 Flash Image: fast, extra-wide and extra-tall ratios",
+        description=N_("Gemini 3.1 Flash Image: fast, extra-wide and extra-tall ratios"),
         routes=(
             Route(
                 "listenhub",
@@ -162,7 +164,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         key="nano-banana",
         label="Nano Banana",
-        description="Gemini 2.5 Flash Image: quick and affordable, 1K",
+        description=N_("Gemini 2.5 Flash Image: quick and affordable, 1K"),
         routes=(
             Route(
                 "mountsea",
@@ -179,7 +181,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         key="nano-banana-lite",
         label="Nano Banana Lite",
-        description="Gemini 3.1 Flash Lite Image: cheapest, 1K only",
+        description=N_("Gemini 3.1 Flash Lite Image: cheapest, 1K only"),
         routes=(
             Route(
                 "apimart",
@@ -195,7 +197,7 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         key="gpt-image-2",
         label="GPT Image 2",
-        description="OpenAI GPT Image 2: strong prompt following and typography",
+        description=N_("OpenAI GPT Image 2: strong prompt following and typography"),
         routes=(
             Route(
                 "listenhub",

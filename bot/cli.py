@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsValidationError as exc:
         print(f"Invalid settings:\n{_settings_errors(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(settings.log_level, settings.secrets())
+    setup_logging(settings.log_level, settings.secrets(), settings.log_format)
     command = args.command or "run"
     try:
         if command in ("run", "sync", "gateway", "worker"):

@@ -18,6 +18,26 @@ PROVIDER_NAMES: tuple[ProviderName, ...] = ("listenhub", "nanobanana_pro", "apim
 DISCORD_GATEWAY_DEFAULT = "wss://gateway.discord.gg/"
 
 
+def parse_shard_ids(value: str) -> list[int]:
+    """``"0,1"``, ``"0-3"`` or a mix (``"0-2,5"``) as a sorted list without repeats."""
+    ids: set[int] = set()
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a shard id or a range like 0-3") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{part!r} is not a range of shard ids (low-high, from 0)")
+        ids.update(range(first, last + 1))
+    if not ids:
+        raise ValueError("no shard ids given")
+    return sorted(ids)
+
+
 class ProviderSettings:
     """One provider's view of the settings (key, base URL, concurrency cap)."""
 
@@ -132,6 +152,18 @@ class Settings(BaseSettings):
     allow_dms: bool = True
 
     log_level: str = "INFO"
+    # "text" (readable lines, the default) or "json" (one JSON object per line, for log collectors).
+    log_format: Literal["text", "json"] = "text"
+
+    # --- operations (bot/ops) ---
+    # When set, the process serves /metrics (Prometheus), /healthz and /readyz on METRICS_HOST:METRICS_PORT
+    # (0 = any free port, logged at start). Each process of a host needs its own port.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Gateway shards: SHARD_COUNT is the total (unset: the count Discord recommends), SHARD_IDS the ones
+    # this process runs ("0,1", "0-3", unset: all). With either set the gateway runs sharded.
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: str | None = None
 
     @field_validator(
         "discord_token",
@@ -155,7 +187,15 @@ class Settings(BaseSettings):
         parse_database_url(value)  # DatabaseUrlError (a ValueError) never quotes the URL
         return value.strip()
 
-    @field_validator("discord_dev_guild_id", "data_dir", mode="before")
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_shard_ids(value)  # ValueError with the reason
+        return value.strip()
+
+    @field_validator("discord_dev_guild_id", "data_dir", "metrics_port", "shard_count", mode="before")
     @classmethod
     def _blank_guild_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -163,6 +203,15 @@ class Settings(BaseSettings):
         return value
 
     # --- derived views ---
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the gateway runs discord.py's AutoShardedClient (SHARD_COUNT or SHARD_IDS is set)."""
+        return self.shard_count is not None or self.shard_ids is not None
+
+    def shard_id_list(self) -> list[int] | None:
+        """SHARD_IDS as a sorted list (None: every shard)."""
+        return parse_shard_ids(self.shard_ids) if self.shard_ids else None
 
     def provider(self, name: ProviderName) -> ProviderSettings:
         return ProviderSettings(

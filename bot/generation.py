@@ -14,6 +14,7 @@ through the database in the bot, :class:`~bot.health.LocalHealth` on the command
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import unicodedata
@@ -36,6 +37,7 @@ from bot.errors import (
 )
 from bot.health import LocalHealth
 from bot.images import inspect_image_async, normalize_reference_async
+from bot.logs import log_context
 from bot.providers.base import (
     GeneratedImage,
     ImageProvider,
@@ -190,7 +192,11 @@ def clean_prompt(prompt: str, max_length: int) -> str:
     if not any(unicodedata.category(ch)[0] in "LNPS" for ch in text):
         raise InvalidPrompt("The prompt is empty. Describe the image you want.")
     if len(text) > max_length:
-        raise InvalidPrompt(f"The prompt is {len(text)} characters long; the limit is {max_length}.")
+        raise InvalidPrompt(
+            "The prompt is {length} characters long; the limit is {limit}.",
+            length=len(text),
+            limit=max_length,
+        )
     return text
 
 
@@ -281,40 +287,53 @@ class Generator:
         """Validate a request against the catalog and the enabled providers. No network, no decoding."""
         model = get_model(spec.model)
         if model is None:
+            available = _choices([m.key for m in self.models()])
+            if not available:
+                raise UnknownModel("Unknown model `{model}`. Available: none.", model=_shown(spec.model))
             raise UnknownModel(
-                f"Unknown model `{_shown(spec.model)}`. "
-                f"Available: {_choices([m.key for m in self.models()]) or 'none'}."
+                "Unknown model `{model}`. Available: {available}.",
+                model=_shown(spec.model),
+                available=available,
             )
         routes = model.routes_for(self.enabled, self.rank)
         if not routes:
-            raise NoRouteAvailable(f"{model.label} is not available on this bot right now.")
+            raise NoRouteAvailable("{model} is not available on this bot right now.", model=model.label)
         prompt = clean_prompt(spec.prompt, self.settings.max_prompt_length)
         ratio = spec.aspect_ratio or model.default_aspect_ratio
         if ratio not in model.aspect_ratios:
             raise UnsupportedOption(
-                f"{model.label} does not support aspect ratio {_shown(ratio)}. "
-                f"Choose one of: {_choices(model.aspect_ratios)}."
+                "{model} does not support aspect ratio {ratio}. Choose one of: {choices}.",
+                model=model.label,
+                ratio=_shown(ratio),
+                choices=_choices(model.aspect_ratios),
             )
         resolution = (spec.resolution or model.default_resolution).upper()
         if resolution not in model.resolutions:
             raise UnsupportedOption(
-                f"{model.label} does not support {_shown(resolution)}. "
-                f"Choose one of: {_choices(model.resolutions)}."
+                "{model} does not support {resolution}. Choose one of: {choices}.",
+                model=model.label,
+                resolution=_shown(resolution),
+                choices=_choices(model.resolutions),
             )
         if not model.min_count <= spec.count <= model.max_count:
             raise UnsupportedOption(
-                f"{model.label} makes {model.min_count} to {model.max_count} images per request."
+                "{model} makes {min} to {max} images per request.",
+                model=model.label,
+                min=model.min_count,
+                max=model.max_count,
             )
         if spec.seed is not None:
             if not model.supports_seed:
-                raise UnsupportedOption(f"{model.label} does not support seeds.")
+                raise UnsupportedOption("{model} does not support seeds.", model=model.label)
             if not 0 <= spec.seed <= SEED_MAX:
-                raise UnsupportedOption(f"The seed must be between 0 and {SEED_MAX}.")
+                raise UnsupportedOption("The seed must be between 0 and {max}.", max=SEED_MAX)
         n_refs = len(spec.references)
         if n_refs and not model.supports_edit:
-            raise UnsupportedOption(f"{model.label} cannot edit images.")
+            raise UnsupportedOption("{model} cannot edit images.", model=model.label)
         if n_refs > model.max_references:
-            raise UnsupportedOption(f"{model.label} takes at most {model.max_references} reference images.")
+            raise UnsupportedOption(
+                "{model} takes at most {max} reference images.", model=model.label, max=model.max_references
+            )
 
         def fits(route: Route) -> bool:
             return (
@@ -326,10 +345,17 @@ class Generator:
 
         usable = tuple(r for r in routes if fits(r))
         if not usable:
+            options = dict(model=model.label, ratio=ratio, resolution=resolution, references=n_refs)
+            if spec.seed is not None:
+                raise NoRouteAvailable(
+                    "{model} with these options ({ratio}, {resolution}, seed, {references} reference(s)) is "
+                    "not available with the providers configured on this bot. Try other options.",
+                    **options,
+                )
             raise NoRouteAvailable(
-                f"{model.label} with these options ({ratio}, {resolution}"
-                f"{', seed' if spec.seed is not None else ''}, {n_refs} reference(s)) is not available "
-                "with the providers configured on this bot. Try other options."
+                "{model} with these options ({ratio}, {resolution}, {references} reference(s)) is not "
+                "available with the providers configured on this bot. Try other options.",
+                **options,
             )
         return Plan(
             model,
@@ -370,6 +396,7 @@ class Generator:
         last_error: ProviderError | None = None
         for index, route in enumerate(plan.routes):
             provider = route.provider
+            log_context(provider=provider)  # this task's log lines name the provider it talks to now
             if not await self._allow(provider):
                 failovers.append((provider, "circuit open"))
                 continue
@@ -409,7 +436,8 @@ class Generator:
         if last_error is not None:
             raise last_error
         raise ProviderUnavailable(
-            f"{plan.model.label} is temporarily unavailable (its providers are failing); try again later."
+            "{model} is temporarily unavailable (its providers are failing); try again later.",
+            model=plan.model.label,
         )
 
     async def run_route(
@@ -542,6 +570,10 @@ class Generator:
         )
 
     async def aclose(self) -> None:
+        close_health = getattr(self.health, "aclose", None)
+        if close_health is not None:  # figures it keeps in memory (SqlHealthRepository)
+            with contextlib.suppress(Exception):
+                await close_health()
         seen = set()
         for provider in self.providers.values():
             await provider.aclose()

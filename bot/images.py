@@ -34,6 +34,7 @@ import pillow_heif
 from PIL import Image, ImageOps
 
 from bot.errors import InvalidImage
+from bot.i18n import N_, Number, Size, Text, msg
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -237,28 +238,21 @@ class EncodedImage:
 # --- messages -----------------------------------------------------------------------------------------------
 
 
-def _fmt_bytes(n: int) -> str:
-    """Human size, binary units written MB/KB as users expect: 32715571 -> '31.2 MB', 25 MiB -> '25 MB'."""
-    if n >= 1024 * 1024:
-        value, unit = n / (1024 * 1024), "MB"
-    elif n >= 1024:
-        value, unit = n / 1024, "KB"
-    else:
-        return f"{n} bytes"
-    text = f"{value:.1f}".removesuffix(".0")
-    return f"{text} {unit}"
+def _fmt_bytes(n: int) -> Size:
+    """Human size (formatted for the reader's locale), binary units written MB/KB as users expect:
+    32715571 -> '31.2 MB', 25 MiB -> '25 MB'."""
+    return Size(n)
 
 
-def _fmt_megapixels(pixels: int) -> str:
-    text = f"{pixels / 1_000_000:.1f}".removesuffix(".0")
-    return f"{text} megapixels"
+def _fmt_megapixels(pixels: int) -> Text:
+    return msg("{value} megapixels", value=Number(round(pixels / 1_000_000, 1)))
 
 
-_MSG_UNREADABLE = (
+_MSG_UNREADABLE = N_(
     "The image could not be read completely; the file may be truncated or damaged. "
     "Please export it again or try another image."
 )
-_MSG_UNSUPPORTED = "This file is not a supported image. Please use PNG, JPEG, WebP, GIF or HEIC."
+_MSG_UNSUPPORTED = N_("This file is not a supported image. Please use PNG, JPEG, WebP, GIF or HEIC.")
 
 
 # --- decoding helpers ---------------------------------------------------------------------------------------
@@ -308,8 +302,12 @@ def _open(data: bytes, mime: str, *, max_pixels: int | None) -> Image.Image:
     if limit is not None and width * height > limit:
         img.close()
         raise InvalidImage(
-            f"The image is {width}x{height} pixels ({_fmt_megapixels(width * height)}); the limit is "
-            f"{_fmt_megapixels(limit)}. Please use a smaller image."
+            "The image is {width}x{height} pixels ({size}); the limit is {limit}. "
+            "Please use a smaller image.",
+            width=width,
+            height=height,
+            size=_fmt_megapixels(width * height),
+            limit=_fmt_megapixels(limit),
         )
     return img
 
@@ -552,8 +550,9 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
         raise InvalidImage("The image is empty (0 bytes). Please attach the file again.")
     if len(data) > max_bytes:
         raise InvalidImage(
-            f"The image is {_fmt_bytes(len(data))}; the limit is {_fmt_bytes(max_bytes)}. "
-            "Please use a smaller or more compressed image."
+            "The image is {size}; the limit is {limit}. Please use a smaller or more compressed image.",
+            size=_fmt_bytes(len(data)),
+            limit=_fmt_bytes(max_bytes),
         )
     mime = _require_mime(data)
     img = _open(data, mime, max_pixels=max_pixels)
@@ -635,7 +634,7 @@ def verify_result(data: bytes, *, max_pixels: int) -> ImageInfo:
         raise InvalidImage(_MSG_UNREADABLE)
     width, height = image_size(data)
     if width * height > max_pixels:
-        raise InvalidImage(f"The image is {_fmt_megapixels(width * height)}, more than allowed.")
+        raise InvalidImage("The image is {size}, more than allowed.", size=_fmt_megapixels(width * height))
     return ImageInfo(mime_type=mime, width=width, height=height, frames=1, size_bytes=len(data))
 
 
@@ -710,8 +709,8 @@ def normalize_reference(
     result = _first_fit(img, steps, max_bytes)
     if result is None:
         raise InvalidImage(
-            f"The image could not be made smaller than {_fmt_bytes(max_bytes)} for this model. "
-            "Please use a smaller image."
+            "The image could not be made smaller than {limit} for this model. Please use a smaller image.",
+            limit=_fmt_bytes(max_bytes),
         )
     return result
 
@@ -785,7 +784,7 @@ def fit_for_upload(data: bytes, *, limit_bytes: int) -> EncodedImage:
     result = _first_fit(img, _upload_steps(img.mode == "RGBA"), limit_bytes)
     if result is None:
         raise InvalidImage(
-            f"The image could not be made smaller than {_fmt_bytes(limit_bytes)} to upload it."
+            "The image could not be made smaller than {limit} to upload it.", limit=_fmt_bytes(limit_bytes)
         )
     return result
 

@@ -8,10 +8,14 @@ appear instead: in webhook and interaction-callback URLs (discord.py logs those 
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
+from typing import Any
 
 REDACTED = "[redacted]"
 
@@ -75,10 +79,67 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
-    """Log to stderr; the redaction filter sits on the handler so it sees every logger's records."""
+#: The fields a JSON log line carries when they apply (from :func:`log_context` or a call's ``extra``).
+CONTEXT_FIELDS = ("job_id", "user_id", "guild_id", "provider")
+
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "palette_log_context", default=None
+)
+
+
+def log_context(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
+    """Attach ``fields`` (of :data:`CONTEXT_FIELDS`) to every log line of the current task from now on
+    (an asyncio task starts with a copy of its creator's context, so this stays within the task and the
+    tasks it starts). ``None`` values are left out. Returns the token to undo it with
+    :func:`reset_log_context`."""
+    merged = dict(_context.get() or {})
+    merged.update({k: v for k, v in fields.items() if k in CONTEXT_FIELDS and v is not None})
+    return _context.set(merged)
+
+
+def reset_log_context(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _context.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, the
+    context fields that apply and ``exception`` (the traceback) when there is one. Runs after
+    :class:`RedactSecrets`, so the message and traceback it sees are already scrubbed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = time.gmtime(record.created)
+        entry: dict[str, Any] = {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", created) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = dict(_context.get() or {})
+        for name in CONTEXT_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                fields[name] = value
+        for name in CONTEXT_FIELDS:
+            if name in fields:
+                value = fields[name]
+                entry[name] = value if isinstance(value, (int, str)) else str(value)
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "INFO", secrets: Iterable[str] = (), log_format: str = "text") -> None:
+    """Log to stderr, as readable text or (``log_format="json"``) one JSON object per line; the
+    redaction filter sits on the handler so it sees every logger's records, in either format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

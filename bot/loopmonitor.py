@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import time
 from pathlib import Path
+
+from bot.storage import sqlstats
 
 INTERVAL = 0.010
 WRITE_EVERY = 1.0
@@ -29,9 +32,22 @@ class LoopMonitor:
         self.stalls_over_50ms = 0
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
+        # The cyclic garbage collector's pauses (they stop the loop too): the longest, and their sum.
+        self.max_gc_pause = 0.0
+        self.gc_pauses = 0.0
+        self._gc_started = 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="palette-loop-monitor")
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            pause = time.perf_counter() - self._gc_started
+            self.gc_pauses += pause
+            self.max_gc_pause = max(self.max_gc_pause, pause)
 
     async def _run(self) -> None:
         last_write = time.monotonic()
@@ -58,6 +74,9 @@ class LoopMonitor:
             "stalls_over_50ms": self.stalls_over_50ms,
             "samples": self.samples,
             "pid": os.getpid(),
+            "max_gc_pause_s": round(self.max_gc_pause, 6),
+            "gc_pauses_s": round(self.gc_pauses, 3),
+            "sql": sqlstats.snapshot(),
         }
         with contextlib.suppress(OSError):
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
@@ -65,6 +84,8 @@ class LoopMonitor:
             tmp.replace(self.path)
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -349,6 +349,7 @@ async def _seed_everything(url: str) -> None:
         RoleLimit,
         open_database,
     )
+    from bot.storage.queue_sql import SqlQueueRepository
 
     db = await open_database(url)
     try:
@@ -375,7 +376,14 @@ async def _seed_everything(url: str) -> None:
             job(kind="edit", references=refs, parent_job_id=done.id), Limits(), now - 60
         )
         running = await db.jobs.reserve_job(job(user_id=6, queue_provider="apimart"), Limits(), now - 50)
-        await db.jobs.mark_running(running.id, now - 49, provider="apimart")
+        # Running the way a worker runs it: claimed from the queue (lease and slot 0 of apimart's two).
+        queue = SqlQueueRepository(db.engine)
+        try:
+            await queue.sync_slots({"apimart": 2})
+            claim = await queue.claim("w1", now - 49, 30.0)
+        finally:
+            await queue.aclose()
+        assert claim is not None and claim.job.id == running.id
         # Styles, compare groups and a cancelled job (issue 12).
         from bot.storage.styles import StyleImage
 
@@ -395,13 +403,13 @@ async def _seed_everything(url: str) -> None:
         await db.moderation.record_blocked(2, 7, 3, "bad", "b.d", now, window=600)
         await db.moderation.add_report(2, done.id, 8, 1, now)
         for statement, params in [
-            ("INSERT INTO provider_slots VALUES ('apimart', 0, :job, 'w1', :t)",
-             {"job": running.id, "t": now}),
-            ("INSERT INTO provider_slots VALUES ('apimart', 1, NULL, NULL, NULL)", {}),
             ("INSERT INTO provider_health VALUES ('apimart', 2, NULL, NULL, :t)", {"t": now}),
             ("INSERT INTO provider_calls (provider, ok, latency_s, created_at) "
              "VALUES ('apimart', :ok, 1.5, :t)", {"ok": True, "t": now}),
             ("INSERT INTO workers VALUES ('w1', 'worker', 'host', 123, :t, :t)", {"t": now}),
+            ("INSERT INTO gateway_shards VALUES ('g1', 0, 2, 'host', 124, 0.05, :t)", {"t": now}),
+            ("INSERT INTO identify_buckets VALUES (0, :t, 'g1')", {"t": now}),
+            ("INSERT INTO command_syncs VALUES ('command_hash:global', 'abc', 'g1', :t)", {"t": now}),
         ]:  # fmt: skip
             await db.execute(statement, params)
     finally:

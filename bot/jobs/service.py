@@ -21,6 +21,7 @@ from bot.catalog import get_model
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.limits import LimitPolicy
+from bot.ops import metrics
 from bot.storage import JobRecord, NewJob, NewReference
 from bot.storage.errors import QuotaExceeded, QuotaScope
 from bot.storage.queue import QueueRepository
@@ -46,6 +47,8 @@ class JobOrigin:
     role_ids: tuple[int, ...] = ()
     nsfw_channel: bool = False
     status_message_id: int | None = None
+    #: The language of the job's public messages (a Discord locale code; None = English).
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,29 @@ class JobService:
         process either runs. (A job whose command handler died before handing it over is adopted by a
         worker after a while: :data:`bot.jobs.worker.ADOPT_AFTER`.)
         """
+        try:
+            return await self._submit(
+                spec,
+                origin,
+                kind=kind,
+                parent_job_id=parent_job_id,
+                group_id=group_id,
+                check_concurrency=check_concurrency,
+            )
+        except PaletteError:
+            metrics.job_finished("refused")
+            raise
+
+    async def _submit(
+        self,
+        spec: GenerationSpec,
+        origin: JobOrigin,
+        *,
+        kind: str,
+        parent_job_id: int | None,
+        group_id: int | None,
+        check_concurrency: bool,
+    ) -> JobRecord:
         plan = self.generator.plan(spec)
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
         if not check_concurrency:
@@ -164,6 +190,9 @@ class JobService:
             "seed": plan.seed,
             "strict_safety": plan.strict_safety,
             "upload_limit": origin.upload_limit,
+            "locale": origin.locale,
+            # How many references are stored with the job: a worker reads them only when there are some.
+            "references": len(plan.references),
         }
         new_job = NewJob(
             user_id=origin.user_id,
@@ -235,6 +264,7 @@ class JobService:
         cancel (finished, or the result was already posted)."""
         if not await self.jobs.cancel_job(job_id, by, self.clock()):
             return False
+        metrics.job_finished("cancelled")
         self._providers.pop(job_id, None)
         if self.worker is not None:
             self.worker.abandon(job_id)

@@ -8,8 +8,11 @@ reading from and writing to the spool when its bytes are not in memory. Uploads 
 they stream them (``discord.File`` with a path). Nothing waits for the budget, so nothing can deadlock on
 it: what does not fit goes to disk.
 
-The budget counts the bytes this process holds on purpose; the transient copy a provider download makes
-before the image is admitted is not counted (it is dropped right after).
+Images a provider inlines in its answer (ListenHub's base64) are decoded straight into the spool while
+they stream in (:meth:`ImageSpool.sink`, handed to the provider transport through
+:data:`bot.providers.transport.RESULT_SINK`): into memory when the budget has room for the size the
+answer announces, else into a file, so the budget also covers downloads in flight. A download of unknown
+size takes the budget chunk by chunk and moves to a file when it runs out.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bot.images import FittedImage, fit_upload_file
 from bot.providers.base import GeneratedImage
+from bot.providers.parsing import SpooledPayload
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +118,22 @@ class ImageSpool:
         self._ensure_dir()
         return self.directory / f"{uuid.uuid4().hex}{suffix}"
 
+    def sink(self, expected: int) -> SpoolSink:
+        """Where one streamed result is decoded to (``expected``: its likely size, 0 if unknown)."""
+        return SpoolSink(self, expected)
+
     async def admit(self, images: Sequence[GeneratedImage]) -> list[SpooledImage]:
-        """Take over a provider's images: kept in memory while the budget allows, else written to disk."""
+        """Take over a provider's images: kept in memory while the budget allows, else written to disk
+        (images the transport decoded to a spool file stay there)."""
         held: list[SpooledImage] = []
         try:
             for image in images:
+                if image.path is not None:
+                    path = Path(image.path)
+                    held.append(
+                        SpooledImage(image.mime_type, image.width, image.height, image.file_size, path=path)
+                    )
+                    continue
                 size = len(image.data)
                 item = SpooledImage(image.mime_type, image.width, image.height, size)
                 if self.budget.try_take(size):
@@ -163,6 +179,71 @@ class ImageSpool:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.directory)
         self._made = False
+
+
+class SpoolSink:
+    """One streamed result on its way in (a :class:`bot.providers.parsing.PayloadSink`).
+
+    With an announced size that the budget has room for, the bytes are collected in memory under that
+    reservation (given back when :meth:`finish` hands them on: :meth:`ImageSpool.admit` counts them
+    again); without room, they go to a new spool file from the first byte. Each write is one network
+    chunk's worth (tens of KB), written where it arrives; only a download of unknown size that outgrows
+    the budget writes what it collected so far at once."""
+
+    def __init__(self, spool: ImageSpool, expected: int) -> None:
+        self.spool = spool
+        self.size = 0
+        self._counted = 0
+        self._buffer: bytearray | None = None
+        self._file: Any = None
+        self._path: Path | None = None
+        if expected <= 0 or spool.budget.try_take(expected):
+            self._counted = max(0, expected)
+            self._buffer = bytearray()
+        else:
+            self._open()
+
+    def _open(self) -> None:
+        self._path = self.spool.new_path()
+        self._file = open(self._path, "wb")  # noqa: SIM115 - closed by finish() / discard()
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._buffer is not None:
+            beyond = self.size - self._counted
+            if beyond <= 0 or self.spool.budget.try_take(beyond):
+                self._counted = max(self._counted, self.size)
+                self._buffer += data
+                return
+            self._open()  # the budget ran out (a size nobody announced): the rest goes to disk
+            self._file.write(self._buffer)
+            self._buffer = None
+            self.spool.budget.give(self._counted)
+            self._counted = 0
+        self._file.write(data)
+
+    def finish(self) -> bytes | SpooledPayload:
+        if self._buffer is not None:
+            data, self._buffer = bytes(self._buffer), None
+            self.spool.budget.give(self._counted)
+            self._counted = 0
+            return data
+        assert self._path is not None
+        self._file.close()
+        self.spool.spilled += 1
+        return SpooledPayload(str(self._path), self.size)
+
+    def discard(self) -> None:
+        self._buffer = None
+        if self._counted:
+            self.spool.budget.give(self._counted)
+            self._counted = 0
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self._path is not None:
+            _unlink_all([self._path])
+            self._path = None
 
 
 def _unlink_all(paths: Sequence[Path]) -> None:

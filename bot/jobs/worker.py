@@ -65,8 +65,10 @@ from bot.jobs.service import (
     SettledFree,
 )
 from bot.jobs.spool import ImageSpool, SpooledImage
-from bot.logs import redact
+from bot.logs import log_context, redact
+from bot.ops import metrics
 from bot.providers.base import Reference
+from bot.providers.transport import RESULT_SINK
 from bot.storage import JobNotFound, JobRecord, NewResult
 from bot.storage.queue import Claim, QueueRepository
 from bot.storage.repository import JobRepository
@@ -575,18 +577,25 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
 
     def _has_room(self) -> bool:
+        return self._free_places() > 0
+
+    def _free_places(self) -> int:
+        """How many more jobs this worker takes now."""
         waiting = len(self._running) - self.generating
-        return self.generating < self.max_jobs and waiting < self.max_waiting
+        return max(0, min(self.max_jobs - self.generating, self.max_waiting - waiting))
 
     async def _fill(self) -> None:
-        while not self._stopping and self._has_room():
-            claim = await self.queue.claim(self.worker_id, self.clock(), self.lease_seconds)
-            if claim is None:
-                return
+        # Several claims per look at the queue (one ranking of the queue for all of them).
+        while not self._stopping and (room := self._free_places()) > 0:
+            claims = await self.queue.claim_many(self.worker_id, self.clock(), self.lease_seconds, room)
             if self._stopping:  # claimed while stopping: straight back
-                await self.queue.release_job(claim.job.id, self.worker_id)
+                for claim in claims:
+                    await self.queue.release_job(claim.job.id, self.worker_id)
                 return
-            self._begin(claim)
+            for claim in claims:
+                self._begin(claim)
+            if len(claims) < room:
+                return
 
     def _begin(self, claim: Claim) -> None:
         job = claim.job
@@ -616,6 +625,11 @@ class Worker:
 
     async def _run(self, running: RunningJob) -> None:
         job_id = running.job_id
+        job = running.claim.job
+        # Every log line of this job's task carries its ids (JSON logs; see bot.logs.log_context).
+        log_context(job_id=job_id, user_id=job.user_id, guild_id=job.guild_id)
+        # Results a provider streams are decoded into the spool (memory budget, disk beyond it).
+        RESULT_SINK.set(self.spool.sink)
         try:
             await self._work(running)
         except asyncio.CancelledError:
@@ -728,7 +742,8 @@ class Worker:
 
     async def _plan_for(self, job: JobRecord) -> Plan:
         params: dict[str, Any] = json.loads(job.params or "{}")
-        refs = await self.jobs.get_references(job.id)
+        # Jobs say how many references they have (older ones do not: read them).
+        refs = await self.jobs.get_references(job.id) if params.get("references", 1) else []
         references = tuple(Reference(mime_type=r.mime_type, data=r.data, url=r.url) for r in refs)
         return self.generator.plan(
             GenerationSpec(
@@ -774,6 +789,9 @@ class Worker:
                     now=self.clock(),
                 ),
             )
+            metrics.job_finished(
+                "delivered", model=job.model, images=len(delivery.images), requested_at=job.created_at
+            )
             return
         except SettleFailed:
             log.error("job %s: posted, but settling it kept failing; refunding it instead", job.id)
@@ -794,13 +812,15 @@ class Worker:
             forever=True,
         )
         if finished:
+            metrics.job_finished("refunded")
             await self._safe(self.presenter.notice(job, error))
 
     async def _fail(self, running: RunningJob, error: PaletteError) -> None:
         job, lease = running.claim.job, running.lease
         kind = type(error).__name__
         # Provider texts reach users and the database: never with one of our secrets in them.
-        error.message = redact(error.message, self.settings.secrets())
+        secrets = self.settings.secrets()
+        error.scrub(lambda text: redact(text, secrets))
         if not await lease.renew():  # confirm the job is still ours before settling it
             raise LeaseLost()
         finished = await self._settle(
@@ -811,6 +831,8 @@ class Worker:
             forever=True,
         )
         if finished:
+            # Too old to run (JOB_MAX_AGE): its reservation went back; any other failure is a failure.
+            metrics.job_finished("refunded" if isinstance(error, JobExpired) else "failed")
             await self._safe(self.presenter.failed(job, error))
 
     async def _settle(

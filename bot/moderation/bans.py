@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.errors import ValidationError
+from bot.i18n import Duration, Text, msg
 from bot.storage.moderation import Ban, GuildPolicy
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -26,7 +27,7 @@ def parse_duration(text: str | None) -> float | None:
         parts = _PART.findall(compact)
         if not parts or "".join(f"{n}{u}" for n, u in parts) != compact:
             raise ValidationError(
-                f"`{text}` is not a duration. Use e.g. `30m`, `2h`, `1d`, `1w`, or `permanent`."
+                "`{text}` is not a duration. Use e.g. `30m`, `2h`, `1d`, `1w`, or `permanent`.", text=text
             )
         seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
@@ -36,16 +37,11 @@ def parse_duration(text: str | None) -> float | None:
     return float(seconds)
 
 
-def describe_duration(seconds: float | None) -> str:
+def describe_duration(seconds: float | None) -> Text | Duration:
+    """A ban's or window's length for people: its two largest units (``1d12h`` in English)."""
     if seconds is None:
-        return "until lifted"
-    left = round(seconds)
-    out = []
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size:
-            out.append(f"{left // size}{unit}")
-            left %= size
-    return "".join(out[:2]) or "0s"
+        return msg("until lifted")
+    return Duration(seconds)
 
 
 def make_ban(
@@ -74,7 +70,20 @@ def should_auto_ban(policy: GuildPolicy, recent_hits: int) -> bool:
     return policy.autoban_hits > 0 and recent_hits >= policy.autoban_hits
 
 
-def banned_message(ban: Ban) -> str:
-    until = "until a moderator lifts it" if ban.expires_at is None else f"until <t:{int(ban.expires_at)}:f>"
-    why = f" Reason: {ban.reason}" if ban.reason else ""
-    return f"⛔ You're banned from generating images in this server {until}.{why}"
+def banned_message(ban: Ban) -> Text:
+    if ban.expires_at is None:
+        if ban.reason:
+            return msg(
+                "⛔ You're banned from generating images in this server until a moderator lifts it. "
+                "Reason: {reason}",
+                reason=ban.reason,
+            )
+        return msg("⛔ You're banned from generating images in this server until a moderator lifts it.")
+    until = f"<t:{int(ban.expires_at)}:f>"
+    if ban.reason:
+        return msg(
+            "⛔ You're banned from generating images in this server until {until}. Reason: {reason}",
+            until=until,
+            reason=ban.reason,
+        )
+    return msg("⛔ You're banned from generating images in this server until {until}.", until=until)

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import regex
 
 from bot.errors import ValidationError
+from bot.i18n import Text, msg
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,15 @@ class FilterHit:
     builtin: bool = False
 
     def describe(self) -> str:
-        origin = "built-in list" if self.builtin else ("regex" if self.kind == "regex" else "word")
-        return f"{self.pattern} ({origin})"
+        """In English, as recorded with the blocked prompt."""
+        return str(self.describe_text())
+
+    def describe_text(self) -> Text:
+        if self.builtin:
+            return msg("{pattern} (built-in list)", pattern=self.pattern)
+        if self.kind == "regex":
+            return msg("{pattern} (regex)", pattern=self.pattern)
+        return msg("{pattern} (word)", pattern=self.pattern)
 
 
 # ------------------------------------------------------------------ normalisation
@@ -171,7 +179,7 @@ def normalize_word(term: str) -> str:
     if not core:
         raise InvalidPattern("A blocked word needs at least one letter.")
     if len(core) > MAX_WORD_LENGTH:
-        raise InvalidPattern(f"Blocked words are at most {MAX_WORD_LENGTH} characters.")
+        raise InvalidPattern("Blocked words are at most {max} characters.", max=MAX_WORD_LENGTH)
     if any(not (ch.isalpha() or ch == " ") for ch in core):
         raise InvalidPattern(
             "A blocked word may contain letters and spaces only (and `*` at the end to block every word "
@@ -208,13 +216,13 @@ def compile_regex(pattern: str) -> regex.Pattern[str]:
     if not pattern.strip():
         raise InvalidPattern("The regular expression is empty.")
     if len(pattern) > MAX_PATTERN_LENGTH:
-        raise InvalidPattern(f"Regular expressions are at most {MAX_PATTERN_LENGTH} characters.")
+        raise InvalidPattern("Regular expressions are at most {max} characters.", max=MAX_PATTERN_LENGTH)
     try:
         compiled = regex.compile(pattern, regex.IGNORECASE | regex.V0)
     except regex.error as exc:
-        raise InvalidPattern(f"That regular expression is invalid: {exc}.") from exc
+        raise InvalidPattern("That regular expression is invalid: {reason}.", reason=str(exc)) from exc
     except (ValueError, OverflowError, RecursionError) as exc:
-        raise InvalidPattern(f"That regular expression is invalid: {exc}.") from exc
+        raise InvalidPattern("That regular expression is invalid: {reason}.", reason=str(exc)) from exc
     if compiled.search("") is not None:
         raise InvalidPattern("That regular expression matches an empty prompt, so it would block everything.")
     too_slow = InvalidPattern(

@@ -1,7 +1,9 @@
 """Mod-log entries: what moderators see for generations, blocked prompts, reports, bans and policy changes.
 
-Plain data (no Discord objects); :mod:`bot.presentation.moderation` turns an entry into an embed and
-sends it, best effort and off the job's critical path.
+Plain data (no Discord objects, no words in a language): titles and values are messages
+(:class:`bot.i18n.Text`) or plain text (mentions, prompts, numbers), field names message ids (``N_``).
+:mod:`bot.presentation.moderation` turns an entry into an embed in the server's language and sends it,
+best effort and off the job's critical path.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bot.i18n import N_, Text, msg, nmsg
 from bot.moderation.bans import describe_duration
 from bot.storage.moderation import Ban
+
+#: A field's value: a message, or text shown as it is.
+Value = Text | str
 
 EntryKind = Literal[
     "generation", "blocked", "slow_filter", "report", "policy", "ban", "unban", "purge", "delete"
@@ -41,8 +47,9 @@ BLOCKED_WINDOW_SECONDS = 600.0
 class ModLogEntry:
     guild_id: int
     kind: EntryKind
-    title: str
-    fields: tuple[tuple[str, str], ...] = ()
+    title: Text
+    #: (name, value): the name is a message id (English), the value a message or plain text.
+    fields: tuple[tuple[str, Value], ...] = ()
     url: str | None = None
     image_url: str | None = None
     #: A report: the job whose result the moderator buttons act on.
@@ -50,6 +57,8 @@ class ModLogEntry:
     #: Channels that get the entry besides the current mod log (the old one, when the mod log moves).
     also_to: tuple[int, ...] = ()
     extra: Mapping[str, object] = field(default_factory=dict)
+    #: The language of the server when the entry was made (the job's or interaction's), if known.
+    locale: str | None = None
 
     @property
     def colour(self) -> int:
@@ -104,18 +113,24 @@ def quote(prompt: str) -> str:
     return "```\n" + clip(prompt.replace("`", "ʼ"), VALUE_MAX - 10) + "\n```"
 
 
+def _jump(url: str) -> Text:
+    return msg("[jump to the message]({url})", url=url)
+
+
 def generation(
     guild_id: int, *, user_id: int, prompt: str, model: str, kind: str, job_id: int, url: str | None
 ) -> ModLogEntry:
-    fields = [
-        ("User", f"<@{user_id}> ({user_id})"),
-        ("Model", model),
-        ("Kind", kind),
-        ("Prompt", quote(prompt)),
+    fields: list[tuple[str, Value]] = [
+        (N_("User"), f"<@{user_id}> ({user_id})"),
+        (N_("Model"), model),
+        (N_("Kind"), kind),
+        (N_("Prompt"), quote(prompt)),
     ]
     if url:
-        fields.append(("Result", f"[jump to the message]({url})"))
-    return ModLogEntry(guild_id, "generation", f"🎨 Generation · job {job_id}", tuple(fields), url=url)
+        fields.append((N_("Result"), _jump(url)))
+    return ModLogEntry(
+        guild_id, "generation", msg("🎨 Generation · job {job}", job=job_id), tuple(fields), url=url
+    )
 
 
 def blocked(
@@ -124,25 +139,42 @@ def blocked(
     user_id: int,
     channel_id: int | None,
     prompt: str,
-    matched: str,
+    matched: Value,
     recent: int,
     auto_ban: Ban | None,
     not_shown: int = 0,
 ) -> ModLogEntry:
     """``not_shown``: the member's blocked prompts left out of the mod log since their last entry."""
-    fields = [
-        ("User", f"<@{user_id}> ({user_id})"),
-        ("Channel", f"<#{channel_id}>" if channel_id else "—"),
-        ("Matched", clip(matched, 200)),
-        ("Recent blocked prompts", str(recent)),
-        ("Prompt", quote(prompt)),
+    fields: list[tuple[str, Value]] = [
+        (N_("User"), f"<@{user_id}> ({user_id})"),
+        (N_("Channel"), f"<#{channel_id}>" if channel_id else "—"),
+        (N_("Matched"), clip(matched, 200) if isinstance(matched, str) else matched),
+        (N_("Recent blocked prompts"), str(recent)),
+        (N_("Prompt"), quote(prompt)),
     ]
     if auto_ban is not None:
-        fields.append(("Auto-ban", f"banned {describe_duration_from(auto_ban)}"))
+        if auto_ban.expires_at is None:
+            banned = msg("banned until lifted")
+        else:
+            banned = msg(
+                "banned for {duration} (until {until})",
+                duration=describe_duration(auto_ban.expires_at - auto_ban.created_at),
+                until=f"<t:{int(auto_ban.expires_at)}:f>",
+            )
+        fields.append((N_("Auto-ban"), banned))
     if not_shown:
-        more = f"{not_shown} more blocked prompt{'' if not_shown == 1 else 's'} from <@{user_id}>"
-        fields.append(("Not shown", f"{more} {'was' if not_shown == 1 else 'were'} not shown"))
-    return ModLogEntry(guild_id, "blocked", "🚫 Blocked prompt", tuple(fields))
+        fields.append(
+            (
+                N_("Not shown"),
+                nmsg(
+                    "{n} more blocked prompt from {user} was not shown",
+                    "{n} more blocked prompts from {user} were not shown",
+                    not_shown,
+                    user=f"<@{user_id}>",
+                ),
+            )
+        )
+    return ModLogEntry(guild_id, "blocked", msg("🚫 Blocked prompt"), tuple(fields))
 
 
 def slow_filter(
@@ -150,66 +182,90 @@ def slow_filter(
 ) -> ModLogEntry:
     """The blocklist could not be checked in time, so a prompt was refused: name the slow entries."""
     names = "\n".join(f"`{clip(s.replace('`', 'ʼ'), 200)}`" for s in slow) or "—"
-    fields = (
-        ("Slow entries", clip(names)),
+    fields: tuple[tuple[str, Value], ...] = (
+        (N_("Slow entries"), clip(names)),
         (
-            "What to do",
-            "Simplify or remove these with `/palette blocklist remove`: until then, prompts that take them "
-            "too long to check are refused.",
+            N_("What to do"),
+            msg(
+                "Simplify or remove these with `/palette blocklist remove`: until then, prompts that take "
+                "them too long to check are refused."
+            ),
         ),
-        ("User", f"<@{user_id}> ({user_id})"),
-        ("Channel", f"<#{channel_id}>" if channel_id else "—"),
-        ("Prompt", quote(prompt)),
+        (N_("User"), f"<@{user_id}> ({user_id})"),
+        (N_("Channel"), f"<#{channel_id}>" if channel_id else "—"),
+        (N_("Prompt"), quote(prompt)),
     )
-    return ModLogEntry(guild_id, "slow_filter", "⏱️ Blocklist too slow: a prompt was refused", fields)
+    return ModLogEntry(guild_id, "slow_filter", msg("⏱️ Blocklist too slow: a prompt was refused"), fields)
 
 
 def report(
     guild_id: int, *, reporter_id: int, user_id: int, job_id: int, prompt: str, model: str, url: str | None
 ) -> ModLogEntry:
-    fields = [
-        ("Reported by", f"<@{reporter_id}>"),
-        ("Author", f"<@{user_id}> ({user_id})"),
-        ("Model", model),
-        ("Prompt", quote(prompt)),
+    fields: list[tuple[str, Value]] = [
+        (N_("Reported by"), f"<@{reporter_id}>"),
+        (N_("Author"), f"<@{user_id}> ({user_id})"),
+        (N_("Model"), model),
+        (N_("Prompt"), quote(prompt)),
     ]
     if url:
-        fields.append(("Result", f"[jump to the message]({url})"))
+        fields.append((N_("Result"), _jump(url)))
     return ModLogEntry(
-        guild_id, "report", f"🚩 Reported result · job {job_id}", tuple(fields), url=url, report_job_id=job_id
+        guild_id,
+        "report",
+        msg("🚩 Reported result · job {job}", job=job_id),
+        tuple(fields),
+        url=url,
+        report_job_id=job_id,
     )
 
 
+def _clip_value(value: object) -> Value:
+    return clip(value) if isinstance(value, str) else value  # type: ignore[return-value]
+
+
 def policy_change(
-    guild_id: int, *, actor_id: int, what: str, before: str, after: str, also_to: tuple[int, ...] = ()
+    guild_id: int,
+    *,
+    actor_id: int,
+    what: Value,
+    before: object,
+    after: object,
+    also_to: tuple[int, ...] = (),
 ) -> ModLogEntry:
     return ModLogEntry(
         guild_id,
         "policy",
-        f"⚙️ Policy changed: {what}",
-        (("By", f"<@{actor_id}>"), ("Before", clip(before)), ("After", clip(after))),
+        msg("⚙️ Policy changed: {what}", what=what),
+        (
+            (N_("By"), f"<@{actor_id}>"),
+            (N_("Before"), _clip_value(before)),
+            (N_("After"), _clip_value(after)),
+        ),
         also_to=also_to,
     )
 
 
 def ban(guild_id: int, b: Ban, *, actor_id: int | None) -> ModLogEntry:
-    by = f"<@{actor_id}>" if actor_id else "Palette (automatic)"
+    by: Value = f"<@{actor_id}>" if actor_id else msg("Palette (automatic)")
     return ModLogEntry(
         guild_id,
         "ban",
-        "⛔ Generation ban",
+        msg("⛔ Generation ban"),
         (
-            ("User", f"<@{b.user_id}> ({b.user_id})"),
-            ("By", by),
-            ("Duration", describe_duration_from(b)),
-            ("Reason", clip(b.reason or "—", 300)),
+            (N_("User"), f"<@{b.user_id}> ({b.user_id})"),
+            (N_("By"), by),
+            (N_("Duration"), describe_duration_from(b)),
+            (N_("Reason"), clip(b.reason or "—", 300)),
         ),
     )
 
 
 def unban(guild_id: int, user_id: int, *, actor_id: int) -> ModLogEntry:
     return ModLogEntry(
-        guild_id, "unban", "✅ Generation ban lifted", (("User", f"<@{user_id}>"), ("By", f"<@{actor_id}>"))
+        guild_id,
+        "unban",
+        msg("✅ Generation ban lifted"),
+        ((N_("User"), f"<@{user_id}>"), (N_("By"), f"<@{actor_id}>")),
     )
 
 
@@ -217,12 +273,12 @@ def purge(guild_id: int, user_id: int, *, actor_id: int, deleted: int, failed: i
     return ModLogEntry(
         guild_id,
         "purge",
-        "🧹 Purged a user's results",
+        msg("🧹 Purged a user's results"),
         (
-            ("User", f"<@{user_id}> ({user_id})"),
-            ("By", f"<@{actor_id}>"),
-            ("Messages deleted", str(deleted)),
-            ("Could not delete", str(failed)),
+            (N_("User"), f"<@{user_id}> ({user_id})"),
+            (N_("By"), f"<@{actor_id}>"),
+            (N_("Messages deleted"), str(deleted)),
+            (N_("Could not delete"), str(failed)),
         ),
     )
 
@@ -231,12 +287,16 @@ def deleted_result(guild_id: int, *, job_id: int, user_id: int, actor_id: int) -
     return ModLogEntry(
         guild_id,
         "delete",
-        f"🗑️ Result deleted by a moderator · job {job_id}",
-        (("Author", f"<@{user_id}>"), ("By", f"<@{actor_id}>")),
+        msg("🗑️ Result deleted by a moderator · job {job}", job=job_id),
+        ((N_("Author"), f"<@{user_id}>"), (N_("By"), f"<@{actor_id}>")),
     )
 
 
-def describe_duration_from(b: Ban) -> str:
+def describe_duration_from(b: Ban) -> Text:
     if b.expires_at is None:
-        return "until lifted"
-    return f"for {describe_duration(b.expires_at - b.created_at)} (until <t:{int(b.expires_at)}:f>)"
+        return msg("until lifted")
+    return msg(
+        "for {duration} (until {until})",
+        duration=describe_duration(b.expires_at - b.created_at),
+        until=f"<t:{int(b.expires_at)}:f>",
+    )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from bot.catalog import RESOLUTIONS
 from bot.config import Settings
 from bot.errors import ValidationError
+from bot.i18n import nmsg
 from bot.storage.moderation import GuildPolicy, RoleLimit
 from bot.storage.records import Limits
 
@@ -151,7 +152,7 @@ def check_where(settings: Settings, policy: GuildPolicy | None, ctx: RequestCont
     if ctx.channel_id in allowed or (ctx.parent_channel_id is not None and ctx.parent_channel_id in allowed):
         return
     channels = ", ".join(f"<#{c}>" for c in sorted(allowed)[:10])
-    raise ChannelNotAllowed(f"Palette isn't enabled in this channel. Try {channels}.")
+    raise ChannelNotAllowed("Palette isn't enabled in this channel. Try {channels}.", channels=channels)
 
 
 def check_request(policy: GuildPolicy | None, *, model: str, resolution: str | None, count: int) -> None:
@@ -160,15 +161,23 @@ def check_request(policy: GuildPolicy | None, *, model: str, resolution: str | N
         return
     if policy.allowed_models and model not in policy.allowed_models:
         names = ", ".join(f"`{m}`" for m in policy.allowed_models)
-        raise ModelNotAllowed(f"This server doesn't allow the model `{model}`. Allowed: {names}.")
+        raise ModelNotAllowed(
+            "This server doesn't allow the model `{model}`. Allowed: {names}.", model=model, names=names
+        )
     if policy.max_resolution and resolution_rank(resolution) > resolution_rank(policy.max_resolution):
         raise PolicyViolation(
-            f"This server allows images up to {policy.max_resolution}; you asked for {resolution}."
+            "This server allows images up to {max}; you asked for {resolution}.",
+            max=policy.max_resolution,
+            resolution=resolution,
         )
     if policy.max_images and count > policy.max_images:
         raise PolicyViolation(
-            f"This server allows at most {policy.max_images} image{'s' if policy.max_images != 1 else ''} "
-            f"per request; you asked for {count}."
+            nmsg(
+                "This server allows at most {n} image per request; you asked for {count}.",
+                "This server allows at most {n} images per request; you asked for {count}.",
+                policy.max_images,
+                count=count,
+            )
         )
 
 

@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from bot.catalog import RESOLUTIONS, get_model
 from bot.config import Settings
 from bot.errors import ValidationError
+from bot.i18n import N_, Duration, Joined, Text, msg, nmsg, shipped_locales
 from bot.moderation import bans, modlog
 from bot.moderation.filter import (
     CHECK_BUDGET,
@@ -354,6 +355,7 @@ class ModerationService:
                 ctx.guild_id,
                 ctx.user_id,
                 duration=policy.autoban_duration,
+                # Stored with the ban and shown as its reason (in English, like a moderator's reason).
                 reason=f"{recent} blocked prompts within {bans.describe_duration(policy.autoban_window)}",
                 banned_by=None,
                 now=now,
@@ -369,7 +371,7 @@ class ModerationService:
                     user_id=ctx.user_id,
                     channel_id=ctx.channel_id,
                     prompt=prompt,
-                    matched=hit.describe(),
+                    matched=hit.describe_text(),
                     recent=recent,
                     auto_ban=auto,
                     not_shown=not_shown,
@@ -377,10 +379,12 @@ class ModerationService:
             )
         if auto is not None:
             self.emit(modlog.ban(ctx.guild_id, auto, actor_id=None))
-        message = "🚫 That prompt isn't allowed in this server. Nothing was charged."
         if auto is not None:
-            message += "\n" + bans.banned_message(auto)
-        raise PromptBlocked(message)
+            raise PromptBlocked(
+                "🚫 That prompt isn't allowed in this server. Nothing was charged.\n{ban}",
+                ban=bans.banned_message(auto),
+            )
+        raise PromptBlocked("🚫 That prompt isn't allowed in this server. Nothing was charged.")
 
     async def filter_for(self, policy: GuildPolicy) -> PromptFilter:
         return (await self.state(policy.guild_id)).filter
@@ -413,7 +417,9 @@ class ModerationService:
 
     # ------------------------------------------------------------------ policy changes
 
-    async def update_policy(self, guild_id: int, actor_id: int, what: str, **changes: Any) -> GuildPolicy:
+    async def update_policy(
+        self, guild_id: int, actor_id: int, what: str | Text, **changes: Any
+    ) -> GuildPolicy:
         """Apply ``changes`` to the server's policy, store it and log before/after to the mod log."""
         before = await self.repo.get_policy(guild_id)
         after = before.changed(**changes)
@@ -450,7 +456,7 @@ class ModerationService:
             modlog.policy_change(
                 guild_id,
                 actor_id=actor_id,
-                what=f"role limit for <@&{role_id}>",
+                what=msg("role limit for {role}", role=f"<@&{role_id}>"),
                 before=describe_role_limit(before, self.settings),
                 after=describe_role_limit(limit, self.settings),
             )
@@ -466,9 +472,9 @@ class ModerationService:
                 modlog.policy_change(
                     guild_id,
                     actor_id=actor_id,
-                    what=f"role limit for <@&{role_id}>",
+                    what=msg("role limit for {role}", role=f"<@&{role_id}>"),
                     before=describe_role_limit(before, self.settings),
-                    after="none (server limits apply)",
+                    after=msg("none (server limits apply)"),
                 )
             )
         return cleared
@@ -485,18 +491,24 @@ class ModerationService:
         else:
             raise InvalidPattern("The kind is `word` or `regex`.")
         if len(await self.repo.blocklist(guild_id)) >= MAX_BLOCKLIST:
-            raise InvalidPattern(f"The blocklist is full ({MAX_BLOCKLIST} entries); remove some first.")
+            raise InvalidPattern(
+                "The blocklist is full ({max} entries); remove some first.", max=MAX_BLOCKLIST
+            )
         added = await self.repo.add_block(guild_id, kind, stored, scope, actor_id, self.clock())  # type: ignore[arg-type]
         self.invalidate(guild_id)
         if not added:
-            raise ValidationError(f"`{stored}` is already on the blocklist.")
+            raise ValidationError("`{pattern}` is already on the blocklist.", pattern=stored)
         self.emit(
             modlog.policy_change(
                 guild_id,
                 actor_id=actor_id,
-                what="blocklist",
+                what=msg("blocklist"),
                 before="—",
-                after=f"added {kind} `{stored}`" + (" (NSFW term list)" if scope == "sfw" else ""),
+                after=(
+                    msg("added {kind} `{pattern}` (NSFW term list)", kind=kind, pattern=stored)
+                    if scope == "sfw"
+                    else msg("added {kind} `{pattern}`", kind=kind, pattern=stored)
+                ),
             )
         )
         return stored
@@ -512,7 +524,11 @@ class ModerationService:
         if removed:
             self.emit(
                 modlog.policy_change(
-                    guild_id, actor_id=actor_id, what="blocklist", before=f"`{pattern}`", after="removed"
+                    guild_id,
+                    actor_id=actor_id,
+                    what=msg("blocklist"),
+                    before=f"`{pattern}`",
+                    after=msg("removed"),
                 )
             )
         return bool(removed)
@@ -530,34 +546,51 @@ class ModerationService:
 
 
 # ------------------------------------------------------------------ validation and description
+#
+# What the policy looks like to people (``/palette settings``, the mod log's before/after): messages as
+# data (:mod:`bot.i18n`), put into the server's words by the Discord layer.
 
 
 def check_limit(value: int | None) -> None:
     if value is not None and not 0 <= value <= MAX_LIMIT:
-        raise ValidationError(f"Limits are between 0 (unlimited) and {MAX_LIMIT}.")
+        raise ValidationError("Limits are between 0 (unlimited) and {max}.", max=MAX_LIMIT)
 
 
 def validate_policy(p: GuildPolicy) -> None:
     for value in (p.daily_limit, p.hourly_limit, p.daily_pool, p.max_images):
         check_limit(value)
     if p.max_resolution is not None and p.max_resolution not in RESOLUTIONS:
-        raise ValidationError(f"Resolutions are {', '.join(RESOLUTIONS)}.")
+        raise ValidationError("Resolutions are {choices}.", choices=", ".join(RESOLUTIONS))
     for key in (*p.allowed_models, *([p.default_model] if p.default_model else [])):
         if get_model(key) is None:
-            raise ValidationError(f"`{key}` is not a Palette model.")
+            raise ValidationError("`{key}` is not a Palette model.", key=key)
     if p.default_model and p.allowed_models and p.default_model not in p.allowed_models:
-        raise ValidationError(f"The default model `{p.default_model}` must be one of the allowed models.")
+        raise ValidationError(
+            "The default model `{model}` must be one of the allowed models.", model=p.default_model
+        )
     if p.autoban_hits < 0 or p.autoban_window <= 0 or p.autoban_duration <= 0:
         raise ValidationError("Auto-ban needs a count of 0 (off) or more and positive durations.")
+    if p.locale is not None and p.locale not in shipped_locales():
+        raise ValidationError(
+            "`{locale}` is not a language Palette speaks. Languages: {choices}.",
+            locale=p.locale,
+            choices=", ".join(shipped_locales()),
+        )
 
 
-def describe_channels(policy: GuildPolicy) -> str:
+Shown = Text | str | Duration
+
+
+def describe_channels(policy: GuildPolicy) -> Shown:
     """Where Palette may be used: an allow-list, or every channel but the switched-off ones."""
     if policy.allowed_channels:
         return describe_value("allowed_channels", policy.allowed_channels)
     if policy.denied_channels:
-        return "all channels except " + describe_value("denied_channels", policy.denied_channels)
-    return "all channels"
+        return msg(
+            "all channels except {channels}",
+            channels=describe_value("denied_channels", policy.denied_channels),
+        )
+    return msg("all channels")
 
 
 #: Per-user limit fields and the operator's setting that is their default and ceiling.
@@ -569,96 +602,130 @@ def ceiling_for(key: str, settings: Settings) -> int:
     return int(getattr(settings, CEILINGS[key]))
 
 
-def describe_limit(value: int | None, ceiling: int) -> str:
+def _count(value: int) -> Shown:
+    return msg("unlimited") if value == 0 else str(value)
+
+
+def describe_limit(value: int | None, ceiling: int) -> Shown:
     """A server's or role's per-user limit as it applies under the operator's ``ceiling``."""
     if value is None:
-        return f"bot default ({ceiling or 'unlimited'})"
+        return msg("bot default ({ceiling})", ceiling=_count(ceiling))
     if exceeds_ceiling(ceiling, value):
-        asked = "unlimited" if value == 0 else str(value)
-        return f"{ceiling} ({asked} asked; the bot's limit)"
-    return "unlimited" if value == 0 else str(value)
+        return msg("{ceiling} ({asked} asked; the bot's limit)", ceiling=str(ceiling), asked=_count(value))
+    return _count(value)
 
 
-def capped_note(settings: Settings, **asked: int | None) -> str | None:
+#: The per-user limit fields as ``capped_note`` names them.
+SHORT_LABELS = {"daily_limit": N_("daily"), "hourly_limit": N_("hourly")}
+
+
+def capped_note(settings: Settings, **asked: int | None) -> Text | None:
     """What an admin asked for above the operator's ceilings (``daily_limit=...``), or None."""
     capped = [
-        f"{LABELS[key].split()[0]} {'unlimited' if value == 0 else value} → {ceiling_for(key, settings)}"
+        msg(
+            "{label} {asked} → {ceiling}",
+            label=msg(SHORT_LABELS[key]),
+            asked=_count(value),
+            ceiling=str(ceiling_for(key, settings)),
+        )
         for key, value in asked.items()
-        if exceeds_ceiling(ceiling_for(key, settings), value)
+        if value is not None and exceeds_ceiling(ceiling_for(key, settings), value)
     ]
     if not capped:
         return None
-    return (
-        "⚠️ Capped at the bot's limits (a server can lower them, not raise them): " + ", ".join(capped) + "."
+    return msg(
+        "⚠️ Capped at the bot's limits (a server can lower them, not raise them): {items}.",
+        items=Joined(tuple(capped), ", "),
     )
 
 
-def describe_value(key: str, value: Any, settings: Settings | None = None) -> str:
+def describe_value(key: str, value: Any, settings: Settings | None = None) -> Shown:
     if key in CEILINGS:
         if settings is not None:
             return describe_limit(value, ceiling_for(key, settings))
-        return "server default" if value is None else ("unlimited" if value == 0 else str(value))
+        return msg("server default") if value is None else _count(value)
     if key in ("daily_pool", "max_images"):
-        return "none" if value in (None, 0) else str(value)
+        return msg("none") if value in (None, 0) else str(value)
     if key == "max_resolution":
-        return value or "any"
+        return value or msg("any")
     if key == "allowed_channels":
-        return ", ".join(f"<#{c}>" for c in value) if value else "all channels"
+        return ", ".join(f"<#{c}>" for c in value) if value else msg("all channels")
     if key == "denied_channels":
-        return ", ".join(f"<#{c}>" for c in value) if value else "none"
+        return ", ".join(f"<#{c}>" for c in value) if value else msg("none")
     if key == "allowed_models":
-        return ", ".join(f"`{m}`" for m in value) if value else "all models"
+        return ", ".join(f"`{m}`" for m in value) if value else msg("all models")
     if key in ("mod_role_id",):
-        return f"<@&{value}>" if value else "none"
+        return f"<@&{value}>" if value else msg("none")
     if key == "modlog_channel_id":
-        return f"<#{value}>" if value else "none"
+        return f"<#{value}>" if value else msg("none")
     if key in ("autoban_window", "autoban_duration"):
         return bans.describe_duration(value)
     if key == "autoban_hits":
-        return "off" if value == 0 else str(value)
+        return msg("off") if value == 0 else str(value)
+    if key == "nsfw_mode":
+        return msg("relaxed") if value == "relaxed" else msg("same")
+    if key == "locale":
+        return f"`{value}`" if value else msg("the server's language")
     if isinstance(value, bool):
-        return "on" if value else "off"
-    return "none" if value is None else str(value)
+        return msg("on") if value else msg("off")
+    return msg("none") if value is None else str(value)
 
 
 LABELS = {
-    "daily_limit": "daily per user",
-    "hourly_limit": "hourly per user",
-    "daily_pool": "server daily pool",
-    "max_resolution": "max resolution",
-    "max_images": "max images per request",
-    "allowed_channels": "channels",
-    "denied_channels": "switched-off channels",
-    "allowed_models": "allowed models",
-    "default_model": "default model",
-    "mod_role_id": "moderator role",
-    "modlog_channel_id": "mod-log channel",
-    "nsfw_mode": "NSFW channels",
-    "builtin_blocklist": "built-in blocklist",
-    "autoban_hits": "auto-ban after",
-    "autoban_window": "auto-ban window",
-    "autoban_duration": "auto-ban duration",
+    "daily_limit": N_("daily per user"),
+    "hourly_limit": N_("hourly per user"),
+    "daily_pool": N_("server daily pool"),
+    "max_resolution": N_("max resolution"),
+    "max_images": N_("max images per request"),
+    "allowed_channels": N_("channels"),
+    "denied_channels": N_("switched-off channels"),
+    "allowed_models": N_("allowed models"),
+    "default_model": N_("default model"),
+    "mod_role_id": N_("moderator role"),
+    "modlog_channel_id": N_("mod-log channel"),
+    "nsfw_mode": N_("NSFW channels"),
+    "builtin_blocklist": N_("built-in blocklist"),
+    "autoban_hits": N_("auto-ban after"),
+    "autoban_window": N_("auto-ban window"),
+    "autoban_duration": N_("auto-ban duration"),
+    "locale": N_("language"),
 }
 
 
-def describe_values(values: dict[str, Any], settings: Settings | None = None) -> str:
-    return "\n".join(f"{LABELS.get(k, k)}: {describe_value(k, v, settings)}" for k, v in values.items())
+def describe_values(values: dict[str, Any], settings: Settings | None = None) -> Joined:
+    return Joined(
+        tuple(
+            msg(
+                "{label}: {value}",
+                label=msg(LABELS[k]) if k in LABELS else k,
+                value=describe_value(k, v, settings),
+            )
+            for k, v in values.items()
+        ),
+        "\n",
+    )
 
 
-def describe_role_limit(limit: RoleLimit | None, settings: Settings | None = None) -> str:
+def describe_role_limit(limit: RoleLimit | None, settings: Settings | None = None) -> Shown:
     if limit is None:
-        return "none"
+        return msg("none")
     daily, hourly = limit.daily_limit, limit.hourly_limit
     if settings is None:
-        return (
-            f"daily: {describe_value('daily_limit', daily)}, hourly: {describe_value('hourly_limit', hourly)}"
+        return msg(
+            "daily: {daily}, hourly: {hourly}",
+            daily=describe_value("daily_limit", daily),
+            hourly=describe_value("hourly_limit", hourly),
         )
 
     # A role without a value for a field leaves that field to the server (no ceiling note).
-    def field(key: str, value: int | None) -> str:
-        return "server's" if value is None else describe_value(key, value, settings)
+    def field(key: str, value: int | None) -> Shown:
+        return msg("server's") if value is None else describe_value(key, value, settings)
 
-    return f"daily: {field('daily_limit', daily)}, hourly: {field('hourly_limit', hourly)}"
+    return msg(
+        "daily: {daily}, hourly: {hourly}",
+        daily=field("daily_limit", daily),
+        hourly=field("hourly_limit", hourly),
+    )
 
 
 def summarize(
@@ -666,45 +733,64 @@ def summarize(
     role_limits: Sequence[RoleLimit],
     blocklist_size: int,
     settings: Settings | None = None,
-) -> list[tuple[str, str]]:
-    """The whole policy as (name, value) pairs for ``/palette settings``. With ``settings`` the per-user
-    limits are the effective ones (capped by the operator's ceilings)."""
+) -> list[tuple[str, Shown | Joined]]:
+    """The whole policy as (name, value) pairs for ``/palette settings``: names are message ids
+    (``N_``), values messages or plain text. With ``settings`` the per-user limits are the effective
+    ones (capped by the operator's ceilings)."""
     p = policy
-    rows = [
+    rows: list[tuple[str, Shown | Joined]] = [
         (
-            "Limits per user",
-            f"daily: {describe_value('daily_limit', p.daily_limit, settings)} · "
-            f"hourly: {describe_value('hourly_limit', p.hourly_limit, settings)}",
+            N_("Limits per user"),
+            msg(
+                "daily: {daily} · hourly: {hourly}",
+                daily=describe_value("daily_limit", p.daily_limit, settings),
+                hourly=describe_value("hourly_limit", p.hourly_limit, settings),
+            ),
         ),
-        ("Server daily pool", describe_value("daily_pool", p.daily_pool)),
-        ("Max resolution", describe_value("max_resolution", p.max_resolution)),
-        ("Max images per request", describe_value("max_images", p.max_images)),
+        (N_("Server daily pool"), describe_value("daily_pool", p.daily_pool)),
+        (N_("Max resolution"), describe_value("max_resolution", p.max_resolution)),
+        (N_("Max images per request"), describe_value("max_images", p.max_images)),
         (
-            "Role overrides",
-            "\n".join(f"<@&{r.role_id}>: {describe_role_limit(r, settings)}" for r in role_limits) or "none",
+            N_("Role overrides"),
+            Joined(
+                tuple(
+                    msg("{role}: {limits}", role=f"<@&{r.role_id}>", limits=describe_role_limit(r, settings))
+                    for r in role_limits
+                ),
+                "\n",
+            )
+            if role_limits
+            else msg("none"),
         ),
-        ("Channels", describe_channels(p)),
-        ("Models", describe_value("allowed_models", p.allowed_models)),
-        ("Default model", p.default_model or "Palette's default"),
-        ("Moderator role", describe_value("mod_role_id", p.mod_role_id)),
-        ("Mod log", describe_value("modlog_channel_id", p.modlog_channel_id)),
+        (N_("Channels"), describe_channels(p)),
+        (N_("Models"), describe_value("allowed_models", p.allowed_models)),
+        (N_("Default model"), p.default_model or msg("Palette's default")),
+        (N_("Moderator role"), describe_value("mod_role_id", p.mod_role_id)),
+        (N_("Mod log"), describe_value("modlog_channel_id", p.modlog_channel_id)),
         (
-            "NSFW channels",
-            "relaxed (no NSFW term list, normal provider safety)"
+            N_("NSFW channels"),
+            msg("relaxed (no NSFW term list, normal provider safety)")
             if p.nsfw_mode == "relaxed"
-            else "same rules as everywhere",
+            else msg("same rules as everywhere"),
         ),
         (
-            "Blocklist",
-            f"{blocklist_size} entr{'y' if blocklist_size == 1 else 'ies'}; built-in list "
-            f"{'on' if p.builtin_blocklist else 'off'}",
+            N_("Blocklist"),
+            nmsg("{n} entry; built-in list on", "{n} entries; built-in list on", blocklist_size)
+            if p.builtin_blocklist
+            else nmsg("{n} entry; built-in list off", "{n} entries; built-in list off", blocklist_size),
         ),
         (
-            "Auto-ban",
-            "off"
+            N_("Auto-ban"),
+            msg("off")
             if p.autoban_hits == 0
-            else f"{p.autoban_hits} blocked prompts within {bans.describe_duration(p.autoban_window)} → "
-            f"banned for {bans.describe_duration(p.autoban_duration)}",
+            else nmsg(
+                "{n} blocked prompt within {window} → banned for {duration}",
+                "{n} blocked prompts within {window} → banned for {duration}",
+                p.autoban_hits,
+                window=bans.describe_duration(p.autoban_window),
+                duration=bans.describe_duration(p.autoban_duration),
+            ),
         ),
+        (N_("Language"), describe_value("locale", p.locale)),
     ]
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hashlib
@@ -18,18 +19,25 @@ from bot.catalog import DEFAULT_MODEL, get_model
 from bot.config import Settings
 from bot.errors import PaletteError
 from bot.generation import Generator
+from bot.i18n import N_, Joined, preload, render, t, tp
 from bot.jobs.service import JobService
 from bot.jobs.spool import EncoderPool
 from bot.jobs.worker import Presence, Worker
 from bot.limits import LimitPolicy
+from bot.logs import log_context
 from bot.moderation.service import ModerationService
+from bot.ops.server import gateway_latencies
+from bot.ops.shards import IdentifyGate, ShardPresence, claim_command_sync
 from bot.presentation.flows import Flows
+from bot.presentation.locales import user_locale
 from bot.presentation.moderation import ModLogSender
 from bot.presentation.presenter import DiscordPresenter
+from bot.presentation.translator import PaletteTranslator
 from bot.presentation.views import CancelButton, ResultButton
 from bot.providers.transport import Downloader
 from bot.storage import Database
 from bot.storage.queue import QueueRepository
+from bot.storage.shards import SqlShardRepository
 from bot.styles import StyleService
 
 log = logging.getLogger(__name__)
@@ -39,7 +47,27 @@ COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin", "cogs.styles
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, embed_links=True, attach_files=True, read_message_history=True
 )
-GENERIC_ERROR = "Something went wrong on our side. Nothing was charged; please try again."
+GENERIC_ERROR = N_("Something went wrong on our side. Nothing was charged; please try again.")
+#: Permission names as Discord's client shows them (context "permission" in the catalogs).
+PERMISSION = "permission"
+
+
+def permission_names(locale: str, names: list[str]) -> Joined:
+    """``manage_guild`` -> "Manage Server" (Discord's wording, in ``locale``)."""
+    return Joined(tuple(permission_name(locale, name) for name in names), ", ")
+
+
+def permission_name(locale: str, name: str) -> str:
+    known = {
+        "manage_guild": tp(locale, "permission", "Manage Server"),
+        "manage_messages": tp(locale, "permission", "Manage Messages"),
+        "view_channel": tp(locale, "permission", "View Channel"),
+        "send_messages": tp(locale, "permission", "Send Messages"),
+        "attach_files": tp(locale, "permission", "Attach Files"),
+        "embed_links": tp(locale, "permission", "Embed Links"),
+        "read_message_history": tp(locale, "permission", "Read Message History"),
+    }
+    return known.get(name, name.replace("_", " ").title())
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -53,6 +81,11 @@ def point_discord_at(settings: Settings) -> None:
 
 
 class PaletteTree(app_commands.CommandTree["PaletteBot"]):
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # Runs in the task that runs the command: its log lines name the user and server (JSON logs).
+        log_context(user_id=interaction.user.id, guild_id=interaction.guild_id)
+        return True
+
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         await self.client.report_error(interaction, error)
 
@@ -102,6 +135,11 @@ class PaletteBot(commands.Bot):
         self.flows = Flows(self)
         self.styles = StyleService(db.styles)
         self.presence = Presence(queue, role, worker_id)
+        # Which shards this process runs (and their latency), in the database for /palette status.
+        self.shard_repo = SqlShardRepository(db.engine)
+        self.shard_presence = ShardPresence(
+            self.shard_repo, worker_id, lambda: self.shard_count or 1, lambda: gateway_latencies(self)
+        )
         # This process's worker (all-in-one), its presenter and encoder processes: see bot.app.
         self.worker: Worker | None = None
         self.presenter: DiscordPresenter | None = None
@@ -113,6 +151,9 @@ class PaletteBot(commands.Bot):
     # ------------------------------------------------------------------ start-up
 
     async def setup_hook(self) -> None:
+        # The catalogs are compiled off the event loop, before any interaction needs one.
+        await asyncio.to_thread(preload)
+        await self.tree.set_translator(PaletteTranslator())
         for cog in COGS:
             await self.load_extension(cog)
         self.add_dynamic_items(ResultButton, CancelButton)
@@ -120,6 +161,7 @@ class PaletteBot(commands.Bot):
         if self.sync_only:
             return
         await self.presence.start()
+        self.shard_presence.start()
         self.moderation.watch()
         if self.worker is not None:
             # Jobs left by a previous run are claimed like any other (a dead worker's once its lease ends).
@@ -146,6 +188,16 @@ class PaletteBot(commands.Bot):
     def command_payload(self, guild: discord.abc.Snowflake | None) -> list[dict[str, Any]]:
         return [cmd.to_dict(self.tree) for cmd in self.tree.get_commands(guild=guild)]
 
+    async def translated_command_payload(self, guild: discord.abc.Snowflake | None) -> list[dict[str, Any]]:
+        """What ``tree.sync`` sends: the commands with their localizations."""
+        translator = self.tree.translator
+        if translator is None:
+            return self.command_payload(guild)
+        return [
+            await cmd.get_translated_payload(self.tree, translator)
+            for cmd in self.tree.get_commands(guild=guild)
+        ]
+
     async def sync_commands(self, *, force: bool = False) -> bool:
         """Sync only when the command tree changed since the last sync (Discord caps daily creates)."""
         guild = (
@@ -153,11 +205,18 @@ class PaletteBot(commands.Bot):
         )
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
-        payload = self.command_payload(guild)
+        # Translations count: a changed catalog re-syncs the commands' localizations.
+        payload = await self.translated_command_payload(guild)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         key = f"command_hash:{guild.id if guild else 'global'}"
         if not force and await self.db.kv.get(key) == digest:
             log.info("slash commands unchanged; not syncing")
+            return False
+        # Once per deployment: of several gateway processes starting with a new command tree, one syncs.
+        if not force and not await claim_command_sync(
+            self.shard_repo, key, digest, self.worker_id, lambda: self.db.kv.get(key)
+        ):
+            log.info("slash commands synced by another gateway process; not syncing")
             return False
         await self.tree.sync(guild=guild)
         await self.db.kv.set(key, digest)
@@ -181,29 +240,25 @@ class PaletteBot(commands.Bot):
     async def report_error(self, interaction: discord.Interaction, error: BaseException) -> None:
         """Map an error to an ephemeral message; use a followup when the interaction was answered."""
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        # Ephemeral: in the language of the person who sees it.
+        locale = user_locale(interaction)
         if isinstance(original, PaletteError):
-            text = original.message
+            text = render(locale, original.text)
         elif isinstance(original, app_commands.MissingPermissions):
-            text = (
-                "You need the "
-                + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions)
-                + " permission for that."
-            )
+            names = permission_names(locale, list(original.missing_permissions))
+            text = t(locale, "You need the {permissions} permission for that.", permissions=names)
         elif isinstance(original, app_commands.BotMissingPermissions):
-            text = (
-                "I'm missing the "
-                + ", ".join(p.replace("_", " ").title() for p in original.missing_permissions)
-                + " permission here."
-            )
+            names = permission_names(locale, list(original.missing_permissions))
+            text = t(locale, "I'm missing the {permissions} permission here.", permissions=names)
         elif isinstance(original, app_commands.NoPrivateMessage):
-            text = "That command only works in a server."
+            text = t(locale, "That command only works in a server.")
         elif isinstance(original, app_commands.CheckFailure):
-            text = "You can't use that here."
+            text = t(locale, "You can't use that here.")
         elif isinstance(original, app_commands.TransformerError):
-            text = f"`{original.value}` is not a valid value for that option."
+            text = t(locale, "`{value}` is not a valid value for that option.", value=original.value)
         else:
             log.error("unhandled error in an interaction", exc_info=original)
-            text = GENERIC_ERROR
+            text = t(locale, GENERIC_ERROR)
         try:
             await send_ephemeral(interaction, text)
         except discord.HTTPException as exc:
@@ -214,9 +269,27 @@ class PaletteBot(commands.Bot):
         if self.worker is not None:
             await self.worker.stop(grace=0)
         await self.presence.stop()
+        await self.shard_presence.stop()
         await self.moderation.stop_watching()
         await super().close()
         self.moderation.close()
+
+
+class ShardedPaletteBot(PaletteBot, commands.AutoShardedBot):
+    """The gateway on discord.py's AutoShardedClient: the shards ``shard_ids`` of ``shard_count`` (both
+    from the settings; see :func:`bot.app.create_bot`). Every shard's IDENTIFY waits for its bucket's
+    turn across the deployment (:class:`bot.ops.shards.IdentifyGate`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.identify_gate = IdentifyGate(self.shard_repo, self.worker_id, self._max_concurrency)
+
+    async def _max_concurrency(self) -> int:
+        _count, _url, limits = await self.http.get_bot_gateway()
+        return int(limits.get("max_concurrency", 1))
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        await self.identify_gate.wait_turn(shard_id)
 
 
 class WorkerClient(discord.Client):
@@ -235,6 +308,7 @@ class WorkerClient(discord.Client):
         self.moderation = ModerationService(db.moderation, settings, sink=self.modlog.submit)
 
     async def setup_hook(self) -> None:
+        await asyncio.to_thread(preload)  # the catalogs of the messages it posts, off the event loop
         # Called by login(): interaction webhooks need the application id.
         if self.application_id is None:
             raise RuntimeError("Discord did not name this bot's application; a worker cannot post results")

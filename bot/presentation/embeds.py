@@ -19,6 +19,7 @@ from bot.errors import (
     ValidationError,
 )
 from bot.health import HealthSnapshot
+from bot.i18n import SOURCE_LOCALE, Number, Percent, render, resolve, t, tn
 from bot.storage import HistoryEntry, JobRecord, Limits, UsageSnapshot
 
 BRAND = discord.Colour(0xE0A526)
@@ -50,16 +51,39 @@ def job_params(job: JobRecord) -> dict[str, object]:
         return {}
 
 
-def queued_text(job: JobRecord, position: int | None) -> str:
-    where = f" (position {position} in line)" if position else ""
-    images = f"{job.count} image{'s' if job.count != 1 else ''}"
-    return f"⏳ Queued{where}: {images} with **{model_label(job.model)}**."
+def job_locale(job: JobRecord) -> str:
+    """The language of the job's public messages (its server's, chosen when it was queued)."""
+    return resolve(job_params(job).get("locale"))
 
 
-def started_text(job: JobRecord, started_at: float) -> str:
-    return (
-        f"🎨 Generating {job.count} image{'s' if job.count != 1 else ''} with **{model_label(job.model)}**"
-        f"… started <t:{int(started_at)}:R>."
+def queued_text(job: JobRecord, position: int | None, locale: str = SOURCE_LOCALE) -> str:
+    model = model_label(job.model)
+    if position:
+        return tn(
+            locale,
+            "⏳ Queued (position {position} in line): {n} image with **{model}**.",
+            "⏳ Queued (position {position} in line): {n} images with **{model}**.",
+            job.count,
+            position=position,
+            model=model,
+        )
+    return tn(
+        locale,
+        "⏳ Queued: {n} image with **{model}**.",
+        "⏳ Queued: {n} images with **{model}**.",
+        job.count,
+        model=model,
+    )
+
+
+def started_text(job: JobRecord, started_at: float, locale: str = SOURCE_LOCALE) -> str:
+    return tn(
+        locale,
+        "🎨 Generating {n} image with **{model}**… started {started}.",
+        "🎨 Generating {n} images with **{model}**… started {started}.",
+        job.count,
+        model=model_label(job.model),
+        started=f"<t:{int(started_at)}:R>",
     )
 
 
@@ -87,72 +111,110 @@ def result_embed(
     sizes: Sequence[tuple[int, int]],
     seconds: float,
     failed: int = 0,
+    locale: str = SOURCE_LOCALE,
 ) -> discord.Embed:
     params = job_params(job)
     embed = discord.Embed(title=truncate(escape(job.prompt), TITLE_MAX), colour=BRAND)
-    embed.add_field(name="Model", value=model_label(job.model), inline=True)
+    embed.add_field(name=t(locale, "Model"), value=model_label(job.model), inline=True)
     if sizes:
         unique = sorted(set(sizes))
-        embed.add_field(name="Size", value=", ".join(f"{w}×{h}" for w, h in unique), inline=True)
+        embed.add_field(name=t(locale, "Size"), value=", ".join(f"{w}×{h}" for w, h in unique), inline=True)
     if params.get("seed") is not None:
-        embed.add_field(name="Seed", value=str(params["seed"]), inline=True)
-    embed.add_field(name="Time", value=f"{seconds:.1f} s", inline=True)
-    embed.add_field(name="Requested by", value=f"<@{job.user_id}>", inline=True)
+        embed.add_field(name=t(locale, "Seed"), value=str(params["seed"]), inline=True)
+    embed.add_field(
+        name=t(locale, "Time"), value=t(locale, "{seconds} s", seconds=Number(seconds, 1)), inline=True
+    )
+    embed.add_field(name=t(locale, "Requested by"), value=f"<@{job.user_id}>", inline=True)
     if failed:
         embed.add_field(
-            name="Note",
-            value=f"{failed} of the images failed; {'they were' if failed != 1 else 'it was'} not charged.",
+            name=t(locale, "Note"),
+            value=tn(
+                locale,
+                "{n} of the images failed; it was not charged.",
+                "{n} of the images failed; they were not charged.",
+                failed,
+            ),
             inline=False,
         )
-    embed.set_footer(text=f"Palette · job {job.id} · {provider_model} via {provider}")
+    embed.set_footer(
+        text=t(
+            locale,
+            "Palette · job {job} · {provider_model} via {provider}",
+            job=job.id,
+            provider_model=provider_model,
+            provider=provider,
+        )
+    )
     return embed
 
 
-def failure_text(error: PaletteError) -> str:
+def failure_text(error: PaletteError, locale: str = SOURCE_LOCALE) -> str:
     """A failed job, for its requester: what happened, whether to retry, and that it cost nothing."""
+    what = render(locale, error.text)
     if isinstance(error, ContentRefused):
-        advice = "Try rephrasing the prompt."
-    elif isinstance(error, RateLimited | ProviderBusy | ProviderTimeout):
-        advice = "Please try again in a few minutes."
-    elif isinstance(error, OutOfCredits):
-        advice = "The bot owner has been notified in the logs; try again later."
-    elif isinstance(error, ValidationError):
-        advice = ""
-    elif isinstance(error, ProviderError) and error.retryable:
-        advice = "This is usually temporary; try again shortly."
-    else:
-        advice = ""
-    return f"❌ {error.message} {advice} Your quota was refunded.".replace("  ", " ")
+        return t(locale, "❌ {error} Try rephrasing the prompt. Your quota was refunded.", error=what)
+    if isinstance(error, RateLimited | ProviderBusy | ProviderTimeout):
+        return t(locale, "❌ {error} Please try again in a few minutes. Your quota was refunded.", error=what)
+    if isinstance(error, OutOfCredits):
+        return t(
+            locale,
+            "❌ {error} The bot owner has been notified in the logs; try again later. "
+            "Your quota was refunded.",
+            error=what,
+        )
+    if not isinstance(error, ValidationError) and isinstance(error, ProviderError) and error.retryable:
+        return t(
+            locale,
+            "❌ {error} This is usually temporary; try again shortly. Your quota was refunded.",
+            error=what,
+        )
+    return t(locale, "❌ {error} Your quota was refunded.", error=what)
 
 
-def quota_embed(usage: UsageSnapshot, limits: Limits, *, balances: Sequence[str] = ()) -> discord.Embed:
-    embed = discord.Embed(title="Your Palette quota", colour=BRAND)
+def quota_embed(
+    usage: UsageSnapshot, limits: Limits, *, balances: Sequence[str] = (), locale: str = SOURCE_LOCALE
+) -> discord.Embed:
+    embed = discord.Embed(title=t(locale, "Your Palette quota"), colour=BRAND)
 
     def line(used: int, limit: int | None, resets_at: float | None) -> str:
         if limit is None:
-            return f"{used} used · unlimited"
+            return t(locale, "{used} used · unlimited", used=used)
         left = max(0, limit - used)
-        text = f"**{left}** of {limit} left"
         if resets_at and used > 0:
-            text += f" · more <t:{int(resets_at)}:R>"
-        return text
+            return t(
+                locale,
+                "**{left}** of {limit} left · more {when}",
+                left=left,
+                limit=limit,
+                when=f"<t:{int(resets_at)}:R>",
+            )
+        return t(locale, "**{left}** of {limit} left", left=left, limit=limit)
 
     embed.add_field(
-        name="Today (24 h)", value=line(usage.daily_used, limits.daily, usage.daily_resets_at), inline=False
+        name=t(locale, "Today (24 h)"),
+        value=line(usage.daily_used, limits.daily, usage.daily_resets_at),
+        inline=False,
     )
     embed.add_field(
-        name="This hour", value=line(usage.hourly_used, limits.hourly, usage.hourly_resets_at), inline=False
+        name=t(locale, "This hour"),
+        value=line(usage.hourly_used, limits.hourly, usage.hourly_resets_at),
+        inline=False,
     )
-    in_flight = f"{usage.in_flight}" + (f" of {limits.max_concurrent}" if limits.max_concurrent else "")
-    embed.add_field(name="Jobs in progress", value=in_flight, inline=False)
+    if limits.max_concurrent:
+        in_flight = t(locale, "{used} of {limit}", used=usage.in_flight, limit=limits.max_concurrent)
+    else:
+        in_flight = str(usage.in_flight)
+    embed.add_field(name=t(locale, "Jobs in progress"), value=in_flight, inline=False)
     if limits.guild_daily_pool:
         pool_left = max(0, limits.guild_daily_pool - (usage.guild_pool_used or 0))
         embed.add_field(
-            name="Server pool today", value=f"{pool_left} of {limits.guild_daily_pool} left", inline=False
+            name=t(locale, "Server pool today"),
+            value=t(locale, "{left} of {limit} left", left=pool_left, limit=limits.guild_daily_pool),
+            inline=False,
         )
     if balances:
         embed.add_field(
-            name="Provider balances", value=truncate("\n".join(balances), FIELD_MAX), inline=False
+            name=t(locale, "Provider balances"), value=truncate("\n".join(balances), FIELD_MAX), inline=False
         )
     return embed
 
@@ -163,20 +225,34 @@ def jump_url(guild_id: int | None, channel_id: int | None, message_id: int | Non
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
-def history_embed(entries: Sequence[HistoryEntry], page: int, pages: int, total: int) -> discord.Embed:
-    embed = discord.Embed(title="Your recent generations", colour=BRAND)
+def history_embed(
+    entries: Sequence[HistoryEntry], page: int, pages: int, total: int, locale: str = SOURCE_LOCALE
+) -> discord.Embed:
+    embed = discord.Embed(title=t(locale, "Your recent generations"), colour=BRAND)
     if not entries:
-        embed.description = "Nothing yet. Try `/imagine`!"
+        embed.description = t(locale, "Nothing yet. Try `/imagine`!")
         return embed
     lines = []
     for entry in entries:
         link = jump_url(entry.guild_id, entry.channel_id, entry.message_id)
         prompt = truncate(escape(entry.prompt.replace("\n", " ")), 80)
-        where = f" · [jump]({link})" if link else ""
-        lines.append(f"**{model_label(entry.model)}** · <t:{int(entry.created_at)}:R>{where}\n{prompt}")
+        model = model_label(entry.model)
+        when = f"<t:{int(entry.created_at)}:R>"
+        if link:
+            head = t(locale, "**{model}** · {when} · [jump]({link})", model=model, when=when, link=link)
+        else:
+            head = t(locale, "**{model}** · {when}", model=model, when=when)
+        lines.append(f"{head}\n{prompt}")
     embed.description = truncate("\n\n".join(lines), 4096)
     embed.set_footer(
-        text=f"Page {page + 1} of {max(pages, 1)} · {total} generation{'s' if total != 1 else ''}"
+        text=tn(
+            locale,
+            "Page {page} of {pages} · {n} generation",
+            "Page {page} of {pages} · {n} generations",
+            total,
+            page=page + 1,
+            pages=max(pages, 1),
+        )
     )
     return embed
 
@@ -187,25 +263,43 @@ def status_embed(
     queued: int,
     running: int,
     server_images_today: int | None = None,
+    locale: str = SOURCE_LOCALE,
 ) -> discord.Embed:
     """Queue depth and the server's usage (`/palette status`); provider health only when ``snapshots``
     is given (the bot's operator: server managers get ``None``)."""
-    embed = discord.Embed(title="Palette status", colour=BRAND)
-    embed.add_field(name="Queue", value=f"{queued} waiting · {running} generating", inline=False)
+    embed = discord.Embed(title=t(locale, "Palette status"), colour=BRAND)
+    embed.add_field(
+        name=t(locale, "Queue"),
+        value=t(locale, "{queued} waiting · {running} generating", queued=queued, running=running),
+        inline=False,
+    )
     if server_images_today is not None:
-        embed.add_field(name="This server (24 h)", value=f"{server_images_today} images", inline=False)
+        embed.add_field(
+            name=t(locale, "This server (24 h)"),
+            value=tn(locale, "{n} image", "{n} images", server_images_today),
+            inline=False,
+        )
     if snapshots is None:
         return embed
     icons = {"closed": "🟢", "half-open": "🟡", "open": "🔴"}
     for snap in snapshots:
-        latency = f"{snap.median_latency_s:.1f} s" if snap.median_latency_s is not None else "n/a"
+        latency = (
+            t(locale, "{seconds} s", seconds=Number(snap.median_latency_s, 1))
+            if snap.median_latency_s is not None
+            else t(locale, "n/a")
+        )
         embed.add_field(
             name=f"{icons.get(snap.state, '⚪')} {snap.provider}",
-            value=(
-                f"breaker {snap.state} · errors {snap.error_rate:.0%} of last {snap.calls} · median {latency}"
+            value=t(
+                locale,
+                "breaker {state} · errors {rate} of last {calls} · median {latency}",
+                state=snap.state,
+                rate=Percent(snap.error_rate),
+                calls=snap.calls,
+                latency=latency,
             ),
             inline=False,
         )
     if not snapshots:
-        embed.description = "No provider is enabled."
+        embed.description = t(locale, "No provider is enabled.")
     return embed

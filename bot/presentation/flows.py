@@ -26,9 +26,11 @@ from bot.errors import (
     ValidationError,
 )
 from bot.generation import GenerationSpec, load_references
+from bot.i18n import Joined, Number, Size, Text, msg, t
 from bot.jobs.service import JobOrigin
 from bot.moderation import modlog
 from bot.presentation import embeds, moderation
+from bot.presentation.locales import server_locale, user_locale
 from bot.presentation.views import PromptModal, status_view
 from bot.providers.base import Reference
 from bot.storage import JobRecord
@@ -73,6 +75,7 @@ class Flows:
             role_ids=roles,
             nsfw_channel=nsfw,
             status_message_id=interaction.extras.get("status_message_id"),
+            locale=interaction.extras.get("locale"),
         )
 
     def check_attachments(self, attachments: Sequence[discord.Attachment]) -> None:
@@ -81,8 +84,10 @@ class Flows:
         for att in attachments:
             if att.size > cap:
                 raise InvalidImage(
-                    f"`{att.filename}` is {att.size / 1_048_576:.1f} MB; "
-                    f"images up to {cap / 1_048_576:.0f} MB are accepted."
+                    "`{filename}` is {size}; images up to {limit} are accepted.",
+                    filename=att.filename,
+                    size=t_size(att.size),
+                    limit=Size(cap, whole=True),
                 )
 
     async def download(
@@ -94,15 +99,20 @@ class Flows:
             try:
                 return await att.read(), att.url
             except discord.HTTPException as exc:
-                raise InvalidImage(f"`{att.filename}` could not be downloaded from Discord.") from exc
+                raise InvalidImage(
+                    "`{filename}` could not be downloaded from Discord.", filename=att.filename
+                ) from exc
 
         async def one_url(url: str) -> tuple[bytes, str | None]:
             # The reference downloader: its own small pool, the reference size cap and an overall deadline.
             try:
                 data, _ = await self.bot.downloader.fetch(url)
             except PaletteError as exc:
-                reason = "" if exc.message == ResultDownloadError.default_message else f" {exc.message}"
-                raise InvalidImage(f"An image in that message could not be downloaded.{reason}") from exc
+                if exc.message == ResultDownloadError.default_message:
+                    raise InvalidImage("An image in that message could not be downloaded.") from exc
+                raise InvalidImage(
+                    "An image in that message could not be downloaded. {reason}", reason=exc.text
+                ) from exc
             return data, url
 
         return list(
@@ -160,6 +170,8 @@ class Flows:
         gate, spec = await moderation.admit(
             self.bot, interaction, spec, kind=kind, parent_job_id=parent_job_id, references=n_refs
         )
+        # The job's public messages (status, result, buttons) speak the server's language.
+        interaction.extras["locale"] = server_locale(interaction, gate.policy)
         # Validate options with placeholder references, so a wrong ratio is answered before we defer.
         placeholder = tuple(Reference(mime_type="image/png", url="about:blank") for _ in range(n_refs))
         plan = jobs.plan(replace(spec, references=placeholder))
@@ -185,7 +197,7 @@ class Flows:
     async def show_queued(self, interaction: discord.Interaction, job: JobRecord) -> None:
         """Say "queued" (with the place in line) on the status message, and store the message's id with
         the job when the deferral did not name it."""
-        text = embeds.queued_text(job, await self.bot.jobs.position(job.id))
+        text = embeds.queued_text(job, await self.bot.jobs.position(job.id), embeds.job_locale(job))
         message: discord.Message | None = None
         try:
             message = await interaction.edit_original_response(content=text, view=status_view(job.id))
@@ -323,7 +335,7 @@ class Flows:
 
         async def submitted(modal_interaction: discord.Interaction, prompt: str, index: int) -> None:
             if not 1 <= index <= len(images):
-                raise ValidationError(f"Pick an image number from 1 to {len(images)}.")
+                raise ValidationError("Pick an image number from 1 to {count}.", count=len(images))
             spec = self.spec_from_job(job, prompt=prompt, count=1)
             await self.start_job(
                 modal_interaction, spec, kind="edit", attachments=[images[index - 1]], parent_job_id=job.id
@@ -331,10 +343,11 @@ class Flows:
 
         await interaction.response.send_modal(
             PromptModal(
-                title="Edit this image",
+                title=t(user_locale(interaction), "Edit this image"),
                 on_submit_prompt=submitted,
                 max_length=self.bot.settings.max_prompt_length,
                 image_count=len(images),
+                locale=user_locale(interaction),
             )
         )
 
@@ -342,7 +355,7 @@ class Flows:
         """Re-render the first image at 4K with itself as the reference, where the model allows it."""
         model = get_model(job.model)
         if model is None or "4K" not in model.resolutions or not model.supports_edit:
-            raise UnsupportedOption(f"{embeds.model_label(job.model)} cannot upscale to 4K.")
+            raise UnsupportedOption("{model} cannot upscale to 4K.", model=embeds.model_label(job.model))
         images = self.job_images(interaction, job)
         if not images:
             raise ValidationError("This message has no image left to upscale.")
@@ -368,11 +381,11 @@ class Flows:
             self.bot.moderation.emit(
                 modlog.deleted_result(job.guild_id, job_id=job.id, user_id=job.user_id, actor_id=user.id)
             )
-        await interaction.followup.send("Deleted.", ephemeral=True)
+        await interaction.followup.send(t(user_locale(interaction), "Deleted."), ephemeral=True)
 
     # ------------------------------------------------------------------ quota
 
-    async def provider_balances(self) -> list[str]:
+    async def provider_balances(self, locale: str = "en-US") -> list[str]:
         """One line per provider that publishes a balance (the operator's business: see
         :meth:`is_operator`)."""
         lines = []
@@ -380,13 +393,24 @@ class Flows:
             try:
                 balance = await provider.balance()
             except PaletteError as exc:
-                lines.append(f"{name}: unavailable ({exc.message})")
+                lines.append(t(locale, "{provider}: unavailable ({reason})", provider=name, reason=exc.text))
                 continue
             if balance is None:
                 continue
             free = ", ".join(f"{k} {v}" for k, v in balance.free_usages.items())
             credits = "?" if balance.credits is None else f"{balance.credits:g}"
-            lines.append(f"{name}: {credits} credits" + (f"; free uses: {free}" if free else ""))
+            if free:
+                lines.append(
+                    t(
+                        locale,
+                        "{provider}: {credits} credits; free uses: {free}",
+                        provider=name,
+                        credits=credits,
+                        free=free,
+                    )
+                )
+            else:
+                lines.append(t(locale, "{provider}: {credits} credits", provider=name, credits=credits))
         return lines
 
     async def is_operator(self, user: discord.abc.User) -> bool:
@@ -429,9 +453,10 @@ class Flows:
 
         await interaction.response.send_modal(
             PromptModal(
-                title="Edit with Palette",
+                title=t(user_locale(interaction), "Edit with Palette"),
                 on_submit_prompt=submitted,
                 max_length=self.bot.settings.max_prompt_length,
+                locale=user_locale(interaction),
             )
         )
 
@@ -447,15 +472,30 @@ def check_bot_permissions(interaction: discord.Interaction) -> None:
     perms = interaction.app_permissions
     missing = [name for name in RESULT_PERMISSIONS if not getattr(perms, name)]
     if missing:
-        names = ", ".join(name.replace("_", " ").title() for name in missing)
         raise MissingBotPermissions(
-            f"I can't post images in this channel: I'm missing the {names} permission. "
-            "Ask a server admin to grant it, or use another channel."
+            "I can't post images in this channel: I'm missing the {permissions} permission. "
+            "Ask a server admin to grant it, or use another channel.",
+            permissions=PermissionNames(tuple(missing)),
         )
+
+
+def t_size(size: int) -> Text:
+    """An attachment's size as Discord shows it: MB with one decimal (``30.0 MB``)."""
+    return msg("{size} MB", size=Number(size / 1_048_576, 1))
 
 
 class MissingBotPermissions(PaletteError):
     pass
+
+
+class PermissionNames(Joined):
+    """Permission names (``attach_files``), shown as Discord's client names them in the reader's
+    language."""
+
+    def render(self, locale: str) -> str:
+        from bot.presentation.client import permission_names
+
+        return permission_names(locale, list(self.items)).render(locale)
 
 
 class NotThisResult(ValidationError):

@@ -20,10 +20,12 @@ import discord
 
 from bot.errors import ValidationError
 from bot.generation import GenerationOutcome, Plan
+from bot.i18n import N_, SOURCE_LOCALE, render, t
 from bot.moderation import modlog
 from bot.moderation.modlog import ModLogEntry
 from bot.moderation.policy import RequestContext
 from bot.presentation import embeds
+from bot.presentation.locales import guild_locale, user_locale
 from bot.storage import GuildPolicy, JobRecord
 
 if TYPE_CHECKING:
@@ -160,9 +162,11 @@ class ModLogSender:
             log.warning("mod log for guild %s: could not read the policy (%s)", entry.guild_id, exc)
             return
         targets = dict.fromkeys(c for c in (policy.modlog_channel_id, *entry.also_to) if c is not None)
+        # The mod log is the server's: its language, whoever caused the entry.
+        locale = guild_locale(self.bot.get_guild(entry.guild_id), policy, entry.locale)
         for channel_id in targets:
             try:
-                await self._post(channel_id, entry)
+                await self._post(channel_id, entry, locale)
                 self.sent += 1
             except Exception as exc:
                 self.failed += 1
@@ -174,7 +178,7 @@ class ModLogSender:
                     exc,
                 )
 
-    async def _post(self, channel_id: int, entry: ModLogEntry) -> None:
+    async def _post(self, channel_id: int, entry: ModLogEntry, locale: str = SOURCE_LOCALE) -> None:
         channel = self.bot.get_channel(channel_id)
         if channel is None:
             channel = await self.bot.fetch_channel(channel_id)
@@ -183,17 +187,24 @@ class ModLogSender:
         # Never post one server's moderation data in another server's channel.
         if getattr(getattr(channel, "guild", None), "id", entry.guild_id) != entry.guild_id:
             raise PermissionError(f"channel {channel_id} is not in guild {entry.guild_id}")
-        view = report_view(entry.report_job_id) if entry.report_job_id is not None else discord.utils.MISSING
+        view = (
+            report_view(entry.report_job_id, locale)
+            if entry.report_job_id is not None
+            else discord.utils.MISSING
+        )
         await channel.send(
-            embed=entry_embed(entry), view=view, allowed_mentions=discord.AllowedMentions.none()
+            embed=entry_embed(entry, locale), view=view, allowed_mentions=discord.AllowedMentions.none()
         )
 
 
-def entry_embed(entry: ModLogEntry) -> discord.Embed:
-    embed = discord.Embed(title=entry.title[:256], colour=entry.colour, url=entry.url)
+def entry_embed(entry: ModLogEntry, locale: str = SOURCE_LOCALE) -> discord.Embed:
+    """A mod-log entry in ``locale``: field names are message ids, values messages or plain text."""
+    embed = discord.Embed(title=render(locale, entry.title)[:256], colour=entry.colour, url=entry.url)
     for name, value in entry.fields[:25]:
         embed.add_field(
-            name=name[:256], value=value[:1024] or "—", inline=name not in ("Prompt", "Before", "After")
+            name=t(locale, name)[:256],
+            value=render(locale, value)[:1024] or "—",
+            inline=name not in ("Prompt", "Before", "After"),
         )
     if entry.image_url:
         embed.set_thumbnail(url=entry.image_url)
@@ -222,17 +233,16 @@ class ModLoggingPresenter:
         if job.guild_id is not None:
             try:
                 url = embeds.jump_url(job.guild_id, delivery.channel_id, delivery.message_id)
-                self._bot.moderation.emit(
-                    modlog.generation(
-                        job.guild_id,
-                        user_id=job.user_id,
-                        prompt=job.prompt,
-                        model=embeds.model_label(job.model),
-                        kind=job.kind,
-                        job_id=job.id,
-                        url=url,
-                    )
+                entry = modlog.generation(
+                    job.guild_id,
+                    user_id=job.user_id,
+                    prompt=job.prompt,
+                    model=embeds.model_label(job.model),
+                    kind=job.kind,
+                    job_id=job.id,
+                    url=url,
                 )
+                self._bot.moderation.emit(replace(entry, locale=embeds.job_locale(job)))
             except Exception:
                 log.exception("job %s: could not queue the mod-log entry", job.id)
         return delivery
@@ -241,8 +251,8 @@ class ModLoggingPresenter:
 # ------------------------------------------------------------------ reports and moderator buttons
 
 MOD_ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
-    "delete": ("Delete result", "🗑️", discord.ButtonStyle.danger),
-    "ban": ("Ban author (7 days)", "⛔", discord.ButtonStyle.danger),
+    "delete": (N_("Delete result"), "🗑️", discord.ButtonStyle.danger),
+    "ban": (N_("Ban author (7 days)"), "⛔", discord.ButtonStyle.danger),
 }
 
 
@@ -252,11 +262,11 @@ class ModActionButton(
 ):
     """A moderator's button on a report in the mod log (persistent across restarts)."""
 
-    def __init__(self, action: str, job_id: int) -> None:
+    def __init__(self, action: str, job_id: int, locale: str = SOURCE_LOCALE) -> None:
         label, emoji, style = MOD_ACTIONS[action]
         super().__init__(
             discord.ui.Button(
-                label=label, emoji=emoji, style=style, custom_id=f"palette:mod:{action}:{job_id}"
+                label=t(locale, label), emoji=emoji, style=style, custom_id=f"palette:mod:{action}:{job_id}"
             )
         )
         self.action = action
@@ -276,10 +286,10 @@ class ModActionButton(
             await bot.report_error(interaction, exc)
 
 
-def report_view(job_id: int) -> discord.ui.View:
+def report_view(job_id: int, locale: str = SOURCE_LOCALE) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in MOD_ACTIONS:
-        view.add_item(ModActionButton(action, job_id))
+        view.add_item(ModActionButton(action, job_id, locale))
     return view
 
 
@@ -307,7 +317,8 @@ async def report_result(bot: PaletteBot, interaction: discord.Interaction, job: 
         )
     )
     await interaction.response.send_message(
-        "Thanks — the moderators have been told about this image.", ephemeral=True
+        t(user_locale(interaction), "Thanks — the moderators have been told about this image."),
+        ephemeral=True,
     )
 
 
@@ -335,7 +346,8 @@ async def moderator_action(
                 job.guild_id, job_id=job.id, user_id=job.user_id, actor_id=interaction.user.id
             )
         )
-        text = "Deleted the result." if deleted else "The result was already gone."
+        locale = user_locale(interaction)
+        text = t(locale, "Deleted the result.") if deleted else t(locale, "The result was already gone.")
     else:
         ban = await bot.moderation.ban(
             job.guild_id,
@@ -345,7 +357,12 @@ async def moderator_action(
             reason=f"reported result (job {job.id})",
         )
         await bot.db.moderation.resolve_reports(job.id, "banned", now)
-        text = f"<@{job.user_id}> can't generate here until <t:{int(ban.expires_at or 0)}:f>."
+        text = t(
+            user_locale(interaction),
+            "{user} can't generate here until {until}.",
+            user=f"<@{job.user_id}>",
+            until=f"<t:{int(ban.expires_at or 0)}:f>",
+        )
     await interaction.followup.send(text, ephemeral=True)
 
 
@@ -378,11 +395,15 @@ async def delete_message(bot: PaletteBot, channel_id: int, message_id: int) -> b
 class ConfirmView(discord.ui.View):
     """Confirm / Cancel, for the person who asked only."""
 
-    def __init__(self, *, owner_id: int, on_confirm: Any, confirm_label: str, name: str) -> None:
+    def __init__(
+        self, *, owner_id: int, on_confirm: Any, confirm_label: str, name: str, locale: str = SOURCE_LOCALE
+    ) -> None:
         super().__init__(timeout=120)
         self.owner_id = owner_id
         self._on_confirm = on_confirm
+        self.locale = locale
         self.confirm.label = confirm_label
+        self.cancel.label = t(locale, "Cancel")
         self.confirm.custom_id = f"palette:{name}:confirm"
         self.cancel.custom_id = f"palette:{name}:cancel"
 
@@ -397,4 +418,6 @@ class ConfirmView(discord.ui.View):
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[ConfirmView]) -> None:
         self.stop()
-        await interaction.response.edit_message(content="Cancelled; nothing was deleted.", view=None)
+        await interaction.response.edit_message(
+            content=t(self.locale, "Cancelled; nothing was deleted."), view=None
+        )

@@ -28,6 +28,7 @@ import discord
 
 from bot.errors import PaletteError
 from bot.generation import GenerationOutcome
+from bot.i18n import render, t
 from bot.jobs.service import DeliveredImage, Delivery
 from bot.jobs.spool import EncoderPool, ImageSpool, SpooledImage, Upload, prepare_upload
 from bot.presentation import embeds
@@ -104,14 +105,14 @@ class DiscordPresenter:
             try:
                 await webhook.edit_message(
                     self._status_ref(job),
-                    content=embeds.started_text(job, time.time()),
-                    view=status_view(job.id),
+                    content=embeds.started_text(job, time.time(), embeds.job_locale(job)),
+                    view=status_view(job.id, embeds.job_locale(job)),
                 )
             except discord.HTTPException as exc:  # progress is best effort
                 log.info("job %s: could not show progress (%s)", job.id, exc)
 
     async def failed(self, job: JobRecord, error: PaletteError) -> None:
-        text = embeds.failure_text(error)
+        text = embeds.failure_text(error, embeds.job_locale(job))
         if job.group_id is not None and self.group_messages is not None:
             # One model of a compare failed: its part of the shared message says so (it is settled).
             try:
@@ -138,7 +139,7 @@ class DiscordPresenter:
 
     async def notice(self, job: JobRecord, note: PaletteError) -> None:
         """A line after the result (it stays on the status message): a followup, else in the channel."""
-        text = f"⚠️ {note.message}"
+        text = "⚠️ " + render(embeds.job_locale(job), note.text)
         webhook = self._webhook(job)
         if webhook is not None:
             try:
@@ -160,7 +161,8 @@ class DiscordPresenter:
         # Discord counts the whole request against the limit: share it between the images, keeping room
         # for the JSON payload and multipart framing.
         budget = max(MIN_IMAGE_BUDGET, (limit - UPLOAD_OVERHEAD) // max(1, len(images)))
-        view = result_view(job.id)
+        locale = embeds.job_locale(job)
+        view = result_view(job.id, locale)
         message: discord.Message | None = None
         uploads: list[Upload] = []
         names: list[str] = []
@@ -176,6 +178,7 @@ class DiscordPresenter:
                     sizes=[(u.fitted.width, u.fitted.height) for u in uploads],
                     seconds=outcome.latency_s,
                     failed=outcome.failed,
+                    locale=locale,
                 )
                 try:
                     message = await self._post_result(
@@ -329,9 +332,10 @@ class DiscordPresenter:
                 log.info(
                     "job %s: cannot post in channel %s (%s); sending a DM", job.id, job.channel_id, exc.code
                 )
-                note = (
+                note = t(
+                    embeds.job_locale(job),
                     "I couldn't post in that channel (missing permission: Send Messages, Attach Files or "
-                    "Embed Links), so here it is."
+                    "Embed Links), so here it is.",
                 )
                 kwargs["content"] = f"{note}\n{kwargs.get('content') or ''}".strip()
         if make_files is not None:

@@ -14,28 +14,32 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.errors import ValidationError
+from bot.i18n import N_, SOURCE_LOCALE, t
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
 
 RESULT_ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
-    # action: (label, emoji, style)
-    "reroll": ("Re-roll", "🎲", discord.ButtonStyle.secondary),
-    "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),
-    "upscale": ("Upscale", "🔍", discord.ButtonStyle.secondary),
-    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
-    "report": ("Report", "🚩", discord.ButtonStyle.secondary),
+    # action: (label, emoji, style); the label is a message id
+    "reroll": (N_("Re-roll"), "🎲", discord.ButtonStyle.secondary),
+    "edit": (N_("Edit"), "✏️", discord.ButtonStyle.secondary),
+    "upscale": (N_("Upscale"), "🔍", discord.ButtonStyle.secondary),
+    "delete": (N_("Delete"), "🗑️", discord.ButtonStyle.danger),
+    "report": (N_("Report"), "🚩", discord.ButtonStyle.secondary),
 }
+CANCEL_LABEL = N_("Cancel")
 
 
 class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"palette:(?P<action>reroll|edit|upscale|delete|report):(?P<job_id>[0-9]{1,19})",
 ):
-    def __init__(self, action: str, job_id: int) -> None:
+    def __init__(self, action: str, job_id: int, locale: str = SOURCE_LOCALE) -> None:
         label, emoji, style = RESULT_ACTIONS[action]
         super().__init__(
-            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"palette:{action}:{job_id}")
+            discord.ui.Button(
+                label=t(locale, label), emoji=emoji, style=style, custom_id=f"palette:{action}:{job_id}"
+            )
         )
         self.action = action
         self.job_id = job_id
@@ -57,10 +61,10 @@ class CancelButton(
 ):
     """Cancel on the status message of a queued or running job (persistent like the result buttons)."""
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, locale: str = SOURCE_LOCALE) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Cancel",
+                label=t(locale, CANCEL_LABEL),
                 emoji="✖️",
                 style=discord.ButtonStyle.secondary,
                 custom_id=f"palette:cancel:{job_id}",
@@ -79,17 +83,19 @@ class CancelButton(
         await bot.flows.cancel_action(interaction, self.job_id)
 
 
-def status_view(job_id: int) -> discord.ui.View:
-    """The buttons of a job's status message while it is queued or running."""
+def status_view(job_id: int, locale: str = SOURCE_LOCALE) -> discord.ui.View:
+    """The buttons of a job's status message while it is queued or running, labelled in ``locale`` (the
+    server's language: the message is public)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id))
+    view.add_item(CancelButton(job_id, locale))
     return view
 
 
-def result_view(job_id: int) -> discord.ui.View:
+def result_view(job_id: int, locale: str = SOURCE_LOCALE) -> discord.ui.View:
+    """The result's buttons, labelled in ``locale`` (the server's language: the message is public)."""
     view = discord.ui.View(timeout=None)
     for action in RESULT_ACTIONS:
-        view.add_item(ResultButton(action, job_id))
+        view.add_item(ResultButton(action, job_id, locale))
     return view
 
 
@@ -104,13 +110,14 @@ class PromptModal(discord.ui.Modal):
         max_length: int,
         image_count: int = 1,
         default: str | None = None,
+        locale: str = SOURCE_LOCALE,
     ) -> None:
         super().__init__(title=title, timeout=600)
         self._on_submit_prompt = on_submit_prompt
         self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label="What should change?",
+            label=t(locale, "What should change?"),
             style=discord.TextStyle.paragraph,
-            placeholder="e.g. make it a watercolor painting at sunset",
+            placeholder=t(locale, "e.g. make it a watercolor painting at sunset"),
             max_length=min(max_length, 4000),
             default=default,
         )
@@ -119,7 +126,10 @@ class PromptModal(discord.ui.Modal):
         self.which: discord.ui.TextInput[PromptModal] | None = None
         if image_count > 1:
             self.which = discord.ui.TextInput(
-                label=f"Which image (1-{image_count})?", default="1", max_length=4, required=False
+                label=t(locale, "Which image (1-{count})?", count=image_count),
+                default="1",
+                max_length=4,
+                required=False,
             )
             self.add_item(self.which)
 
@@ -141,7 +151,7 @@ def parse_image_number(raw: str, count: int) -> int:
         return 1
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= count:
         raise ValidationError(
-            f"Which image? Type a number from 1 to {count} (digits 0-9). Nothing was charged."
+            "Which image? Type a number from 1 to {count} (digits 0-9). Nothing was charged.", count=count
         )
     return int(text)
 
@@ -156,8 +166,11 @@ class HistoryView(discord.ui.View):
         page: int,
         pages: int,
         render: Callable[[int], Awaitable[tuple[discord.Embed, int]]],
+        locale: str = SOURCE_LOCALE,
     ) -> None:
         super().__init__(timeout=600)
+        self.previous.label = t(locale, "Previous")
+        self.next.label = t(locale, "Next")
         self.owner_id = owner_id
         self.page = page
         self.pages = pages

@@ -120,13 +120,15 @@ class ApiMartProvider(TaskProvider):
         """The JSON body for ``POST v1/images/generations``."""
         if not 1 <= request.count <= MAX_IMAGES_PER_CALL:
             raise InvalidRequest(
-                f"APIMart makes 1 to {MAX_IMAGES_PER_CALL} images per call.",
+                "APIMart makes 1 to {max} images per call.",
+                max=MAX_IMAGES_PER_CALL,
                 provider=PROVIDER,
                 detail=f"n={request.count}",
             )
         if len(request.references) > MAX_REFERENCES:
             raise InvalidRequest(
-                f"APIMart accepts at most {MAX_REFERENCES} reference images.",
+                "APIMart accepts at most {max} reference images.",
+                max=MAX_REFERENCES,
                 provider=PROVIDER,
                 detail=f"{len(request.references)} references",
             )
@@ -285,7 +287,9 @@ def classify_code(code: int, text: str | None, *, words: str | None = None) -> P
         return ProviderUnavailable(**kw)
     if SAFETY_RE.search(words):
         return ContentRefused(**kw)
-    return InvalidRequest(f"The provider rejected the request: {text}" if text else None, **kw)
+    if text:
+        return InvalidRequest("The provider rejected the request: {text}", text=text, **kw)
+    return InvalidRequest(**kw)
 
 
 def _error_words(body: Any) -> str:
@@ -368,8 +372,14 @@ def _failure(data: Mapping[str, Any], task_id: str) -> ProviderError:
     detail = f"{task_id}: {reason}" if reason else task_id
     if SAFETY_RE.search(words):
         return ContentRefused(provider=PROVIDER, detail=detail)
-    message = f"The provider could not generate the image: {reason[:200]}" if reason else None
-    return TaskFailed(message, provider=PROVIDER, detail=detail)
+    if reason:
+        return TaskFailed(
+            "The provider could not generate the image: {reason}",
+            reason=reason[:200],
+            provider=PROVIDER,
+            detail=detail,
+        )
+    return TaskFailed(provider=PROVIDER, detail=detail)
 
 
 __all__ = ["ApiMartProvider", "classify_code"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import httpx
 
 from bot.errors import (
+    InvalidImage,
     InvalidRequest,
     ProviderBusy,
     ProviderError,
@@ -28,7 +30,8 @@ from bot.errors import (
     ResultDownloadError,
     TaskFailed,
 )
-from bot.images import sniff_mime, verify_result, verify_result_async
+from bot.images import ImageInfo, sniff_mime, verify_result, verify_result_async
+from bot.providers.parsing import SpooledPayload, remove_payload_file
 from bot.providers.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -77,9 +80,17 @@ class GeneratedImage:
     mime_type: str
     width: int
     height: int
+    # Decoded straight to a file (the worker's image spool, beyond its memory budget): ``data`` is
+    # empty and ``path`` holds the image, ``file_size`` bytes; the file belongs to whoever holds this.
+    path: str | None = None
+    file_size: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.file_size if self.path is not None else len(self.data)
 
     def __repr__(self) -> str:
-        return f"GeneratedImage({self.mime_type}, {self.width}x{self.height}, {len(self.data)} bytes)"
+        return f"GeneratedImage({self.mime_type}, {self.width}x{self.height}, {self.size} bytes)"
 
 
 @dataclass
@@ -171,6 +182,25 @@ class ImageProvider(ABC):
                 "The provider returned an image that cannot be read.", provider=self.name, detail=str(exc)
             ) from exc
         return GeneratedImage(data, info.mime_type, info.width, info.height)
+
+    async def _image_from_file(
+        self, payload: SpooledPayload, declared_mime: str | None = None
+    ) -> GeneratedImage:
+        """:meth:`_image_from_bytes` for a result that was decoded to a file; the file is deleted if it is
+        not an image (a thread reads it; at most two at once, so the copies read stay few)."""
+        try:
+            async with _file_checks():
+                info = await asyncio.to_thread(_verify_file, payload.path)
+        except Exception as exc:
+            remove_payload_file(payload)
+            raise ResultDownloadError(
+                "The provider returned an image that cannot be read.",
+                provider=self.name,
+                detail=f"declared {declared_mime!r}: {exc}",
+            ) from exc
+        return GeneratedImage(
+            b"", info.mime_type, info.width, info.height, path=payload.path, file_size=payload.size
+        )
 
     async def _fetch_outputs(self, outputs: list[str]) -> list[GeneratedImage]:
         """Download result URLs (or decode data URIs) concurrently.
@@ -278,3 +308,25 @@ class TaskProvider(ImageProvider):
         started = time.monotonic()
         task_id = await self.submit(request)
         return await self.wait(task_id, request, started=started)
+
+
+def _verify_file(path: str) -> ImageInfo:
+    with open(path, "rb") as f:
+        data = f.read()
+    if sniff_mime(data) is None:
+        raise InvalidImage("The provider returned something that is not an image.")
+    return verify_result(data, max_pixels=RESULT_MAX_PIXELS)
+
+
+_FILE_CHECKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _file_checks() -> asyncio.Semaphore:
+    """Checks of results on disk running at once, per event loop (each reads its file into memory)."""
+    loop = asyncio.get_running_loop()
+    semaphore = _FILE_CHECKS.get(loop)
+    if semaphore is None:
+        semaphore = _FILE_CHECKS[loop] = asyncio.Semaphore(2)
+    return semaphore

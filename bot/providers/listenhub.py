@@ -39,7 +39,7 @@ from bot.providers.base import (
     ProviderResult,
     Reference,
 )
-from bot.providers.parsing import InlinePayloads
+from bot.providers.parsing import InlinePayloads, SpooledPayload, remove_payload_file
 from bot.providers.transport import (
     DETAIL_LIMIT,
     b64decode_async,
@@ -239,7 +239,11 @@ class ListenHubProvider(ImageProvider):
         body = await self.build_body(request)
         # A 4K image is ~30 MB of base64 JSON: decode it while it streams in rather than holding it all.
         response, payloads = await self.transport.request_streaming("POST", GENERATE_PATH, json_body=body)
-        images = await self._parse_images(response, payloads)
+        try:
+            images = await self._parse_images(response, payloads)
+        finally:
+            # Payload files nobody took (drafts, or all of them when the answer was refused).
+            payloads.discard(keep_taken=True)
         model = body["model"]
         cost = price_credits(model, request.resolution)
         return ProviderResult(
@@ -379,11 +383,21 @@ class ListenHubProvider(ImageProvider):
                     "The provider sent a malformed response.", provider=self.name, detail="inlineData.data"
                 )
             streamed = payloads.payload(data) if payloads is not None else None
-            raw = streamed if streamed is not None else await b64decode_async(data, provider=self.name)
             declared = _get(inline, "mimeType", "mime_type")
-            return await self._image_from_bytes(raw, declared if isinstance(declared, str) else None)
+            mime = declared if isinstance(declared, str) else None
+            if isinstance(streamed, SpooledPayload):  # decoded to the worker's spool
+                return await self._image_from_file(streamed, mime)
+            raw = streamed if streamed is not None else await b64decode_async(data, provider=self.name)
+            return await self._image_from_bytes(raw, mime)
 
-        return list(await asyncio.gather(*(one(p) for p in parts)))
+        results = await asyncio.gather(*(one(p) for p in parts), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for image in results:  # the images that were read are not returned: drop their files
+                if isinstance(image, GeneratedImage) and image.path is not None:
+                    remove_payload_file(SpooledPayload(image.path, image.file_size))
+            raise failed[0]
+        return [r for r in results if isinstance(r, GeneratedImage)]
 
     # --- account --------------------------------------------------------------------------------------------
 
@@ -399,11 +413,14 @@ class ListenHubProvider(ImageProvider):
             )
         if code != 0:
             message = error_text(body)
-            raise ProviderUnavailable(
-                f"The provider could not report the balance: {message}" if message else None,
-                provider=self.name,
-                detail=f"code {code}: {message}",
-            )
+            if message:
+                raise ProviderUnavailable(
+                    "The provider could not report the balance: {text}",
+                    text=message,
+                    provider=self.name,
+                    detail=f"code {code}: {message}",
+                )
+            raise ProviderUnavailable(provider=self.name, detail=f"code {code}: {message}")
         data = body.get("data")
         if not isinstance(data, Mapping):
             data = {}

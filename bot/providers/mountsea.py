@@ -218,7 +218,8 @@ class MountseaProvider(TaskProvider):
         schema = MODELS[model]
         if not 1 <= request.count <= MAX_IMAGES_PER_CALL:
             raise InvalidRequest(
-                f"Mountsea makes 1 to {MAX_IMAGES_PER_CALL} images per call.",
+                "Mountsea makes 1 to {max} images per call.",
+                max=MAX_IMAGES_PER_CALL,
                 provider=PROVIDER,
                 detail=f"num_images={request.count}",
             )
@@ -459,8 +460,14 @@ def _failure(task: Mapping[str, Any], task_id: str) -> ProviderError:
     if SAFETY_RE.search(words):
         return ContentRefused(provider=PROVIDER, detail=detail)
     reason = error_text({k: task.get(k) for k in ("error_message", "error", "message")}) or ""
-    message = f"The provider could not generate the image: {reason[:200]}" if reason else None
-    return TaskFailed(message, provider=PROVIDER, detail=detail)
+    if reason:
+        return TaskFailed(
+            "The provider could not generate the image: {reason}",
+            reason=reason[:200],
+            provider=PROVIDER,
+            detail=detail,
+        )
+    return TaskFailed(provider=PROVIDER, detail=detail)
 
 
 __all__ = ["MODELS", "ModelSchema", "MountseaProvider", "gpt_image_size", "gpt_size_allowed"]

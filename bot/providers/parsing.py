@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import binascii
+import contextlib
+import os
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import pybase64
 
@@ -29,6 +32,35 @@ def shape(value: Any, depth: int = 0) -> str:
     return repr(value)
 
 
+@dataclass(frozen=True)
+class SpooledPayload:
+    """A decoded payload that went to a file instead of memory (see :class:`PayloadSink`)."""
+
+    path: str
+    size: int
+
+
+class PayloadSink(Protocol):
+    """Where one long payload's decoded bytes go while they stream in (the worker's image spool: memory
+    within its budget, else a file). ``write`` is called on the event loop with one network chunk's
+    worth of bytes (tens of KB) at a time."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> bytes | SpooledPayload: ...
+
+    def discard(self) -> None: ...
+
+
+#: Makes the sink of one payload, given the bytes it will probably hold (0 when unknown).
+SinkFactory = Callable[[int], PayloadSink]
+
+
+def remove_payload_file(payload: SpooledPayload) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(payload.path)
+
+
 class InlinePayloads:
     """Reads a JSON answer as it streams in, decoding long base64 ``"data"`` strings on the fly.
 
@@ -47,8 +79,15 @@ class InlinePayloads:
     # JSON escapes a base64 text may carry: escaped slashes, and line breaks of wrapped base64.
     _ESCAPES = ((b"\\/", b"/"), (b"\\n", b""), (b"\\r", b""), (b"\\t", b""))
 
-    def __init__(self, *, min_payload: int = 4096) -> None:
+    def __init__(self, *, min_payload: int = 4096, sink: SinkFactory | None = None) -> None:
+        """``sink``: where long payloads are decoded to (default: memory, uncounted). ``expected``, the
+        answer's size when its headers say it, may be set before feeding: the decoded size of a payload
+        is at most three quarters of it."""
         self.min_payload = min_payload
+        self._sink_factory = sink
+        self._sink: PayloadSink | None = None
+        self.expected = 0
+        self._taken: set[int] = set()
         self._skeleton = bytearray()
         self._pending = b""
         self._inside = False
@@ -56,7 +95,7 @@ class InlinePayloads:
         self._long = False  # the current value reached min_payload: it is being decoded
         self._carry = b""  # base64 characters not yet a multiple of 4
         self._decoded = bytearray()
-        self._payloads: list[bytes] = []
+        self._payloads: list[bytes | SpooledPayload] = []
         self.error: str | None = None
 
     def feed(self, chunk: bytes) -> None:
@@ -89,6 +128,8 @@ class InlinePayloads:
                 return
             self._long = True
             piece, self._raw = bytes(self._raw), bytearray()
+            if self._sink_factory is not None:
+                self._sink = self._sink_factory(self.expected * 3 // 4)
         if self.error is not None:
             return
         if b"\\" in piece:
@@ -100,7 +141,11 @@ class InlinePayloads:
         usable = len(text) - len(text) % 4
         try:
             # pybase64 (SIMD) decodes ~13x faster than binascii: this runs on the event loop.
-            self._decoded += pybase64.b64decode(text if usable == len(text) else text[:usable], validate=True)
+            decoded = pybase64.b64decode(text if usable == len(text) else text[:usable], validate=True)
+            if self._sink is not None:
+                self._sink.write(decoded)
+            else:
+                self._decoded += decoded
         except (binascii.Error, ValueError) as exc:
             self.error = str(exc)
         self._carry = text[usable:]
@@ -114,7 +159,8 @@ class InlinePayloads:
                 self.error = f"truncated base64 ({len(self._carry)} characters left over)"
             marker = f"{self.MARKER}{len(self._payloads)}".encode().replace(b"\x00", b"\\u0000")
             self._skeleton += marker + b'"'
-            self._payloads.append(bytes(self._decoded))
+            sink, self._sink = self._sink, None
+            self._payloads.append(sink.finish() if sink is not None else bytes(self._decoded))
         self._raw, self._carry, self._decoded, self._long = bytearray(), b"", bytearray(), False
 
     def skeleton(self) -> bytes:
@@ -122,8 +168,21 @@ class InlinePayloads:
         middle of a string gives invalid JSON, as it was."""
         return bytes(self._skeleton) + self._pending + (bytes(self._raw) if self._inside else b"")
 
-    def payload(self, value: object) -> bytes | None:
-        """The decoded bytes behind a marker string from the skeleton; None for any other value."""
+    def payload(self, value: object) -> bytes | SpooledPayload | None:
+        """The decoded bytes (or their file) behind a marker string from the skeleton; None for any other
+        value. A file handed out here is the caller's to delete."""
         if isinstance(value, str) and value.startswith(self.MARKER):
-            return self._payloads[int(value[len(self.MARKER) :])]
+            index = int(value[len(self.MARKER) :])
+            self._taken.add(index)
+            return self._payloads[index]
         return None
+
+    def discard(self, *, keep_taken: bool = False) -> None:
+        """Delete the files of payloads nobody took (all of them unless ``keep_taken``), and of the
+        payload being decoded: an answer that failed, or drafts the adapter did not use."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.discard()
+        for index, payload in enumerate(self._payloads):
+            if isinstance(payload, SpooledPayload) and not (keep_taken and index in self._taken):
+                remove_payload_file(payload)

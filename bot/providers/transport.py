@@ -21,6 +21,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ from bot.errors import (
     RateLimited,
     ResultDownloadError,
 )
+from bot.i18n import Size, Text, msg
 from bot.logs import REDACTED
-from bot.providers.parsing import InlinePayloads
+from bot.ops import metrics
+from bot.providers.parsing import InlinePayloads, SinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,10 @@ DETAIL_LIMIT = 300
 LARGE_BODY = 256 * 1024
 
 _SSL_CONTEXT: ssl.SSLContext | None = None
+
+#: Where the images a streamed answer inlines are decoded to, in the job that set it (the worker sets
+#: its image spool: memory within IMAGE_MEMORY_BUDGET, files beyond it). Unset: memory.
+RESULT_SINK: ContextVar[SinkFactory | None] = ContextVar("palette_result_sink", default=None)
 
 
 def ssl_context() -> ssl.SSLContext:
@@ -138,8 +145,9 @@ def classify_status(provider: str, response: httpx.Response, body: Any) -> Provi
         return ProviderTimeout(**kw)
     if status >= 500:
         return ProviderUnavailable(retry_after=parse_retry_after(response.headers.get("Retry-After")), **kw)
-    message = f"The provider rejected the request: {detail}" if detail else None
-    return InvalidRequest(message, **kw)
+    if detail:
+        return InvalidRequest("The provider rejected the request: {text}", text=detail, **kw)
+    return InvalidRequest(**kw)
 
 
 def _body_of(response: httpx.Response, scrub: Callable[[str], str] = lambda text: text) -> Any:
@@ -218,7 +226,7 @@ class Transport:
 
     def _scrubbed(self, error: ProviderError) -> ProviderError:
         """``error`` with our API key removed from everything it shows (message, detail, args)."""
-        error.message = self._scrub(error.message)
+        error.scrub(self._scrub)
         if error.detail is not None:
             error.detail = self._scrub(error.detail)
         error.args = tuple(self._scrub(a) if isinstance(a, str) else a for a in error.args)
@@ -288,13 +296,36 @@ class Transport:
         return error
 
     async def _stream_once(self, method: str, path: str, json_body: Any) -> tuple[Any, InlinePayloads]:
-        payloads = InlinePayloads()
+        started = time.monotonic()
+        try:
+            result = await self._stream_once_unmeasured(method, path, json_body)
+        except ProviderError as exc:
+            metrics.provider_request(self.provider, type(exc).__name__, time.monotonic() - started)
+            raise
+        metrics.provider_request(self.provider, "ok", time.monotonic() - started)
+        return result
+
+    async def _stream_once_unmeasured(
+        self, method: str, path: str, json_body: Any
+    ) -> tuple[Any, InlinePayloads]:
+        payloads = InlinePayloads(sink=RESULT_SINK.get())
+        try:
+            return await self._stream_into(method, path, json_body, payloads)
+        except BaseException:
+            payloads.discard()  # files of a failed answer
+            raise
+
+    async def _stream_into(
+        self, method: str, path: str, json_body: Any, payloads: InlinePayloads
+    ) -> tuple[Any, InlinePayloads]:
         try:
             async with self.client.stream(method, path.lstrip("/"), json=json_body) as response:
                 if response.is_error:
                     await response.aread()
                     raise self._status_error(response, method, path)
                 status = response.status_code
+                declared = response.headers.get("Content-Length", "")
+                payloads.expected = int(declared) if declared.isdigit() else 0
                 async for chunk in response.aiter_bytes():
                     payloads.feed(chunk)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -328,15 +359,21 @@ class Transport:
         self, method: str, path: str, json_body: Any, data: Any, files: Any, params: Any
     ) -> httpx.Response:
         url = path.lstrip("/")
+        started = time.monotonic()
         try:
             response = await self.client.request(
                 method, url, json=json_body, data=data, files=files, params=params
             )
         except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise self._transport_error(method, exc) from exc
+            error = self._transport_error(method, exc)
+            metrics.provider_request(self.provider, type(error).__name__, time.monotonic() - started)
+            raise error from exc
         # httpx has read and closed the body already (no streaming), so sleeping afterwards holds nothing.
         if response.is_error:
-            raise self._status_error(response, method, path)
+            error = self._status_error(response, method, path)
+            metrics.provider_request(self.provider, type(error).__name__, time.monotonic() - started)
+            raise error
+        metrics.provider_request(self.provider, "ok", time.monotonic() - started)
         return response
 
     async def _decode(self, response: httpx.Response) -> Any:
@@ -598,5 +635,8 @@ class Downloader:
                 _CHECKED.reset(pinned)
         raise ResultDownloadError("Too many redirects while downloading the image.")
 
-    def _too_large(self) -> str:
-        return f"The image is too large to download (the limit is {self.max_bytes / 1_048_576:.0f} MB)."
+    def _too_large(self) -> Text:
+        return msg(
+            "The image is too large to download (the limit is {limit}).",
+            limit=Size(self.max_bytes, whole=True),
+        )

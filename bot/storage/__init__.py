@@ -4,7 +4,7 @@ Usage::
 
     db = await open_database(settings.database_url)  # a DATABASE_URL; a plain path is a SQLite file
     job = await db.jobs.reserve_job(NewJob(...), Limits.from_settings(settings), now=time.time())
-    await db.jobs.mark_running(job.id, time.time())
+    # a worker claims it through the queue (bot.storage.queue_sql.SqlQueueRepository.claim)
     ...
     await db.jobs.finish_job(job.id, 2, results=[...], now=time.time())
     page = await db.history.history(user_id, limit=10)

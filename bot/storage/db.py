@@ -45,6 +45,7 @@ from bot.storage.engine import (
     parse_database_url,
     safe_url,
     sqlite_path,
+    write_lock,
 )
 from bot.storage.groups import SqlGroupRepository
 from bot.storage.history import SqlHistoryRepository
@@ -113,7 +114,7 @@ class Database(SqlJobRepository):
         self.max_job_reference_bytes = max_job_reference_bytes
         self._memory = self.dialect == SQLITE and self.path is None
         # SQLite: this process's writers queue here before BEGIN IMMEDIATE.
-        self._write_lock = asyncio.Lock()
+        self._write_lock = write_lock(engine)  # shared with the queue's writers (bot.storage.engine)
         self._writer: AsyncConnection | None = None
         self._held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
             f"palette_db_{id(self)}", default=None

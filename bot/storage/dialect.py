@@ -26,6 +26,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.storage import sqlstats
+
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 
@@ -251,6 +253,8 @@ async def fetch(conn: AsyncConnection, statement: TextClause, params: Mapping[st
     which for the integer, real and text columns the callers read is what SQLAlchemy would return.
     PostgreSQL: an ordinary execute."""
     if conn.dialect.name == SQLITE:
+        sqlstats.count("statements")
+        sqlstats.count("sql: " + statement.text[:40])
         raw = await conn.get_raw_connection()
         try:
             return list(await raw.driver_connection.execute_fetchall(statement.text, params))  # type: ignore[union-attr]

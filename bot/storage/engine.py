@@ -13,13 +13,19 @@ its own).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, util
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+
+from bot.storage import sqlstats
 
 # Awaits inside SQLAlchemy's sync layer (its greenlet); renamed in SQLAlchemy 2.1.
 _await: Any = getattr(util, "await_", None) or util.await_only
@@ -89,12 +95,16 @@ def create_engine(url: str | URL, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, **o
     parsed = url if isinstance(url, URL) else parse_database_url(url)
     options.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, busy_timeout_ms=busy_timeout_ms, **options)
-    options.setdefault("pool_size", 10)
-    options.setdefault("max_overflow", 10)
-    options.setdefault("pool_pre_ping", True)
-    # The password must not end up in tracebacks: SQLAlchemy renders URLs with it hidden already.
-    return create_async_engine(parsed, **options)
+        engine = _sqlite_engine(parsed, busy_timeout_ms=busy_timeout_ms, **options)
+    else:
+        options.setdefault("pool_size", 10)
+        options.setdefault("max_overflow", 10)
+        options.setdefault("pool_pre_ping", True)
+        # The password must not end up in tracebacks: SQLAlchemy renders URLs with it hidden already.
+        engine = create_async_engine(parsed, **options)
+    if sqlstats.enabled():
+        sqlstats.instrument(engine, READ_ONLY)
+    return engine
 
 
 def _sqlite_engine(parsed: URL, *, busy_timeout_ms: int, **options: Any) -> AsyncEngine:
@@ -136,3 +146,30 @@ def _sqlite_engine(parsed: URL, *, busy_timeout_ms: int, **options: Any) -> Asyn
         _await(driver.execute("BEGIN" if options.get(READ_ONLY) else "BEGIN IMMEDIATE"))
 
     return engine
+
+
+# SQLite has one writer per file. The write transactions of one process take turns on this lock (one per
+# engine) before ``BEGIN IMMEDIATE``, so they wait for each other in order instead of in SQLite's busy
+# handler, which sleeps up to 100 ms between tries and lets a waiter starve (the queue, the provider
+# health and the repositories of :class:`bot.storage.db.Database` all share it).
+_write_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def write_lock(engine: AsyncEngine) -> asyncio.Lock:
+    """This process's write lock for ``engine``'s database (see above; created on first use)."""
+    key = engine.sync_engine
+    lock = _write_locks.get(key)
+    if lock is None:
+        lock = _write_locks[key] = asyncio.Lock()
+    return lock
+
+
+@contextlib.asynccontextmanager
+async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.begin()`` for a write transaction; on SQLite after this process's other writers."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            yield conn
+        return
+    async with write_lock(engine), engine.begin() as conn:
+        yield conn

@@ -6,19 +6,20 @@ import math
 from typing import Literal
 
 from bot.errors import ValidationError
+from bot.i18n import Joined, Number, Text, msg, nmsg
 
 QuotaScope = Literal["daily", "hourly", "concurrent", "pool"]
 
 
-def _wait_text(seconds: float) -> str:
+def _wait_text(seconds: float) -> Text:
     """``"3 h 12 min"``, ``"40 min"``, ``"1 min"``: a short, rounded-up duration."""
     minutes = max(1, math.ceil(seconds / 60))
     hours, minutes = divmod(minutes, 60)
     if hours and minutes:
-        return f"{hours} h {minutes} min"
+        return msg("{hours} h {minutes} min", hours=hours, minutes=minutes)
     if hours:
-        return f"{hours} h"
-    return f"{minutes} min"
+        return msg("{hours} h", hours=hours)
+    return msg("{minutes} min", minutes=minutes)
 
 
 class QuotaExceeded(ValidationError):
@@ -39,7 +40,7 @@ class QuotaExceeded(ValidationError):
         requested: int = 1,
         resets_at: float | None = None,
         now: float | None = None,
-        message: str | None = None,
+        message: str | Text | None = None,
     ) -> None:
         self.scope: QuotaScope = scope
         self.limit = limit
@@ -48,29 +49,63 @@ class QuotaExceeded(ValidationError):
         self.resets_at = resets_at
         super().__init__(message or self._default_message(now))
 
-    def _default_message(self, now: float | None) -> str:
+    def _default_message(self, now: float | None) -> Text:
+        """The refusal as a message (one per scope and case; added sentences joined, never fragments)."""
         limit, used, requested = self.limit, self.used, self.requested
-        noun = "image" if limit == 1 else "images"
         if self.scope == "concurrent":
-            jobs = "job" if limit == 1 else "jobs"
-            return (
-                f"You already have {used} of your {limit} {jobs} in progress; "
-                "wait for one to finish and try again."
+            return nmsg(
+                "You already have {used} of your {n} job in progress; wait for one to finish and try again.",
+                "You already have {used} of your {n} jobs in progress; wait for one to finish and try again.",
+                limit,
+                used=used,
             )
-        period = {"daily": "today", "hourly": "this hour", "pool": "today"}[self.scope]
         if requested > limit:
-            window = "daily" if self.scope in ("daily", "pool") else "hourly"
-            whose = "this server's shared" if self.scope == "pool" else "your"
-            return f"This request needs {requested} images but {whose} {window} limit is {limit}."
+            if self.scope == "pool":
+                return msg(
+                    "This request needs {requested} images but this server's shared daily limit is {limit}.",
+                    requested=requested,
+                    limit=limit,
+                )
+            if self.scope == "daily":
+                return msg(
+                    "This request needs {requested} images but your daily limit is {limit}.",
+                    requested=requested,
+                    limit=limit,
+                )
+            return msg(
+                "This request needs {requested} images but your hourly limit is {limit}.",
+                requested=requested,
+                limit=limit,
+            )
         if self.scope == "pool":
-            text = f"This server has used {used} of its {limit} shared {noun} for {period}."
+            first = nmsg(
+                "This server has used {used} of its {n} shared image for today.",
+                "This server has used {used} of its {n} shared images for today.",
+                limit,
+                used=used,
+            )
+        elif self.scope == "daily":
+            first = nmsg(
+                "You've used {used} of your {n} image for today.",
+                "You've used {used} of your {n} images for today.",
+                limit,
+                used=used,
+            )
         else:
-            text = f"You've used {used} of your {limit} {noun} {'for ' if period == 'today' else ''}{period}."
+            first = nmsg(
+                "You've used {used} of your {n} image this hour.",
+                "You've used {used} of your {n} images this hour.",
+                limit,
+                used=used,
+            )
+        sentences: list[Text] = [first]
         if used < limit:
-            text += f" This request needs {requested}."
+            sentences.append(msg("This request needs {requested}.", requested=requested))
         if self.resets_at is not None and now is not None and self.resets_at > now:
-            text += f" Try again in {_wait_text(self.resets_at - now)}."
-        return text
+            sentences.append(msg("Try again in {wait}.", wait=_wait_text(self.resets_at - now)))
+        if len(sentences) == 1:
+            return first
+        return msg("{sentences}", sentences=Joined(tuple(sentences), " "))
 
     def __repr__(self) -> str:
         return (
@@ -87,13 +122,15 @@ class ReferencesTooLarge(ValidationError):
         self.total_bytes = total_bytes
         self.limit_bytes = limit_bytes
         super().__init__(
-            f"These reference images add up to {_mib(total_bytes)}; one request can carry at most "
-            f"{_mib(limit_bytes)}. Use fewer or smaller images."
+            "These reference images add up to {total}; one request can carry at most {limit}. "
+            "Use fewer or smaller images.",
+            total=_mib(total_bytes),
+            limit=_mib(limit_bytes),
         )
 
 
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
+def _mib(size: int) -> Text:
+    return msg("{size} MiB", size=Number(size / (1024 * 1024), 1))
 
 
 class JobNotFound(LookupError):

@@ -159,11 +159,6 @@ _SWEEP_BLOBS = sql(
     before=Float(),
 )
 
-_MARK_RUNNING = sql(
-    "UPDATE jobs SET status = 'running', provider = COALESCE(:provider, provider), "
-    "started_at = COALESCE(started_at, :now) WHERE id = :id AND status IN ('queued', 'running')",
-    provider=Text(), now=Float(), id=BigInteger(),
-)  # fmt: skip
 _SET_TASK = sql(
     "UPDATE jobs SET provider = :provider, provider_model = :provider_model, task_id = :task_id "
     "WHERE id = :id",
@@ -448,10 +443,6 @@ class SqlJobRepository:
             return (await conn.execute(_SWEEP_BLOBS, {"before": now - max_age})).rowcount
 
     # --- lifecycle -----------------------------------------------------------------------------------------
-
-    async def mark_running(self, job_id: int, now: float, *, provider: str | None = None) -> bool:
-        changed = await self._db.execute(_MARK_RUNNING, {"provider": provider, "now": now, "id": job_id})
-        return changed > 0
 
     async def set_task(self, job_id: int, provider: str, provider_model: str | None, task_id: str) -> bool:
         changed = await self._db.execute(

@@ -53,6 +53,8 @@ class GuildPolicy:
     autoban_hits: int = 3
     autoban_window: float = 600.0
     autoban_duration: float = 3600.0
+    #: The language of the server's public posts (a shipped Discord locale); ``None`` = guild_locale.
+    locale: str | None = None
 
     def changed(self, **changes: object) -> GuildPolicy:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -118,7 +120,7 @@ class PostedResult:
 _POLICY_COLUMNS = (
     "guild_id", "daily_limit", "hourly_limit", "daily_pool", "max_resolution", "max_images",
     "allowed_channels", "allowed_models", "default_model", "mod_role_id", "modlog_channel_id", "nsfw_mode",
-    "builtin_blocklist", "autoban_hits", "autoban_window", "autoban_duration", "denied_channels",
+    "builtin_blocklist", "autoban_hits", "autoban_window", "autoban_duration", "denied_channels", "locale",
 )  # fmt: skip
 _BAN_COLUMNS = ("guild_id", "user_id", "expires_at", "reason", "banned_by", "automatic", "created_at")
 _REPORT_COLUMNS = (
@@ -184,6 +186,7 @@ def _policy_from_row(row: Any) -> GuildPolicy:
         autoban_window=row[14],
         autoban_duration=row[15],
         denied_channels=tuple(int(c) for c in json.loads(row[16] or "[]")),
+        locale=row[17],
     )
 
 
@@ -256,7 +259,8 @@ class SqlModerationRepository:
             "modlog_channel_id": p.modlog_channel_id, "nsfw_mode": p.nsfw_mode,
             "builtin_blocklist": int(p.builtin_blocklist), "autoban_hits": p.autoban_hits,
             "autoban_window": p.autoban_window, "autoban_duration": p.autoban_duration,
-            "denied_channels": json.dumps(sorted(set(p.denied_channels))), "updated_at": now,
+            "denied_channels": json.dumps(sorted(set(p.denied_channels))), "locale": p.locale,
+            "updated_at": now,
         }  # fmt: skip
         async with self._db.transaction() as conn:
             await conn.execute(self._save_policy, values)

@@ -96,6 +96,12 @@ class QueueRepository(Protocol):
         can start now. Two workers never claim the same job or the same slot."""
         ...
 
+    async def claim_many(self, worker_id: str, now: float, lease_seconds: float, limit: int) -> list[Claim]:
+        """Up to ``limit`` claims at once, as ``limit`` calls of :meth:`claim` in a row would take them
+        (the same fair order, each with its slot): a worker with room for several jobs looks at the
+        queue once. Empty when nothing can start now."""
+        ...
+
     async def renew(self, job_id: int, worker_id: str, until: float) -> bool:
         """Extend the job's lease and its slots' leases; False if the job is no longer this worker's
         (finished, or taken over after the lease ran out) — the caller must then stop working on it."""

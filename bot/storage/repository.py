@@ -52,11 +52,6 @@ class JobRepository(Protocol):
         """The user's current usage (and the guild pool's, when ``guild_id`` is given)."""
         ...
 
-    async def mark_running(self, job_id: int, now: float, *, provider: str | None = None) -> bool:
-        """``queued``/``running`` -> ``running`` (keeps the first ``started_at``; ``provider`` if given);
-        False if the job is finished (e.g. cancelled meanwhile) or unknown."""
-        ...
-
     async def set_task(self, job_id: int, provider: str, provider_model: str | None, task_id: str) -> bool:
         """Remember the provider's async task id right after submit, so recovery can resume polling."""
         ...

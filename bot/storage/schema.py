@@ -217,6 +217,9 @@ guild_policy = Table(
     Column("autoban_duration", Seconds, nullable=False, server_default="3600"),
     Column("updated_at", Seconds, nullable=False),
     Column("denied_channels", Text, nullable=False, server_default="[]"),
+    # The language of the server's public posts (a Discord locale code, /palette settings); NULL = the
+    # server's Discord locale.
+    Column("locale", Text),
     CheckConstraint("daily_limit >= 0", name="daily_limit_nonnegative"),
     CheckConstraint("hourly_limit >= 0", name="hourly_limit_nonnegative"),
     CheckConstraint("daily_pool >= 0", name="daily_pool_nonnegative"),
@@ -358,6 +361,44 @@ workers = Table(
     Column("pid", Integer, nullable=False),
     Column("started_at", Seconds, nullable=False),
     Column("heartbeat_at", Seconds, nullable=False),
+)
+
+# --- gateway shards (bot/ops/shards.py) -----------------------------------------------------------------
+
+# Which process runs which gateway shard, and its latency: one row per (process, shard), kept fresh by a
+# heartbeat, for /palette status and the metrics.
+gateway_shards = Table(
+    "gateway_shards",
+    metadata,
+    Column("worker_id", Text, nullable=False),
+    Column("shard_id", Integer, nullable=False),
+    Column("shard_count", Integer, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("latency_s", Seconds),
+    Column("heartbeat_at", Seconds, nullable=False),
+    PrimaryKeyConstraint("worker_id", "shard_id"),
+)
+
+# Identify buckets (shard_id % max_concurrency): a bucket may IDENTIFY once per window across the
+# deployment; a gateway claims it by moving ``next_at`` forward (an atomic conditional update).
+identify_buckets = Table(
+    "identify_buckets",
+    metadata,
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("next_at", Seconds, nullable=False),
+    Column("holder", Text),
+)
+
+# Command sync, once per deployment: the gateway that claims a scope's new command hash syncs it; the
+# others wait for the kv ``command_hash:<scope>`` to show it (a claim left by a crash goes stale).
+command_syncs = Table(
+    "command_syncs",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("digest", Text, nullable=False),
+    Column("holder", Text, nullable=False),
+    Column("claimed_at", Seconds, nullable=False),
 )
 
 # --- styles and compare (issue 12) ------------------------------------------------------------------------

@@ -6,19 +6,22 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.catalog import MODELS, get_model
 from bot.generation import SEED_MAX, GenerationSpec
+from bot.i18n import t
+from bot.presentation.locales import user_locale
 from bot.presentation.styles import apply_style, style_choices
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
 
 RESOLUTION_CHOICES = [
-    app_commands.Choice(name="1K (fastest)", value="1K"),
-    app_commands.Choice(name="2K", value="2K"),
-    app_commands.Choice(name="4K (slowest, largest)", value="4K"),
+    app_commands.Choice(name=locale_str("1K (fastest)"), value="1K"),
+    app_commands.Choice(name=locale_str("2K"), value="2K"),
+    app_commands.Choice(name=locale_str("4K (slowest, largest)"), value="4K"),
 ]
 MAX_PROMPT = 4000
 
@@ -26,7 +29,9 @@ MAX_PROMPT = 4000
 class ImagineCog(commands.Cog):
     def __init__(self, bot: PaletteBot) -> None:
         self.bot = bot
-        self.edit_menu = app_commands.ContextMenu(name="Edit with Palette", callback=self.edit_message)
+        self.edit_menu = app_commands.ContextMenu(
+            name=locale_str("Edit with Palette"), callback=self.edit_message
+        )
         self.edit_menu.error(self._menu_error)
 
     async def cog_load(self) -> None:
@@ -46,8 +51,9 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         current = current.lower()
+        locale = user_locale(interaction)  # autocomplete is shown to the one typing
         return [
-            app_commands.Choice(name=f"{m.label}: {m.description}"[:100], value=m.key)
+            app_commands.Choice(name=f"{m.label}: {t(locale, m.description)}"[:100], value=m.key)
             for m in self.bot.generator.models()
             if current in m.key or current in m.label.lower()
         ][:25]
@@ -67,15 +73,15 @@ class ImagineCog(commands.Cog):
 
     # ------------------------------------------------------------------ commands
 
-    @app_commands.command(name="imagine", description="Generate images from a text prompt")
+    @app_commands.command(name="imagine", description=locale_str("Generate images from a text prompt"))
     @app_commands.describe(
-        prompt="Describe the image you want",
-        model="Which model draws it (default: Nano Banana Pro)",
-        aspect_ratio="Shape of the image, e.g. 1:1, 16:9, 9:16",
-        resolution="Output size; larger takes longer",
-        count="How many images (1-4); each counts against your quota",
-        seed="Same seed + same prompt gives similar results (some models only)",
-        style="A saved style (yours or the server's) that wraps your prompt",
+        prompt=locale_str("Describe the image you want"),
+        model=locale_str("Which model draws it (default: Nano Banana Pro)"),
+        aspect_ratio=locale_str("Shape of the image, e.g. 1:1, 16:9, 9:16"),
+        resolution=locale_str("Output size; larger takes longer"),
+        count=locale_str("How many images (1-4); each counts against your quota"),
+        seed=locale_str("Same seed + same prompt gives similar results (some models only)"),
+        style=locale_str("A saved style (yours or the server's) that wraps your prompt"),
     )
     @app_commands.autocomplete(
         model=model_autocomplete, aspect_ratio=ratio_autocomplete, style=style_autocomplete
@@ -107,17 +113,17 @@ class ImagineCog(commands.Cog):
         )
         await self.bot.flows.start_job(interaction, spec, kind="imagine", blobs=styled.blobs)
 
-    @app_commands.command(name="edit", description="Edit or combine images with a prompt")
+    @app_commands.command(name="edit", description=locale_str("Edit or combine images with a prompt"))
     @app_commands.describe(
-        prompt="What to change, or how to combine the images",
-        image="The image to edit",
-        image2="Another reference image (optional)",
-        image3="Another reference image (optional)",
-        image4="Another reference image (optional)",
-        model="Which model edits it (default: Nano Banana Pro)",
-        aspect_ratio="Shape of the result, e.g. 1:1, 16:9",
-        resolution="Output size; larger takes longer",
-        style="A saved style (yours or the server's) that wraps your prompt",
+        prompt=locale_str("What to change, or how to combine the images"),
+        image=locale_str("The image to edit"),
+        image2=locale_str("Another reference image (optional)"),
+        image3=locale_str("Another reference image (optional)"),
+        image4=locale_str("Another reference image (optional)"),
+        model=locale_str("Which model edits it (default: Nano Banana Pro)"),
+        aspect_ratio=locale_str("Shape of the result, e.g. 1:1, 16:9"),
+        resolution=locale_str("Output size; larger takes longer"),
+        style=locale_str("A saved style (yours or the server's) that wraps your prompt"),
     )
     @app_commands.autocomplete(
         model=model_autocomplete, aspect_ratio=ratio_autocomplete, style=style_autocomplete

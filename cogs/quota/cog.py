@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.presentation import embeds
+from bot.presentation.locales import user_locale
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
@@ -19,7 +21,7 @@ class QuotaCog(commands.Cog):
     def __init__(self, bot: PaletteBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="quota", description="Show how many images you can still generate")
+    @app_commands.command(name="quota", description=locale_str("Show how many images you can still generate"))
     async def quota(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         origin = self.bot.flows.origin(interaction)
@@ -28,7 +30,8 @@ class QuotaCog(commands.Cog):
         balances: list[str] = []
         # The operator's business (what the API keys have left), not a server manager's.
         if await self.bot.flows.is_operator(interaction.user):
-            balances = await self.bot.flows.provider_balances()
+            balances = await self.bot.flows.provider_balances(user_locale(interaction))
         await interaction.followup.send(
-            embed=embeds.quota_embed(usage, limits, balances=balances), ephemeral=True
+            embed=embeds.quota_embed(usage, limits, balances=balances, locale=user_locale(interaction)),
+            ephemeral=True,
         )

@@ -144,9 +144,6 @@ class FakeJobs:
     async def unfinished_jobs(self) -> list[JobRecord]:
         return [r for r in self.store.rows.values() if r.status in ("queued", "running")]
 
-    async def mark_running(self, job_id: int, now: float, *, provider: str | None = None) -> bool:
-        return True
-
     async def set_task(self, job_id: int, provider: str, provider_model: str | None, task_id: str) -> bool:
         self.store.calls.add("set_task", job_id, task_id)
         self.store.update(job_id, provider=provider, provider_model=provider_model, task_id=task_id)
@@ -242,6 +239,15 @@ class FakeQueue:
             if s is None:
                 return i
         return None
+
+    async def claim_many(self, worker_id: str, now: float, lease_seconds: float, limit: int) -> list[Claim]:
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            claim = await self.claim(worker_id, now, lease_seconds)
+            if claim is None:
+                break
+            claims.append(claim)
+        return claims
 
     async def claim(self, worker_id: str, now: float, lease_seconds: float) -> Claim | None:
         for row in sorted(self.store.rows.values(), key=lambda r: r.id):

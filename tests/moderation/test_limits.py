@@ -97,10 +97,10 @@ def test_ceiling_helpers() -> None:
 def test_what_admins_are_told() -> None:
     settings = make_settings(user_daily_limit=25, user_hourly_limit=10)
     note = capped_note(settings, daily_limit=0, hourly_limit=1000)
-    assert note is not None and "daily unlimited → 25" in note and "hourly 1000 → 10" in note
+    assert note is not None and "daily unlimited → 25" in str(note) and "hourly 1000 → 10" in str(note)
     assert capped_note(settings, daily_limit=5, hourly_limit=None) is None
     assert capped_note(make_settings(user_daily_limit=0), daily_limit=1000) is None
-    assert describe_limit(1000, 25).startswith("25 ")
-    assert describe_limit(None, 25) == "bot default (25)"
-    assert describe_limit(0, 0) == "unlimited"
-    assert describe_limit(5, 25) == "5"
+    assert str(describe_limit(1000, 25)).startswith("25 ")
+    assert str(describe_limit(None, 25)) == "bot default (25)"
+    assert str(describe_limit(0, 0)) == "unlimited"
+    assert str(describe_limit(5, 25)) == "5"

@@ -32,9 +32,9 @@ def test_old_keys_are_forgotten_but_pending_counts_survive_pruning() -> None:
 
 def test_the_summary_line_names_the_member_and_the_count() -> None:
     entry = blocked(1, user_id=5, channel_id=2, prompt="p", matched="m", recent=9, auto_ban=None, not_shown=7)
-    assert dict(entry.fields)["Not shown"] == "7 more blocked prompts from <@5> were not shown"
+    assert str(dict(entry.fields)["Not shown"]) == "7 more blocked prompts from <@5> were not shown"
     one = blocked(1, user_id=5, channel_id=2, prompt="p", matched="m", recent=9, auto_ban=None, not_shown=1)
-    assert dict(one.fields)["Not shown"] == "1 more blocked prompt from <@5> was not shown"
+    assert str(dict(one.fields)["Not shown"]) == "1 more blocked prompt from <@5> was not shown"
     assert "Not shown" not in dict(
         blocked(1, user_id=5, channel_id=2, prompt="p", matched="m", recent=1, auto_ban=None).fields
     )

@@ -32,12 +32,12 @@ async def test_palette_group_is_hidden_and_checked_server_side(palette: Palette)
     walk(cmd["options"])
     # A member without Manage Server invokes it anyway (e.g. the server overrode the default): refused.
     ix = await palette.admin(palette.alice, "limits", daily=1000)
-    assert "Manage Guild" in await refused_privately(palette, ix)
+    assert "Manage Server" in await refused_privately(palette, ix)
     policy = await palette.bot.db.moderation.get_policy(palette.guild.id)
     assert policy.daily_limit is None
     for sub, options in (("ban", {"user": palette.bob}), ("blocklist add", {"pattern": "x"})):
         ix = await palette.admin(palette.alice, sub, **options)
-        assert "Manage Guild" in await refused_privately(palette, ix)
+        assert "Manage Server" in await refused_privately(palette, ix)
     assert await palette.bot.db.moderation.get_ban(palette.guild.id, palette.bob.id) is None
     assert await palette.bot.db.moderation.blocklist(palette.guild.id) == []
     # A manager may.

@@ -34,7 +34,7 @@ async def test_provider_balances_and_health_are_for_the_bots_owner_only(palette:
     assert "Today (24 h)" in quota and "Provider balances" not in quota
     status = await status_fields(palette, manager)
     assert status["Queue"] == "0 waiting · 0 generating"
-    assert status["This server (24 h)"] == "1 images"
+    assert status["This server (24 h)"] == "1 image"  # one image, singular
     assert not any("listenhub" in name or "mountsea" in name for name in status), status
 
     owner = palette.fake.app_owner
@@ -43,7 +43,7 @@ async def test_provider_balances_and_health_are_for_the_bots_owner_only(palette:
     assert "listenhub" in quota["Provider balances"] and "credits" in quota["Provider balances"]
     status = await status_fields(palette, owner)
     assert "breaker closed" in next(v for k, v in status.items() if k.endswith("listenhub"))
-    assert status["This server (24 h)"] == "1 images"
+    assert status["This server (24 h)"] == "1 image"  # one image, singular
 
 
 async def test_a_team_owned_app_shows_balances_to_team_admins_and_developers(palette: Palette) -> None:

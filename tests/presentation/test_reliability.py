@@ -291,4 +291,4 @@ async def test_palette_status_shows_breakers_to_the_bots_owner_and_queue_to_mana
         assert fields["Queue"] == "0 waiting · 0 generating"
         assert not any(k.endswith(("listenhub", "mountsea")) for k in fields), fields
         refused = await palette.admin(palette.alice, "status")
-        assert "Manage Guild" in await palette.reply(refused)
+        assert "Manage Server" in await palette.reply(refused)

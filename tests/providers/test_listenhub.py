@@ -606,3 +606,46 @@ async def test_large_inline_images_are_decoded_while_streaming(
     result = await provider.generate(request())
     assert [image.data for image in result.images] == [big]
     assert (result.images[0].width, result.images[0].height) == (200, 200)
+
+
+# --- results decoded into the worker's spool ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [0, 10**8])
+async def test_inline_results_are_decoded_into_the_spool(
+    fake: FakeListenHub, make_provider: MakeProvider, tmp_path: Any, budget: int
+) -> None:
+    """With a spool set for the job (RESULT_SINK), an inline result is decoded into memory within the
+    spool's budget, or straight into a spool file when the budget has no room: the worker never holds a
+    download the budget does not count. A refused or failed answer leaves no file behind."""
+    from bot.jobs.spool import ImageSpool
+    from bot.providers.transport import RESULT_SINK
+
+    fake.scale = 1.0  # a 1024 x 1024 PNG: a long payload
+    provider = await make_provider()
+    spool = ImageSpool(tmp_path / "spool", budget=budget)
+    token = RESULT_SINK.set(spool.sink)
+    try:
+        result = await provider.generate(request(resolution="1K"))
+        [image] = result.images
+        held = await spool.admit(result.images)
+        if budget:
+            assert image.path is None and image.data == fake.images[-1]
+            assert spool.budget.used == len(image.data) and spool.spilled == 0
+        else:
+            assert image.data == b"" and image.path is not None and spool.spilled == 1
+            with open(image.path, "rb") as f:
+                assert f.read() == fake.images[-1]
+            assert image.file_size == len(fake.images[-1]) and held[0].path is not None
+            assert spool.budget.used == 0 and spool.budget.peak == 0
+        assert (image.mime_type, image.width, image.height) == ("image/png", 1024, 1024)
+        await spool.discard(held)
+        assert spool.budget.used == 0
+
+        fake.script_truncated_base64()
+        with pytest.raises(ProviderUnavailable):
+            await provider.generate(request(resolution="1K"))
+        assert spool.budget.used == 0
+        assert not list((tmp_path / "spool").glob("*")), "no file of a failed answer is left"
+    finally:
+        RESULT_SINK.reset(token)

@@ -174,3 +174,39 @@ async def test_calls_beyond_the_kept_number_are_pruned(engine: AsyncEngine) -> N
     rows = {r.provider: r for r in await health.snapshot(T0 + 7, cooldown=COOLDOWN, window=50)}
     assert (rows["p"].calls, rows["p"].median_latency_s) == (3, 4.0)  # the newest three: 3, 4, 5
     assert rows["q"].calls == 1
+
+
+async def test_quiet_successes_are_written_together(engine: AsyncEngine) -> None:  # noqa: F811
+    """Successes at a closed breaker without failures change only the figures: kept, then written in one
+    go (by the timer, a failure or a snapshot); a failure is written at once, after them."""
+    health = SqlHealthRepository(engine, flush_after=30.0)
+
+    async def calls() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(schema.provider_calls))).scalar())
+
+    assert await allow(health, T0) is True
+    for n in range(5):
+        await succeed(health, T0 + n)
+    assert await calls() == 0  # waiting in memory
+    rows = {r.provider: r for r in await health.snapshot(T0 + 5, cooldown=COOLDOWN)}
+    assert (rows["p"].calls, rows["p"].error_rate) == (5, 0.0)  # a snapshot writes them first
+    for n in range(2):
+        await succeed(health, T0 + 6 + n)
+    await fail(health, T0 + 8)  # written at once, with the two successes before it
+    assert await calls() == 8
+    assert await state(health, T0 + 8) == ("closed", 1)
+    assert await allow(health, T0 + 9) is True
+    await succeed(health, T0 + 9)  # after a failure: resets the count at once
+    assert await calls() == 9 and await state(health, T0 + 9) == ("closed", 0)
+
+    timed = SqlHealthRepository(engine, flush_after=0.05)
+    assert await allow(timed, T0 + 10) is True
+    await succeed(timed, T0 + 10)
+    assert await calls() == 9
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if await calls() == 10:
+            break
+    assert await calls() == 10  # the timer wrote it
+    await timed.aclose()

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.storage import Database, JobNotFound, Limits, NewReference, NewResult, open_database
 
-from .factories import NOW, new_job, reference
+from .factories import NOW, claim_job, new_job, reference
 
 
 def result(n: int, **kw: object) -> NewResult:
@@ -28,13 +28,12 @@ async def ledger_rows(db: Database, job_id: int) -> list[tuple[str, int]]:
 
 async def test_running_and_task_bookkeeping(db: Database) -> None:
     job = await db.jobs.reserve_job(new_job(), Limits(), NOW)
-    assert await db.jobs.mark_running(job.id, NOW + 1, provider="listenhub") is True
+    await claim_job(db, job.id, NOW + 1)
     assert await db.jobs.set_task(job.id, "apimart", "gemini-3-pro-image", "task-123") is True
     assert await db.jobs.increment_attempts(job.id) == 1
     assert await db.jobs.increment_attempts(job.id) == 2
     assert await db.jobs.set_status_message(job.id, 555) is True
     assert await db.jobs.set_interaction(job.id, "new-token", NOW + 2) is True
-    assert await db.jobs.mark_running(job.id, NOW + 50) is True  # resumed: keeps first start, provider
     stored = await db.jobs.get_job(job.id)
     assert stored is not None
     assert stored.status == "running"
@@ -51,7 +50,6 @@ async def test_running_and_task_bookkeeping(db: Database) -> None:
 
 async def test_unknown_job(db: Database) -> None:
     assert await db.jobs.get_job(424242) is None
-    assert await db.jobs.mark_running(424242, NOW, provider="x") is False
     assert await db.jobs.set_task(424242, "x", None, "t") is False
     assert await db.jobs.set_status_message(424242, 1) is False
     with pytest.raises(JobNotFound):
@@ -63,9 +61,14 @@ async def test_unknown_job(db: Database) -> None:
 
 async def test_finish_done_commits_everything(db: Database) -> None:
     job = await db.jobs.reserve_job(new_job(count=2), Limits(), NOW)
-    await db.jobs.mark_running(job.id, NOW + 1, provider="listenhub")
+    await claim_job(db, job.id, NOW + 1)
     finished = await db.jobs.finish_job(
-        job.id, 2, result_message_id=777, results=[result(1), result(2, message_id=778)], now=NOW + 30
+        job.id,
+        2,
+        result_message_id=777,
+        results=[result(1), result(2, message_id=778)],
+        provider="listenhub",
+        now=NOW + 30,
     )
     assert finished is True
     stored = await db.jobs.get_job(job.id)
@@ -90,7 +93,7 @@ async def test_finish_done_commits_everything(db: Database) -> None:
 
 async def test_finish_records_the_serving_provider(db: Database) -> None:
     job = await db.jobs.reserve_job(new_job(), Limits(), NOW)
-    await db.jobs.mark_running(job.id, NOW, provider="listenhub")
+    await claim_job(db, job.id, NOW)
     await db.jobs.finish_job(
         job.id, 1, results=[result(1)], provider="apimart", provider_model="gemini-3-pro-image", now=NOW + 1
     )
@@ -142,7 +145,6 @@ async def test_double_finish_is_a_no_op(db: Database) -> None:
     assert await db.jobs.get_job(job.id) == before
     assert await ledger_rows(db, job.id) == [("reserve", 2), ("commit", 1), ("refund", 1)]
     assert len(await db.history.results_for_job(job.id)) == 1
-    assert await db.jobs.mark_running(job.id, NOW + 4, provider="x") is False
 
 
 async def test_concurrent_finishes_settle_once(db: Database) -> None:
@@ -197,7 +199,7 @@ async def test_unfinished_jobs_survive_a_restart(database_url: str) -> None:
     running = await db.jobs.reserve_job(new_job(prompt="second", count=2), Limits(), NOW - 20)
     done = await db.jobs.reserve_job(new_job(prompt="third"), Limits(), NOW - 10)
     new_queued = await db.jobs.reserve_job(new_job(prompt="fourth"), Limits(), NOW)
-    await db.jobs.mark_running(running.id, NOW - 19, provider="apimart")
+    await claim_job(db, running.id, NOW - 19, "apimart")
     await db.jobs.set_task(running.id, "apimart", "nano-banana-pro", "task-abc")
     await db.jobs.finish_job(done.id, 1, now=NOW - 5)
     await db.close()

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.storage import Database, Limits
 from bot.storage.dialect import drop_trigger_statement
 
-from .factories import NOW, new_job
+from .factories import NOW, claim_job, new_job
 
 
 async def populate(db: Database) -> dict[str, int]:
@@ -18,7 +18,7 @@ async def populate(db: Database) -> dict[str, int]:
     c = await db.jobs.reserve_job(new_job(count=1, user_id=2), Limits(), NOW)
     d = await db.jobs.reserve_job(new_job(count=3, user_id=2), Limits(), NOW)  # stays queued
     e = await db.jobs.reserve_job(new_job(count=2, user_id=3), Limits(), NOW)  # stays running
-    await db.jobs.mark_running(e.id, NOW, provider="listenhub")
+    await claim_job(db, e.id, NOW)
     await db.jobs.finish_job(a.id, 3, now=NOW + 1)
     await db.jobs.finish_job(b.id, 0, status="failed", now=NOW + 1)
     await db.jobs.finish_job(c.id, 1, now=NOW + 1)

@@ -116,6 +116,79 @@ async def test_new_users_job_goes_before_an_earlier_users_second_job(
     assert order == [a1, b1, a2]
 
 
+async def test_claim_many_takes_what_claims_one_by_one_would(
+    engine: AsyncEngine,  # noqa: F811
+    repo: SqlQueueRepository,
+) -> None:
+    """One look at the queue for several claims: the same fair order, one slot each, the provider's cap
+    and other providers' jobs respected, in batches of CLAIM_BATCH transactions."""
+    await repo.sync_slots({"p": 12, "q": 1})
+    a = [await add_job(engine, 1, created_at=T0 + i) for i in range(8)]
+    b = [await add_job(engine, 2, created_at=T0 + 10 + i) for i in range(4)]
+    c1 = await add_job(engine, 3, created_at=T0 + 20)
+    q1 = await add_job(engine, 4, created_at=T0 + 21, queue_provider="q")
+    q2 = await add_job(engine, 5, created_at=T0 + 22, queue_provider="q")  # q is full after q1
+    expected = [a[0], b[0], c1, q1, a[1], b[1], a[2], b[2], a[3], b[3], a[4], a[5], a[6]]
+    assert [await repo.position(job_id) for job_id in expected[:4]] == [1, 2, 3, 4]
+
+    claims = await repo.claim_many("w1", T0 + 100, LEASE, 20)
+    assert [claim.job.id for claim in claims] == expected
+    assert sorted((claim.provider, claim.slot) for claim in claims) == sorted(
+        [("p", n) for n in range(12)] + [("q", 0)]
+    )
+    assert all(claim.job.status == "running" and claim.job.worker_id == "w1" for claim in claims)
+    assert [row["job_id"] for row in await slot_rows(engine, "p")] == [
+        claim.job.id for claim in sorted(claims, key=lambda c: (c.provider, c.slot)) if claim.provider == "p"
+    ]
+    assert await repo.claim_many("w2", T0 + 100, LEASE, 5) == []  # every slot is held
+    assert await repo.position(q2) is not None and await repo.position(a[7]) is not None
+
+
+async def test_claim_many_from_two_workers_never_shares_a_job_or_slot(
+    engines: Callable[[], AsyncEngine],  # noqa: F811
+) -> None:
+    first, second = SqlQueueRepository(engines()), SqlQueueRepository(engines())
+    try:
+        await first.sync_slots({"p": 30})
+        engine = engines()
+        for n in range(60):
+            await add_job(engine, n % 7, created_at=T0 + n)
+        got = await asyncio.gather(
+            *(repo.claim_many(f"w{n}", T0 + 100, LEASE, 10) for n, repo in enumerate([first, second] * 2))
+        )
+        claims = [claim for batch in got for claim in batch]
+        assert len(claims) == 30
+        assert len({claim.job.id for claim in claims}) == 30
+        assert len({claim.slot for claim in claims}) == 30
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_positions_asked_together_are_ranked_together(
+    engine: AsyncEngine,  # noqa: F811
+    repo: SqlQueueRepository,
+) -> None:
+    from sqlalchemy import event
+
+    jobs = [await add_job(engine, n % 4, created_at=T0 + n) for n in range(20)]
+    alone = [await repo.position(job_id) for job_id in jobs]
+    assert sorted(alone) == list(range(1, 21))  # type: ignore[type-var]
+    rankings = 0
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        nonlocal rankings
+        rankings += "ranked.place" in statement
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        together = await asyncio.gather(*(repo.position(job_id) for job_id in [*jobs, 999_999]))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert together == [*alone, None]
+    assert 1 <= rankings <= 2  # the first call's ranking, then one for everyone who asked meanwhile
+
+
 # --- claims and slots ----------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from bot.errors import ValidationError
 from bot.storage import Database, JobRecord, Limits, QuotaExceeded, open_database
 from bot.storage.records import UsageSnapshot
 
-from .factories import DAY, HOUR, NOW, new_job, reference
+from .factories import DAY, HOUR, NOW, claim_job, new_job, reference
 
 
 async def fill(db: Database, count: int, at: float, user_id: int = 1, **kw: Any) -> list[JobRecord]:
@@ -107,7 +107,7 @@ async def test_concurrent_limit_alone(db: Database) -> None:
     await fill(db, 100, NOW - 10)  # finished jobs do not count
     first = await db.jobs.reserve_job(new_job(), limits, NOW)
     second = await db.jobs.reserve_job(new_job(count=4), limits, NOW)
-    await db.jobs.mark_running(second.id, NOW, provider="listenhub")
+    await claim_job(db, second.id, NOW)
     with pytest.raises(QuotaExceeded) as info:
         await db.jobs.reserve_job(new_job(), limits, NOW)
     err = info.value

@@ -145,6 +145,21 @@ class GatewayHub:
         self.identify_count = 0
         self.resume_count = 0
         self.heartbeat_count = 0
+        #: ``GET /gateway/bot``: the shard count Discord recommends and ``session_start_limit``.
+        self.recommended_shards = 1
+        self.max_concurrency = 1
+        self.session_start_total = 1000
+        #: Seconds between two IDENTIFYs of one bucket (``shard_id % max_concurrency``); ``None`` (the
+        #: default) lets them come as fast as they like. Set (Discord: 5), an IDENTIFY too soon after the
+        #: previous one of its bucket is refused with INVALID_SESSION (``d: false``), as Discord does.
+        self.identify_window: float | None = None
+        #: Every IDENTIFY received with a valid token: (monotonic time, shard or None, accepted).
+        self.identify_log: list[tuple[float, list[int] | None, bool]] = []
+        self.identify_refusals = 0
+        #: Cleared by a test to hold IDENTIFYs (no READY) until it is set again.
+        self.identify_gate = asyncio.Event()
+        self.identify_gate.set()
+        self._bucket_last: dict[int, float] = {}
 
     # -- dispatching -----------------------------------------------------------------------
 
@@ -260,6 +275,23 @@ class GatewayHub:
         if data.get("token") != self.fake.bot_token:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
+        await self.identify_gate.wait()
+        shard = data.get("shard")
+        now = asyncio.get_running_loop().time()
+        if self.identify_window is not None:
+            bucket = (shard[0] if isinstance(shard, list) and shard else 0) % max(1, self.max_concurrency)
+            last = self._bucket_last.get(bucket)
+            if last is not None and now - last < self.identify_window:
+                self.identify_refusals += 1
+                self.identify_log.append((now, shard, False))
+                _log.info(
+                    "IDENTIFY of shard %s refused: bucket %d identified %.2f s ago", shard, bucket, now - last
+                )
+                await asyncio.sleep(0.05)
+                await conn.send({"op": INVALID_SESSION, "s": None, "t": None, "d": False})
+                return
+            self._bucket_last[bucket] = now
+        self.identify_log.append((now, shard, True))
         self.identify_count += 1
         # Earlier sessions stay valid: Discord lets one token run several sessions (shards, or the same
         # shard twice); a session ends when it is invalidated, not when another one starts.

@@ -239,15 +239,16 @@ class Routes:
         return json_response({"url": self.fake.gateway_url})
 
     async def get_gateway_bot(self, request: web.Request) -> web.Response:
+        hub = self.fake.gateway
         return json_response(
             {
                 "url": self.fake.gateway_url,
-                "shards": 1,
+                "shards": hub.recommended_shards,
                 "session_start_limit": {
-                    "total": 1000,
-                    "remaining": 999,
+                    "total": hub.session_start_total,
+                    "remaining": max(0, hub.session_start_total - hub.identify_count),
                     "reset_after": 0,
-                    "max_concurrency": 1,
+                    "max_concurrency": hub.max_concurrency,
                 },
             }
         )

@@ -346,13 +346,17 @@ class FakeDiscord:
         channel_name: str = "general",
         preferred_locale: str = "en-US",
         premium_tier: int = 0,
+        shard: tuple[int, int] | None = None,
     ) -> Guild:
         """Create a guild the bot is in: ``@everyone``, the bot's managed role, one text channel.
 
         The owner (a new user unless ``owner_id`` is given) and the bot are members. If a bot is
-        connected it receives GUILD_CREATE.
+        connected it receives GUILD_CREATE. ``shard=(i, n)``: its id is on shard ``i`` of ``n``
+        (``(guild_id >> 22) % n == i``).
         """
         guild_id = next_snowflake()
+        while shard is not None and (guild_id >> 22) % shard[1] != shard[0]:
+            guild_id = next_snowflake()  # the timestamp part moves on every millisecond
         if owner_id is None:
             owner = self.add_user(f"owner{unique_suffix()}")
         else:

@@ -2,7 +2,7 @@
 style_references and job_groups tables.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0008
 Create Date: 2026-12-02
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

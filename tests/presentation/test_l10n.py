@@ -1,0 +1,176 @@
+"""Localization through the fake Discord: registered command localizations, ephemeral replies in the
+user's locale, public posts (result embed, buttons, mod log) in the server's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bot.i18n import SOURCE_LOCALE, shipped_locales, translate_or_none
+from tests.fakes.discord.models import Permission
+from tests.presentation.conftest import Palette, running_palette
+
+MANAGER = int(Permission.VIEW_CHANNEL | Permission.SEND_MESSAGES | Permission.MANAGE_GUILD)
+TRANSLATED = [code for code in shipped_locales() if code != SOURCE_LOCALE]
+
+
+def field_names(message: Any) -> list[str]:
+    return [f["name"] for f in message.embeds[0]["fields"]]
+
+
+def labels(message: Any) -> dict[str, str]:
+    """Button labels by action (``palette:<action>:<job>``)."""
+    out = {}
+    for c in message.iter_components():
+        custom_id = c.get("custom_id", "")
+        if c.get("type") == 2 and custom_id.startswith("palette:"):
+            out[custom_id.split(":")[1]] = c.get("label")
+    return out
+
+
+async def ephemeral_text(ix: Any, timeout: float = 10) -> str:
+    def text(i: Any) -> str | None:
+        for r in i.responses:
+            data = r.get("data") or {}
+            if data.get("content") and data.get("flags", 0) & 64:
+                return str(data["content"])
+        for m in i.followups:
+            if m.ephemeral and m.content:
+                return str(m.content)
+        return None
+
+    return await ix.wait_for(text, timeout)
+
+
+async def test_registered_commands_carry_localizations_within_discords_limits(palette: Palette) -> None:
+    assert len(TRANSLATED) == 5
+    checked = {"descriptions": 0, "choices": 0}
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        # Names stay English: no name localizations for commands, groups or options.
+        assert not node.get("name_localizations"), f"{path}: names are not translated"
+        localized = node.get("description_localizations") or {}
+        assert set(localized) == set(TRANSLATED), f"{path}: {sorted(localized)}"
+        for code, text in localized.items():
+            assert 1 <= len(text) <= 100, f"{path} [{code}]: {len(text)} characters"
+            assert text != node["description"], f"{path} [{code}] is not translated"
+        checked["descriptions"] += 1
+        for choice in node.get("choices") or []:
+            names = choice.get("name_localizations") or {}
+            # Every locale whose catalog words it differently ("2K" stays "2K"; languages keep their own
+            # names, "Deutsch (de)").
+            expected = {code for code in TRANSLATED if translate_or_none(code, choice["name"]) is not None}
+            assert set(names) == expected, f"{path}: choice {choice['name']!r}: {sorted(names)}"
+            for code, text in names.items():
+                assert 1 <= len(text) <= 100, f"{path}: choice {choice['name']!r} [{code}]"
+            checked["choices"] += 1
+        for option in node.get("options") or []:
+            walk(option, f"{path} {option['name']}")
+
+    for name in ("imagine", "edit", "quota", "history", "history-clear", "palette"):
+        command = palette.fake.find_command(name, palette.guild)
+        assert command is not None, name
+        walk(command, f"/{name}")
+    assert checked["descriptions"] > 60 and checked["choices"] > 10
+    imagine = palette.fake.find_command("imagine", palette.guild)
+    assert imagine["description_localizations"]["de"] == "Bilder aus einem Text-Prompt erzeugen"
+    assert imagine["description_localizations"]["ja"] == "テキストのプロンプトから画像を生成"
+    resolution = next(o for o in imagine["options"] if o["name"] == "resolution")
+    fastest = next(c for c in resolution["choices"] if c["value"] == "1K")
+    assert fastest["name_localizations"]["fr"] == "1K (le plus rapide)"
+    # The context menu's name is translated, within Discord's 32 characters.
+    menu = palette.fake.find_command("Edit with Palette", palette.guild, type=3)
+    assert menu is not None
+    names = menu.get("name_localizations") or {}
+    assert set(names) == set(TRANSLATED)
+    assert all(1 <= len(n) <= 32 for n in names.values())
+    assert names["de"] == "Mit Palette bearbeiten" and names["pt-BR"] == "Editar com o Palette"
+
+
+async def test_the_over_the_limit_refusal_is_in_the_users_language(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, users=2, user_daily_limit=1, user_hourly_limit=0) as palette:
+        expected = {
+            "de": "Du hast heute 1 von 1 Bild genutzt.",
+            "ja": "今日の 1 枚のうち 1 枚を使いました。",
+        }
+        for user, locale in ((palette.alice, "de"), (palette.bob, "ja")):
+            first = await palette.fake.invoke_slash(
+                user, palette.channel, "imagine", options={"prompt": "a lighthouse"}, locale=locale
+            )
+            await palette.result_message(first)
+            second = await palette.fake.invoke_slash(
+                user, palette.channel, "imagine", options={"prompt": "another"}, locale=locale
+            )
+            text = await ephemeral_text(second)
+            assert expected[locale] in text, text
+            assert "You've used" not in text
+        assert palette.listenhub.calls["generate"] == 2  # the refusals cost nothing
+
+
+async def test_public_posts_follow_the_server_and_ephemeral_replies_the_user(palette: Palette) -> None:
+    palette.guild.preferred_locale = "fr"  # the server's Discord language (guild_locale)
+    ix = await palette.fake.invoke_slash(
+        palette.alice, palette.channel, "imagine", options={"prompt": "un phare"}, locale="pt-BR"
+    )
+    result = await palette.result_message(ix)
+    # Public: the result embed and its buttons are in the server's language, whoever asked.
+    assert field_names(result) == ["Modèle", "Taille", "Durée", "Demandé par"]
+    assert result.embeds[0]["footer"]["text"].startswith("Palette · tâche ")
+    assert labels(result) == {
+        "reroll": "Relancer",
+        "edit": "Modifier",
+        "upscale": "Agrandir",
+        "delete": "Supprimer",
+        "report": "Signaler",
+    }
+    # Private: a pt-BR member of that server is answered in Portuguese.
+    click = await palette.fake.click_button(
+        palette.bob, result, palette.button(result, "delete"), locale="pt-BR"
+    )
+    assert await ephemeral_text(click) == "Só quem pediu esta imagem (ou um moderador) pode apagá-la."
+    quota = await palette.fake.invoke_slash(palette.bob, palette.channel, "quota", locale="pt-BR")
+    await quota.wait_for(lambda i: bool(i.original and i.original.embeds), timeout=10)
+    assert quota.ephemeral and quota.original.embeds[0]["title"] == "Sua cota no Palette"
+    # An English user of that server reads English in private.
+    report = await palette.fake.click_button(palette.alice, result, palette.button(result, "report"))
+    assert await ephemeral_text(report) == "That's your own image; use Delete instead."
+
+
+async def test_the_servers_language_setting_wins_over_guild_locale(palette: Palette) -> None:
+    palette.guild.preferred_locale = "fr"
+    manager = palette.member("manager", permissions=MANAGER)
+    modlog = palette.fake.add_channel(palette.guild, name="mod-log")
+    await palette.reply(await palette.admin(manager, "modlog", channel=modlog))
+    answer = await palette.admin(manager, "settings", locale="de")
+    await answer.wait_for(lambda i: bool(i.responses), timeout=10)
+    assert (await palette.bot.db.moderation.get_policy(palette.guild.id)).locale == "de"
+
+    ix = await palette.imagine(palette.alice, "a lighthouse")
+    result = await palette.result_message(ix)
+    assert field_names(result)[0] == "Modell" and labels(result)["reroll"] == "Neu würfeln"
+    entry = await palette.modlog_entry(modlog, "Generierung")
+    assert {f["name"] for f in entry.embeds[0]["fields"]} >= {"Mitglied", "Modell", "Prompt"}
+    # The settings page shows the language, in the admin's own language.
+    shown = await palette.admin(manager, "settings", locale="default")
+    await shown.wait_for(lambda i: bool(i.responses), timeout=10)
+    assert (await palette.bot.db.moderation.get_policy(palette.guild.id)).locale is None
+    embed = shown.responses[0]["data"]["embeds"][0]
+    assert embed["title"] == "Palette settings"
+    assert any(f["name"] == "Language" and f["value"] == "the server's language" for f in embed["fields"])
+    # Cleared: back to the server's Discord language.
+    again = await palette.imagine(palette.alice, "a lighthouse again")
+    assert field_names(await palette.result_message(again))[0] == "Modèle"
+
+
+async def test_model_suggestions_are_described_in_the_typists_language(palette: Palette) -> None:
+    ix = await palette.fake.autocomplete(
+        palette.alice,
+        palette.channel,
+        "imagine",
+        options=[{"name": "prompt", "value": "x"}, {"name": "model", "value": "", "focused": True}],
+        locale="ja",
+    )
+    await ix.wait_for(lambda i: i.autocomplete_choices is not None, timeout=5)
+    names = {c["value"]: c["name"] for c in ix.autocomplete_choices}
+    assert names["nano-banana-pro"].endswith("最高品質、文字の描画が最も得意")
+    assert all(len(n) <= 100 for n in names.values())
