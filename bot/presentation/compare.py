@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,11 @@ import discord
 from bot.catalog import get_model
 from bot.errors import PaletteError, ValidationError
 from bot.generation import GenerationSpec
+from bot.i18n import N_, Joined, t
+from bot.i18n import render as render_text
 from bot.presentation import embeds, moderation
 from bot.presentation.flows import Restarting, check_bot_permissions
+from bot.presentation.locales import server_locale, user_locale
 from bot.presentation.views import CancelButton, ResultButton, status_view
 from bot.storage import JobRecord
 from bot.storage.groups import GroupMember, SqlGroupRepository
@@ -49,23 +52,28 @@ LOCK_WAIT = 150.0
 PART_BUTTONS = ("reroll", "edit", "upscale")
 _FILENAME = re.compile(r"palette-(?P<job>[0-9]+)-[0-9]+\.[a-z0-9]+")
 
-#: Every user-facing text of /compare.
+#: Every user-facing text of /compare: message ids (:func:`bot.i18n.N_`), rendered where they are shown
+#: (refusals and the Cancel answer in the user's language, the shared message in the server's).
 COMPARE_TEXT: dict[str, str] = {
-    "too_few": "Name {min} to {max} different models to compare, separated by commas.",
-    "too_many": "At most {max} models can be compared at once.",
-    "unknown": "Unknown model `{model}`. Available: {available}.",
-    "not_enough_models": "This bot offers fewer than two models right now, so there is nothing to compare.",
-    "queued": "⏳ Queued: comparing {models}.",
-    "progress": "🆚 **{prompt}**\n{done} of {total} done{failed}.",
-    "progress_failed": " · {failed} failed (not charged)",
-    "failed_part": "❌ {error} Not charged.",
-    "cancelled_part": "✖️ Cancelled; not charged.",
-    "cancelled": "✖️ Cancelled by <@{user}>; what was not made yet was refunded.",
+    "too_few": N_("Name {min} to {max} different models to compare, separated by commas."),
+    "too_many": N_("At most {max} models can be compared at once."),
+    "unknown": N_("Unknown model `{model}`. Available: {available}."),
+    "not_enough_models": N_(
+        "This bot offers fewer than two models right now, so there is nothing to compare."
+    ),
+    "queued": N_("⏳ Queued: comparing {models}."),
+    "progress": N_("🆚 **{prompt}**\n{done} of {total} done."),
+    "progress_failed": N_("🆚 **{prompt}**\n{done} of {total} done · {failed} failed (not charged)."),
+    "failed_part": N_("❌ {error} Not charged."),
+    "generation_failed": N_("The generation failed."),
+    "cancelled_part": N_("✖️ Cancelled; not charged."),
+    "cancelled": N_("✖️ Cancelled by {user}; what was not made yet was refunded."),
 }
 
 
-def text(key: str, **details: Any) -> str:
-    return COMPARE_TEXT[key].format(**details)
+def text(locale: str, key: str, **details: Any) -> str:
+    """``COMPARE_TEXT[key]`` in ``locale`` with its values."""
+    return t(locale, COMPARE_TEXT[key], **details)
 
 
 # ---------------------------------------------------------------------------------------------- choosing
@@ -74,11 +82,11 @@ def text(key: str, **details: Any) -> str:
 def choose_models(raw: str | None, available: Sequence[str]) -> list[str]:
     """The models a /compare names (a comma list; catalog keys or labels), or the default pair.
     Raises :class:`ValidationError` before anything is reserved."""
+    if len(available) < MIN_MODELS:
+        raise ValidationError(COMPARE_TEXT["not_enough_models"])
     if not raw or not raw.strip():
         chosen = [key for key in PREFERRED_MODELS if key in available]
         chosen += [key for key in available if key not in chosen]
-        if len(chosen) < MIN_MODELS:
-            raise ValidationError(text("not_enough_models"))
         return chosen[:MIN_MODELS]
     labels = {}
     for key in available:
@@ -93,13 +101,13 @@ def choose_models(raw: str | None, available: Sequence[str]) -> list[str]:
         key = name if name in available else labels.get(name)
         if key is None:
             shown = embeds.escape(part.strip())[:40]
-            raise ValidationError(text("unknown", model=shown, available=", ".join(available) or "none"))
+            raise ValidationError(COMPARE_TEXT["unknown"], model=shown, available=Joined(tuple(available)))
         if key not in chosen:
             chosen.append(key)
     if len(chosen) > MAX_MODELS:
-        raise ValidationError(text("too_many", max=MAX_MODELS))
+        raise ValidationError(COMPARE_TEXT["too_many"], max=MAX_MODELS)
     if len(chosen) < MIN_MODELS:
-        raise ValidationError(text("too_few", min=MIN_MODELS, max=MAX_MODELS))
+        raise ValidationError(COMPARE_TEXT["too_few"], min=MIN_MODELS, max=MAX_MODELS)
     return chosen
 
 
@@ -125,6 +133,9 @@ async def start_compare(
         for key in keys
     ]
     gate, first = await moderation.admit(bot, interaction, specs[0], kind="compare", parent_job_id=None)
+    # The shared message (status, images, buttons) speaks the server's language, as a single job's does.
+    locale = server_locale(interaction, gate.policy)
+    interaction.extras["locale"] = locale
     specs = [first] + [
         bot.moderation.adjust(gate.policy, gate.ctx, spec, model_chosen=True, references=0)
         for spec in specs[1:]
@@ -153,7 +164,7 @@ async def start_compare(
         message: discord.Message | None = None
         try:
             message = await interaction.edit_original_response(
-                content=text("queued", models=labels), view=status_view(reserved[0].id)
+                content=text(locale, "queued", models=labels), view=status_view(reserved[0].id, locale)
             )
         except discord.HTTPException as exc:
             log.warning("compare group %s: could not show the queued status (%s)", group_id, exc)
@@ -236,9 +247,11 @@ class GroupMessages:
         job: JobRecord,
         new: NewPart | None = None,
         *,
+        failure: PaletteError | None = None,
         before: Callable[[set[int]], Awaitable[None]] | None = None,
     ) -> discord.Message:
-        """Rewrite the group's message from the truth, adding ``new`` (this job's image) if given.
+        """Rewrite the group's message from the truth, adding ``new`` (this job's image) if given;
+        ``failure``: why this job failed (its part says so in the server's language).
         ``before`` runs under the lock with the ids of the jobs whose images the message has (cancelling
         the others then cannot race a part being posted). Returns the edited message. Raises
         :class:`GroupMessageUnavailable`."""
@@ -256,7 +269,9 @@ class GroupMessages:
                 for a in message.attachments
                 if _job_of(a.filename) is not None and (new is None or _job_of(a.filename) != new.job_id)
             ]
-            content, embed_list, view = render(job, members, kept, new)
+            # A part that failed earlier keeps the words it was given then (from the error itself).
+            said = {e.title: e.description for e in message.embeds if e.title and e.description}
+            content, embed_list, view = render(job, members, kept, new, failure=failure, said=said)
             attachments: list[Any] = [*kept, *(new.files if new else [])]
             try:
                 if webhook is not None:
@@ -287,9 +302,18 @@ def render(
     members: Sequence[GroupMember],
     kept: Sequence[discord.Attachment],
     new: NewPart | None,
+    *,
+    failure: PaletteError | None = None,
+    said: Mapping[str, str] | None = None,
 ) -> tuple[str, list[discord.Embed], discord.ui.View]:
     """The shared message: a line with the prompt and progress, one embed per model (its image, or why it
-    failed), a row of buttons per posted image, and Cancel while something is still on its way."""
+    failed), a row of buttons per posted image, and Cancel while something is still on its way. All of it
+    in the server's language (the job's locale), like a single job's result.
+
+    ``failure`` is why ``job`` failed; ``said``: the descriptions the message shows now, by model label (a
+    part that failed before keeps its words; the database has only their English)."""
+    locale = embeds.job_locale(job)
+    said = said or {}
     files: dict[int, list[tuple[str, int | None, int | None]]] = {}
     for att in kept:
         owner = _job_of(att.filename)
@@ -310,38 +334,51 @@ def render(
                 embed = discord.Embed(title=label, colour=embeds.BRAND)
                 embed.set_image(url=f"attachment://{name}")
                 if width and height:
-                    embed.add_field(name="Size", value=f"{width}×{height}", inline=True)
-                via = ""
+                    embed.add_field(name=t(locale, "Size"), value=f"{width}×{height}", inline=True)
                 if new is not None and new.job_id == member.job_id and new.provider:
-                    via = f" · {new.provider_model} via {new.provider}"
-                embed.set_footer(text=f"Palette · job {member.job_id}{via}")
+                    footer = t(
+                        locale,
+                        "Palette · job {job} · {provider_model} via {provider}",
+                        job=member.job_id,
+                        provider_model=new.provider_model,
+                        provider=new.provider,
+                    )
+                else:
+                    footer = t(locale, "Palette · job {job}", job=member.job_id)
+                embed.set_footer(text=footer)
                 embed_list.append(embed)
             for action in PART_BUTTONS:
-                button = ResultButton(action, member.job_id)
+                button = ResultButton(action, member.job_id, locale)
                 button.item.label = embeds.truncate(f"{button.item.label} · {label}", 80)
                 button.item.row = row
                 view.add_item(button)
             row += 1
         elif member.status in ("failed", "cancelled"):
             failed += 1
-            if member.status == "failed":
-                reason = text("failed_part", error=member.error or "The generation failed.")
-            else:
-                reason = text("cancelled_part")
+            if member.status == "cancelled":
+                reason = text(locale, "cancelled_part")
+            elif failure is not None and member.job_id == job.id:
+                reason = text(locale, "failed_part", error=render_text(locale, failure.text))
+            elif label in said and not said[label].startswith("⏳"):
+                reason = said[label]
+            else:  # its words are lost (the message was out of reach): the stored English reason
+                error = member.error or t(locale, COMPARE_TEXT["generation_failed"])
+                reason = text(locale, "failed_part", error=error)
             embed_list.append(discord.Embed(title=label, description=reason, colour=embeds.ERROR))
         else:
             pending.append(member.job_id)
             embed_list.append(discord.Embed(title=label, description="⏳ …", colour=embeds.BRAND))
     if pending:
-        cancel = CancelButton(pending[0])
+        cancel = CancelButton(pending[0], locale)
         cancel.item.row = min(row, 4)
         view.add_item(cancel)
     content = text(
-        "progress",
+        locale,
+        "progress_failed" if failed else "progress",
         prompt=embeds.truncate(embeds.escape(job.prompt.replace("\n", " ")), 300),
         done=done,
         total=len(members),
-        failed=text("progress_failed", failed=failed) if failed else "",
+        failed=failed,
     )
     return content, embed_list[:10], view
 
@@ -370,5 +407,6 @@ async def cancel_group(bot: PaletteBot, interaction: discord.Interaction, job: J
         log.info("group %s: could not rewrite its message after cancelling (%s)", group_id, exc)
         if not ran:  # the message is out of reach: cancel without it
             await cancel_unposted(set())
-    await interaction.followup.send(text("cancelled", user=interaction.user.id), ephemeral=True)
+    answer = text(user_locale(interaction), "cancelled", user=interaction.user.mention)
+    await interaction.followup.send(answer, ephemeral=True)
     return refunded

@@ -197,10 +197,11 @@ class Flows:
     async def show_queued(self, interaction: discord.Interaction, job: JobRecord) -> None:
         """Say "queued" (with the place in line) on the status message, and store the message's id with
         the job when the deferral did not name it."""
-        text = embeds.queued_text(job, await self.bot.jobs.position(job.id), embeds.job_locale(job))
+        locale = embeds.job_locale(job)
+        text = embeds.queued_text(job, await self.bot.jobs.position(job.id), locale)
         message: discord.Message | None = None
         try:
-            message = await interaction.edit_original_response(content=text, view=status_view(job.id))
+            message = await interaction.edit_original_response(content=text, view=status_view(job.id, locale))
         except discord.HTTPException as exc:  # progress is best effort
             log.warning("job %s: could not show the queued status (%s)", job.id, exc)
             if job.status_message_id is None:
@@ -248,7 +249,7 @@ class Flows:
                     raise ValidationError(embeds.CANCEL_TEXT["already_cancelled"])
                 posted = current is not None and current.delivery is not None
                 raise ValidationError(embeds.CANCEL_TEXT["posted" if posted else "already_done"])
-            text = embeds.cancelled_text(user.id, images=job.reserved)
+            text = embeds.cancelled_text(user.id, images=job.reserved, locale=embeds.job_locale(job))
             await interaction.response.edit_message(content=text, embed=None, attachments=[], view=None)
         except Exception as exc:
             await self.bot.report_error(interaction, exc)

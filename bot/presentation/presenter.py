@@ -116,7 +116,7 @@ class DiscordPresenter:
         if job.group_id is not None and self.group_messages is not None:
             # One model of a compare failed: its part of the shared message says so (it is settled).
             try:
-                await self.group_messages.update(job)
+                await self.group_messages.update(job, failure=error)
                 return
             except (GroupMessageUnavailable, discord.HTTPException) as exc:
                 log.info("job %s: could not show the failure on its group's message (%s)", job.id, exc)

@@ -18,10 +18,13 @@ from discord import app_commands
 
 from bot.errors import ValidationError
 from bot.generation import load_references
+from bot.i18n import N_, Joined, Size, Text, msg, nmsg, render, t
 from bot.presentation import embeds
+from bot.presentation.locales import user_locale
 from bot.presentation.moderation import is_server_moderator
 from bot.storage.styles import StyleImage, StyleRecord, StyleScope
 from bot.styles import (
+    PLACEHOLDER,
     STYLE_IMAGE_MAX_BYTES,
     StyleProblem,
     check_defaults,
@@ -33,43 +36,61 @@ from bot.styles import (
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
 
-#: Every user-facing text of styles, by problem kind or message name (``{...}`` from the details).
+#: Every user-facing text of styles, by problem kind or message name (``{...}`` from the details). Each
+#: is a message id (:func:`bot.i18n.N_`): rendered in the reader's language where it is shown.
 STYLE_TEXT: dict[str, str] = {
-    "bad_name": "A style name is 1 to {max} characters: letters, digits, spaces, `-` and `_`.",
-    "no_placeholder": "The template needs `{{prompt}}` where your words go, e.g. `{{prompt}}, watercolor`.",
-    "template_too_long": "That template is {length} characters long; a style template is at most {max}.",
-    "stray_braces": "Only `{{prompt}}` may be in braces in a template; remove the other `{{` and `}}`.",
-    "too_many": "There are already {max} styles here; delete one first (`/style delete`).",
-    "too_many_images": "A style takes at most {max} reference images.",
-    "unknown_model": "Unknown model `{model}`; pick one from the list.",
-    "bad_ratio": "`{ratio}` is not an aspect ratio the style's model draws.",
-    "not_found": "There is no style called `{name}` (yours or this server's). See `/style list`.",
-    "expanded_too_long": "With the style, the prompt is {length} characters long; at most {max} fit.",
-    "no_server": "Server styles only exist in a server.",
-    "not_moderator": "Only the server's moderators can save or delete server styles.",
-    "image_too_large": "A style's image can be at most {max_mb} MB.",
-    "saved_personal": "Saved your style **{name}**{extras}. Use it with `/imagine style:{name}`.",
-    "saved_server": "Saved the server style **{name}**{extras}; every member can use it with "
-    "`/imagine style:{name}`.",
-    "deleted_personal": "Deleted your style **{name}**.",
-    "deleted_server": "Deleted the server style **{name}**.",
-    "list_title": "Styles you can use",
-    "list_empty": "No styles yet. Save one with `/style save`.",
-    "personal": "yours",
-    "server": "this server's",
+    "bad_name": N_("A style name is 1 to {max} characters: letters, digits, spaces, `-` and `_`."),
+    "no_placeholder": N_(
+        "The template needs `{placeholder}` where your words go, e.g. `{placeholder}, watercolor`."
+    ),
+    "template_too_long": N_("That template is {length} characters long; a style template is at most {max}."),
+    "stray_braces": N_("Only `{placeholder}` may be in braces in a template; remove the other braces."),
+    "too_many": N_("There are already {max} styles here; delete one first (`/style delete`)."),
+    "too_many_images": N_("A style takes at most {max} reference images."),
+    "unknown_model": N_("Unknown model `{model}`; pick one from the list."),
+    "bad_ratio": N_("`{ratio}` is not an aspect ratio the style's model draws."),
+    "not_found": N_("There is no style called `{name}` (yours or this server's). See `/style list`."),
+    "expanded_too_long": N_("With the style, the prompt is {length} characters long; at most {max} fit."),
+    "no_server": N_("Server styles only exist in a server."),
+    "not_moderator": N_("Only the server's moderators can save or delete server styles."),
+    "image_too_large": N_("A style's image can be at most {max}."),
+    "saved_personal": N_("Saved your style **{name}**. Use it with `/imagine style:{name}`."),
+    "saved_personal_details": N_(
+        "Saved your style **{name}** ({details}). Use it with `/imagine style:{name}`."
+    ),
+    "saved_server": N_(
+        "Saved the server style **{name}**; every member can use it with `/imagine style:{name}`."
+    ),
+    "saved_server_details": N_(
+        "Saved the server style **{name}** ({details}); every member can use it with `/imagine style:{name}`."
+    ),
+    "deleted_personal": N_("Deleted your style **{name}**."),
+    "deleted_server": N_("Deleted the server style **{name}**."),
+    "list_title": N_("Styles you can use"),
+    "list_empty": N_("No styles yet. Save one with `/style save`."),
+    "personal": N_("yours"),
+    "server": N_("this server's"),
 }
 
 
-def text(key: str, **details: Any) -> str:
-    return STYLE_TEXT[key].format(**details)
+def text(key: str, **details: Any) -> Text:
+    """The message ``key`` with its values, as data (rendered where it is shown)."""
+    return msg(STYLE_TEXT[key], **details)
 
 
-def problem_text(problem: StyleProblem) -> str:
-    return text(problem.kind, **problem.details)
+def problem_text(problem: StyleProblem) -> Text:
+    details = dict(problem.details)
+    if problem.kind in ("no_placeholder", "stray_braces"):
+        details["placeholder"] = PLACEHOLDER
+    return text(problem.kind, **details)
 
 
 def scope_word(scope: str) -> str:
     return STYLE_TEXT["personal" if scope == "personal" else "server"]
+
+
+def images_word(count: int) -> Text:
+    return nmsg("{n} image", "{n} images", count)
 
 
 @dataclass
@@ -116,9 +137,10 @@ async def style_choices(
 ) -> list[app_commands.Choice[str]]:
     """The user's styles and the server's, matching what was typed."""
     current = current.strip().lower()
+    locale = user_locale(interaction)  # autocomplete is shown to the one typing
     found = await bot.styles.usable(interaction.user.id, interaction.guild_id)
     return [
-        app_commands.Choice(name=f"{s.name} ({scope_word(s.scope)})"[:100], value=option_value(s))
+        app_commands.Choice(name=f"{s.name} ({t(locale, scope_word(s.scope))})"[:100], value=option_value(s))
         for s in found
         if current in s.name or current in option_value(s)
     ][:25]
@@ -149,7 +171,7 @@ async def save(
     cap = min(bot.settings.max_reference_bytes, STYLE_IMAGE_MAX_BYTES)
     for att in images:
         if att.size > cap:
-            raise ValidationError(text("image_too_large", max_mb=cap // 1_048_576))
+            raise ValidationError(text("image_too_large", max=Size(cap, whole=True)))
     try:
         # Cheap checks first (answered at once); the images are downloaded after deferring.
         clean_name(name)
@@ -170,38 +192,36 @@ async def save(
         )  # fmt: skip
     except StyleProblem as problem:
         raise ValidationError(problem_text(problem)) from None
-    extras = []
+    details: list[Any] = []
     if record.model:
-        extras.append(embeds.model_label(record.model))
+        details.append(embeds.model_label(record.model))
     if record.aspect_ratio:
-        extras.append(record.aspect_ratio)
+        details.append(record.aspect_ratio)
     if record.references:
-        extras.append(f"{record.references} image{'s' if record.references != 1 else ''}")
-    await interaction.followup.send(
-        text(
-            f"saved_{scope}",
-            name=record.name,
-            extras=f" ({', '.join(extras)})" if extras else "",
-        ),
-        ephemeral=True,
-    )
+        details.append(images_word(record.references))
+    if details:
+        answer = text(f"saved_{scope}_details", name=record.name, details=Joined(tuple(details)))
+    else:
+        answer = text(f"saved_{scope}", name=record.name)
+    await interaction.followup.send(render(user_locale(interaction), answer), ephemeral=True)
 
 
 async def list_styles(bot: PaletteBot, interaction: discord.Interaction) -> None:
+    locale = user_locale(interaction)  # an ephemeral list: the reader's language
     found = await bot.styles.usable(interaction.user.id, interaction.guild_id)
-    embed = discord.Embed(title=text("list_title"), colour=embeds.BRAND)
+    embed = discord.Embed(title=t(locale, STYLE_TEXT["list_title"]), colour=embeds.BRAND)
     if not found:
-        embed.description = text("list_empty")
+        embed.description = t(locale, STYLE_TEXT["list_empty"])
     for s in found[:25]:
-        details = [scope_word(s.scope)]
+        details: list[Any] = [msg(scope_word(s.scope))]
         if s.model:
             details.append(embeds.model_label(s.model))
         if s.aspect_ratio:
             details.append(s.aspect_ratio)
         if s.references:
-            details.append(f"{s.references} image{'s' if s.references != 1 else ''}")
+            details.append(images_word(s.references))
         embed.add_field(
-            name=embeds.truncate(f"{s.name} · {', '.join(details)}", embeds.TITLE_MAX),
+            name=embeds.truncate(f"{s.name} · {render(locale, Joined(tuple(details)))}", embeds.TITLE_MAX),
             value=embeds.truncate(embeds.escape(s.template), embeds.FIELD_MAX),
             inline=False,
         )
@@ -217,4 +237,5 @@ async def delete(bot: PaletteBot, interaction: discord.Interaction, value: str) 
         policy = await bot.moderation.policy(interaction.guild_id) if interaction.guild_id else None
         may_manage(bot, interaction, "server", policy)
     await bot.styles.delete(record)
-    await interaction.response.send_message(text(f"deleted_{record.scope}", name=record.name), ephemeral=True)
+    answer = text(f"deleted_{record.scope}", name=record.name)
+    await interaction.response.send_message(render(user_locale(interaction), answer), ephemeral=True)

@@ -6,10 +6,13 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.catalog import MODELS
+from bot.i18n import t
 from bot.presentation.compare import MAX_MODELS, choose_models, start_compare
+from bot.presentation.locales import user_locale
 from cogs.imagine.cog import MAX_PROMPT, RESOLUTION_CHOICES
 
 if TYPE_CHECKING:
@@ -36,7 +39,9 @@ class CompareCog(commands.Cog):
         keys = [m.key for m in self.bot.generator.models()]
         if not current.strip() and len(keys) >= 2:
             default = ", ".join(choose_models(None, keys))
-            choices.insert(0, app_commands.Choice(name=f"{default} (default)", value=default))
+            # Shown to the one typing, in their language.
+            name = t(user_locale(interaction), "{models} (default)", models=default)
+            choices.insert(0, app_commands.Choice(name=name[:100], value=default))
         return choices[:25] if len(picked) < MAX_MODELS else []
 
     async def ratio_autocomplete(
@@ -45,12 +50,14 @@ class CompareCog(commands.Cog):
         ratios = dict.fromkeys(r for m in MODELS for r in m.aspect_ratios)
         return [app_commands.Choice(name=r, value=r) for r in ratios if current in r][:25]
 
-    @app_commands.command(name="compare", description="Draw one prompt with two to four models, side by side")
+    @app_commands.command(
+        name="compare", description=locale_str("Draw one prompt with two to four models, side by side")
+    )
     @app_commands.describe(
-        prompt="Describe the image you want",
-        models="Models to compare, separated by commas (default: Nano Banana Pro, GPT Image 2)",
-        aspect_ratio="Shape of the images, e.g. 1:1, 16:9 (every model must support it)",
-        resolution="Output size; larger takes longer",
+        prompt=locale_str("Describe the image you want"),
+        models=locale_str("Models to compare, separated by commas (default: Nano Banana Pro, GPT Image 2)"),
+        aspect_ratio=locale_str("Shape of the images, e.g. 1:1, 16:9 (every model must support it)"),
+        resolution=locale_str("Output size; larger takes longer"),
     )
     @app_commands.autocomplete(models=models_autocomplete, aspect_ratio=ratio_autocomplete)
     @app_commands.choices(resolution=RESOLUTION_CHOICES)

@@ -6,23 +6,28 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.catalog import MODELS, get_model
+from bot.i18n import t
 from bot.presentation import styles
+from bot.presentation.locales import user_locale
 from bot.styles import NAME_MAX, TEMPLATE_MAX
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
 
 SCOPE_CHOICES = [
-    app_commands.Choice(name="Personal (only you)", value="personal"),
-    app_commands.Choice(name="Server (every member; moderators only)", value="server"),
+    app_commands.Choice(name=locale_str("Personal (only you)"), value="personal"),
+    app_commands.Choice(name=locale_str("Server (every member; moderators only)"), value="server"),
 ]
 
 
 class StylesCog(commands.Cog):
-    style = app_commands.Group(name="style", description="Saved prompt styles for /imagine and /edit")
+    style = app_commands.Group(
+        name="style", description=locale_str("Saved prompt styles for /imagine and /edit")
+    )
 
     def __init__(self, bot: PaletteBot) -> None:
         self.bot = bot
@@ -31,8 +36,9 @@ class StylesCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         current = current.lower()
+        locale = user_locale(interaction)  # autocomplete is shown to the one typing
         return [
-            app_commands.Choice(name=f"{m.label}: {m.description}"[:100], value=m.key)
+            app_commands.Choice(name=f"{m.label}: {t(locale, m.description)}"[:100], value=m.key)
             for m in self.bot.generator.models()
             if current in m.key or current in m.label.lower()
         ][:25]
@@ -53,14 +59,18 @@ class StylesCog(commands.Cog):
     ) -> list[app_commands.Choice[str]]:
         return await styles.style_choices(self.bot, interaction, current)
 
-    @style.command(name="save", description="Save a prompt template as a style (replaces one of that name)")
+    @style.command(
+        name="save", description=locale_str("Save a prompt template as a style (replaces one of that name)")
+    )
     @app_commands.describe(
-        name="The style's name, e.g. watercolor",
-        template="The prompt with {prompt} where your words go, e.g. '{prompt}, soft watercolor, pastel'",
-        scope="Personal (yours only) or for the whole server (moderators)",
-        image="A reference image that comes with the style (optional)",
-        model="The model the style uses unless one is chosen (optional)",
-        aspect_ratio="The shape the style uses unless one is chosen (optional)",
+        name=locale_str("The style's name, e.g. watercolor"),
+        template=locale_str(
+            "The prompt with {prompt} where your words go, e.g. '{prompt}, soft watercolor, pastel'"
+        ),
+        scope=locale_str("Personal (yours only) or for the whole server (moderators)"),
+        image=locale_str("A reference image that comes with the style (optional)"),
+        model=locale_str("The model the style uses unless one is chosen (optional)"),
+        aspect_ratio=locale_str("The shape the style uses unless one is chosen (optional)"),
     )
     @app_commands.choices(scope=SCOPE_CHOICES)
     @app_commands.autocomplete(model=model_autocomplete, aspect_ratio=ratio_autocomplete)
@@ -85,12 +95,14 @@ class StylesCog(commands.Cog):
             aspect_ratio=aspect_ratio,
         )
 
-    @style.command(name="list", description="Show your styles and this server's")
+    @style.command(name="list", description=locale_str("Show your styles and this server's"))
     async def list_(self, interaction: discord.Interaction) -> None:
         await styles.list_styles(self.bot, interaction)
 
-    @style.command(name="delete", description="Delete one of your styles (or a server style, as a moderator)")
-    @app_commands.describe(name="The style to delete")
+    @style.command(
+        name="delete", description=locale_str("Delete one of your styles (or a server style, as a moderator)")
+    )
+    @app_commands.describe(name=locale_str("The style to delete"))
     @app_commands.autocomplete(name=style_autocomplete)
     async def delete(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 64]) -> None:
         await styles.delete(self.bot, interaction, name)
