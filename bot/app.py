@@ -141,7 +141,7 @@ def attach_worker(
     spool (memory budget, then disk in the data directory), encoder processes and presenter."""
     spool = ImageSpool(spool_directory(settings, worker_id), settings.image_memory_budget)
     encoders = EncoderPool(settings.image_encoders)
-    presenter = DiscordPresenter(client, spool=spool, encoders=encoders)
+    presenter = DiscordPresenter(client, spool=spool, encoders=encoders, groups=db.groups)
     # Each delivered result also goes to the server's mod log (in the background).
     worker = Worker(
         db.jobs,

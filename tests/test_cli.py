@@ -384,6 +384,17 @@ async def _seed_everything(url: str) -> None:
         finally:
             await queue.aclose()
         assert claim is not None and claim.job.id == running.id
+        # Styles, compare groups and a cancelled job (issue 12).
+        from bot.storage.styles import StyleImage
+
+        group = await db.groups.create(1, 2, 2, now - 40)
+        await db.jobs.reserve_job(job(kind="compare", group_id=group), Limits(), now - 40)
+        cancelled = await db.jobs.reserve_job(job(kind="compare", group_id=group), Limits(), now - 40)
+        await db.jobs.cancel_job(cancelled.id, 1, now - 30)
+        await db.styles.save(
+            "server", 2, "ink", "{prompt}, ink", model="gpt-image-2", aspect_ratio="1:1", created_by=1,
+            images=[StyleImage("image/png", b"\x89PNG" + bytes(range(256)) * 8)], now=now,
+        )  # fmt: skip
         await db.kv.set("commands_hash", "abc")
         await db.moderation.save_policy(GuildPolicy(2, daily_limit=9, allowed_channels=(3,)), now)
         await db.moderation.set_role_limit(RoleLimit(2, 44, daily_limit=3), now)
@@ -453,7 +464,7 @@ async def test_copy_db_sqlite_to_postgresql_and_back(
         out, err = capsys.readouterr()
         assert code == 0, err
         assert password not in out + err and "***" in out
-        assert "ledger balanced" in out and "jobs: 4 rows" in out
+        assert "ledger balanced" in out and "jobs: 6 rows" in out
         assert await _all_rows(pg) == expected
 
         # The copy is a working database: new ids follow the copied ones, the triggers are back on.

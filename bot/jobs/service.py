@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from bot.catalog import get_model
@@ -23,6 +23,7 @@ from bot.generation import GenerationOutcome, GenerationSpec, Generator, Plan
 from bot.limits import LimitPolicy
 from bot.ops import metrics
 from bot.storage import JobRecord, NewJob, NewReference
+from bot.storage.errors import QuotaExceeded, QuotaScope
 from bot.storage.queue import QueueRepository
 from bot.storage.repository import JobRepository
 
@@ -150,8 +151,14 @@ class JobService:
         *,
         kind: str = "imagine",
         parent_job_id: int | None = None,
+        group_id: int | None = None,
+        check_concurrency: bool = True,
     ) -> JobRecord:
         """Validate, reserve quota atomically and persist the job. Raises PaletteError on refusal.
+
+        ``group_id``: one job of a /compare request (its jobs share one message). Its second and later
+        jobs pass ``check_concurrency=False``: the request counts once against the jobs-at-once limit
+        (every image still counts against the daily and hourly ones).
 
         The job is stored without its queue provider: no worker can claim it until :meth:`hand_over`.
         Until then the command handler owns the status message (it shows "queued"), so a worker's
@@ -160,16 +167,32 @@ class JobService:
         worker after a while: :data:`bot.jobs.worker.ADOPT_AFTER`.)
         """
         try:
-            return await self._submit(spec, origin, kind=kind, parent_job_id=parent_job_id)
+            return await self._submit(
+                spec,
+                origin,
+                kind=kind,
+                parent_job_id=parent_job_id,
+                group_id=group_id,
+                check_concurrency=check_concurrency,
+            )
         except PaletteError:
             metrics.job_finished("refused")
             raise
 
     async def _submit(
-        self, spec: GenerationSpec, origin: JobOrigin, *, kind: str, parent_job_id: int | None
+        self,
+        spec: GenerationSpec,
+        origin: JobOrigin,
+        *,
+        kind: str,
+        parent_job_id: int | None,
+        group_id: int | None,
+        check_concurrency: bool,
     ) -> JobRecord:
         plan = self.generator.plan(spec, await self.access_for(origin.guild_id))
         limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
+        if not check_concurrency:
+            limits = replace(limits, max_concurrent=None)
         params = {
             "aspect_ratio": plan.aspect_ratio,
             "resolution": plan.resolution,
@@ -201,10 +224,32 @@ class JobService:
                 for i, r in enumerate(plan.references)
             ],
             queue_provider=None,  # set by hand_over
+            group_id=group_id,
         )
         job = await self.jobs.reserve_job(new_job, limits, self.clock())
         self._providers[job.id] = plan.routes[0].provider
         return job
+
+    async def check_room(self, origin: JobOrigin, images: int) -> None:
+        """Refuse up front (nothing is reserved) a request of ``images`` images, made of several jobs,
+        that cannot fit the daily, pool or hourly limit as a whole (/compare). The jobs' reservations still
+        check again, atomically, one by one."""
+        limits = await self.policy.limits_for(origin.user_id, origin.guild_id, origin.role_ids)
+        now = self.clock()
+        pool_guild = origin.guild_id if limits.guild_daily_pool is not None else None
+        usage = await self.jobs.usage(origin.user_id, now, pool_guild)
+        checks: list[tuple[QuotaScope, int | None, int, float | None]] = [
+            ("daily", limits.daily, usage.daily_used, usage.daily_resets_at),
+            ("pool", limits.guild_daily_pool if pool_guild is not None else None, usage.guild_pool_used or 0,
+             usage.guild_pool_resets_at),
+            ("hourly", limits.hourly, usage.hourly_used, usage.hourly_resets_at),
+        ]  # fmt: skip
+        for scope, limit, used, resets_at in checks:
+            if limit is not None and used + images > limit:
+                raise QuotaExceeded(
+                    scope, limit=limit, used=used, requested=images,
+                    resets_at=resets_at if images <= limit else None, now=now,
+                )  # fmt: skip
 
     async def hand_over(self, job: JobRecord) -> None:
         """The command handler is done with the status message: the job joins the queue, waiting for a
@@ -222,6 +267,24 @@ class JobService:
         model = get_model(job.model)
         routes = model.routes_for(self.generator.enabled, self.generator.rank) if model else []
         return routes[0].provider if routes else next(iter(self.generator.providers), "")
+
+    async def cancel(self, job_id: int, by: int) -> bool:
+        """Cancel an unfinished job whose result is not posted yet: settled as ``cancelled`` (everything
+        refunded, once: settling is idempotent) in one write, so a queued job leaves the queue at once. A
+        worker running it stops: this process's at once, another process's when it next looks (its lease
+        renewal is refused; the status is read again before posting). False when there was nothing to
+        cancel (finished, or the result was already posted)."""
+        if not await self.jobs.cancel_job(job_id, by, self.clock()):
+            return False
+        metrics.job_finished("cancelled")
+        self._providers.pop(job_id, None)
+        if self.worker is not None:
+            self.worker.abandon(job_id)
+        try:
+            await self.queue.notify()  # its provider slot may be free now
+        except Exception as exc:
+            log.warning("job %s: could not wake the workers (%s)", job_id, type(exc).__name__)
+        return True
 
     async def position(self, job_id: int) -> int | None:
         """The job's place in line over the whole deployment (None once a worker has it)."""

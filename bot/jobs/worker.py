@@ -29,6 +29,11 @@ settled, the job is settled as *refunded* instead (retried for as long as this w
 the user is told it was free; the recorded delivery guarantees that whoever settles it later never posts
 it again. A failure that cannot be settled is retried the same way before the user is told.
 
+A job cancelled meanwhile (its requester or a moderator clicked Cancel: the job row is settled as
+``cancelled`` at once, see :meth:`bot.jobs.service.JobService.cancel`) is dropped: this process's worker is
+told directly (:meth:`Worker.abandon`), any other finds out when its lease renewal is refused, and its
+status is read once more right before posting, so a result that arrives late is never posted.
+
 On shutdown, running jobs get ``SHUTDOWN_GRACE`` seconds; the rest are given back to the queue
 (``release_job``), to be claimed again by this or another worker.
 """
@@ -386,6 +391,8 @@ class RunningJob:
     task: asyncio.Task[None] | None = None
     generating: bool = True  # talking to providers (counts against the worker's max)
     given_back: bool = False
+    # Cancelled by its requester or a moderator (the job is already settled): stop, post nothing.
+    cancelled: bool = False
     spooled: list[SpooledImage] = field(default_factory=list)
     #: The server's own keys for this job (decrypted here, from the database), None: the operator's.
     credentials: CallCredentials | None = None
@@ -460,6 +467,19 @@ class Worker:
     def poke(self) -> None:
         """A job was queued in this process: look for work now."""
         self._wake.set()
+
+    def abandon(self, job_id: int) -> bool:
+        """The job was cancelled (and settled as such): if this worker runs it, stop at once, post nothing.
+
+        Workers in other processes find out by themselves: the lease renewal is refused (the job is
+        finished), and the job's status is looked at once more right before its result would be posted."""
+        running = self._running.get(job_id)
+        if running is None or running.task is None:
+            return False
+        running.cancelled = True
+        running.slots.forget()  # settling the cancellation freed them in the queue
+        running.task.cancel()
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -624,7 +644,7 @@ class Worker:
         try:
             await self._work(running)
         except asyncio.CancelledError:
-            if not (running.lease.lost or running.given_back):
+            if not (running.lease.lost or running.given_back or running.cancelled):
                 raise
         except LeaseLost:
             pass
@@ -696,7 +716,7 @@ class Worker:
             running.spooled = await self.spool.admit(outcome.images)
             outcome.images = []  # the spool holds them now (memory budget, or disk)
             async with self._delivery_slots:
-                if lease.lost:
+                if lease.lost or await self._cancelled_meanwhile(job.id):
                     raise LeaseLost()
                 delivery = await self.presenter.deliver(job, outcome, running.spooled)
             if self.image_store is not None:
@@ -736,6 +756,15 @@ class Worker:
                 self.on_key_rejected(job, error)
             except Exception:
                 log.exception("job %s: could not report a refused server key", job.id)
+
+    async def _cancelled_meanwhile(self, job_id: int) -> bool:
+        """Whether the job was cancelled (from any process) while it was being generated: then its result
+        is not posted. A failed look is not a cancellation (the lease renewal still guards)."""
+        try:
+            return await self.jobs.job_status(job_id) == "cancelled"
+        except Exception as exc:
+            log.warning("job %s: could not look at its status (%s)", job_id, type(exc).__name__)
+            return False
 
     async def _generate(
         self,

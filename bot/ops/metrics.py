@@ -34,7 +34,7 @@ disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: The outcomes of ``palette_jobs_total``.
-JOB_OUTCOMES = ("delivered", "failed", "refused", "refunded")
+JOB_OUTCOMES = ("delivered", "failed", "refused", "refunded", "cancelled")
 
 _DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600)
 _ACK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 5)

@@ -33,16 +33,17 @@ from bot.presentation.locales import user_locale
 from bot.presentation.moderation import ModLogSender
 from bot.presentation.presenter import DiscordPresenter
 from bot.presentation.translator import PaletteTranslator
-from bot.presentation.views import ResultButton
+from bot.presentation.views import CancelButton, ResultButton
 from bot.providers.transport import Downloader
 from bot.storage import Database
 from bot.storage.queue import QueueRepository
 from bot.storage.shards import SqlShardRepository
+from bot.styles import StyleService
 from bot.tenants import TenantService
 
 log = logging.getLogger(__name__)
 
-COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin")
+COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin", "cogs.styles", "cogs.compare")
 # View channel, send messages, embed links, attach files, read message history.
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, embed_links=True, attach_files=True, read_message_history=True
@@ -141,6 +142,7 @@ class PaletteBot(commands.Bot):
         self.jobs = JobService(db.jobs, queue, generator, self.policy)
         self.jobs.tenants = self.tenants
         self.flows = Flows(self)
+        self.styles = StyleService(db.styles)
         self.presence = Presence(queue, role, worker_id)
         # Which shards this process runs (and their latency), in the database for /palette status.
         self.shard_repo = SqlShardRepository(db.engine)
@@ -163,7 +165,7 @@ class PaletteBot(commands.Bot):
         await self.tree.set_translator(PaletteTranslator())
         for cog in COGS:
             await self.load_extension(cog)
-        self.add_dynamic_items(ResultButton)
+        self.add_dynamic_items(ResultButton, CancelButton)
         self.synced = await self.sync_commands(force=self.sync_only)
         if self.sync_only:
             return

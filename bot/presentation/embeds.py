@@ -19,7 +19,7 @@ from bot.errors import (
     ValidationError,
 )
 from bot.health import HealthSnapshot
-from bot.i18n import SOURCE_LOCALE, Number, Percent, render, resolve, t, tn
+from bot.i18n import N_, SOURCE_LOCALE, Number, Percent, render, resolve, t, tn
 from bot.storage import HistoryEntry, JobRecord, Limits, UsageSnapshot
 
 BRAND = discord.Colour(0xE0A526)
@@ -85,6 +85,27 @@ def started_text(job: JobRecord, started_at: float, locale: str = SOURCE_LOCALE)
         model=model_label(job.model),
         started=f"<t:{int(started_at)}:R>",
     )
+
+
+def cancelled_text(user_id: int, *, images: int, locale: str = SOURCE_LOCALE) -> str:
+    """The status message of a cancelled job (public: in the server's language)."""
+    return tn(
+        locale,
+        "✖️ Cancelled by {user}. Nothing was charged ({n} image refunded).",
+        "✖️ Cancelled by {user}. Nothing was charged ({n} images refunded).",
+        images,
+        user=f"<@{user_id}>",
+    )
+
+
+#: Answers to a click on Cancel (ephemeral: rendered in the clicker's language), by outcome.
+CANCEL_TEXT = {
+    "not_allowed": N_("Only the person who asked for this (or a moderator) can cancel it."),
+    "already_done": N_("That request has already finished; there is nothing to cancel."),
+    "already_cancelled": N_("That request was already cancelled."),
+    "posted": N_("Those images have just been posted; it is too late to cancel."),
+    "unknown": N_("That request is no longer in Palette's records."),
+}
 
 
 def result_embed(

@@ -31,7 +31,7 @@ from bot.jobs.service import JobOrigin
 from bot.moderation import modlog
 from bot.presentation import embeds, moderation
 from bot.presentation.locales import server_locale, user_locale
-from bot.presentation.views import PromptModal
+from bot.presentation.views import PromptModal, status_view
 from bot.providers.base import Reference
 from bot.storage import JobRecord
 
@@ -197,10 +197,11 @@ class Flows:
     async def show_queued(self, interaction: discord.Interaction, job: JobRecord) -> None:
         """Say "queued" (with the place in line) on the status message, and store the message's id with
         the job when the deferral did not name it."""
-        text = embeds.queued_text(job, await self.bot.jobs.position(job.id), embeds.job_locale(job))
+        locale = embeds.job_locale(job)
+        text = embeds.queued_text(job, await self.bot.jobs.position(job.id), locale)
         message: discord.Message | None = None
         try:
-            message = await interaction.edit_original_response(content=text)
+            message = await interaction.edit_original_response(content=text, view=status_view(job.id, locale))
         except discord.HTTPException as exc:  # progress is best effort
             log.warning("job %s: could not show the queued status (%s)", job.id, exc)
             if job.status_message_id is None:
@@ -209,6 +210,49 @@ class Flows:
                     message = await interaction.original_response()
         if job.status_message_id is None and message is not None:
             await self.bot.db.jobs.set_status_message(job.id, message.id)
+
+    # ------------------------------------------------------------------ cancel
+
+    async def cancel_action(self, interaction: discord.Interaction, job_id: int) -> None:
+        """The Cancel button of a status message: the requester or a moderator takes the request back.
+
+        The id in the button is checked like a result button's (the job must belong to this server and
+        the clicked message must be its status message), so a forged id cancels nothing."""
+        try:
+            job = await self.bot.db.jobs.get_job(job_id)
+            if job is None:
+                raise ValidationError(embeds.CANCEL_TEXT["unknown"])
+            message = interaction.message
+            if (
+                message is None
+                or job.guild_id != interaction.guild_id
+                or job.status_message_id is None
+                or message.id != job.status_message_id
+            ):
+                raise NotThisResult()
+            user = interaction.user
+            if user.id != job.user_id:
+                policy = await self.bot.moderation.policy(interaction.guild_id)
+                if not moderation.is_moderator(interaction, policy):
+                    raise ValidationError(embeds.CANCEL_TEXT["not_allowed"])
+            if job.group_id is not None:  # /compare: the models not posted yet
+                from bot.presentation.compare import cancel_group  # compare builds on this module
+
+                await cancel_group(self.bot, interaction, job)
+                return
+            if job.finished:
+                key = "already_cancelled" if job.status == "cancelled" else "already_done"
+                raise ValidationError(embeds.CANCEL_TEXT[key])
+            if not await self.bot.jobs.cancel(job.id, user.id):
+                current = await self.bot.db.jobs.get_job(job.id)
+                if current is not None and current.status == "cancelled":
+                    raise ValidationError(embeds.CANCEL_TEXT["already_cancelled"])
+                posted = current is not None and current.delivery is not None
+                raise ValidationError(embeds.CANCEL_TEXT["posted" if posted else "already_done"])
+            text = embeds.cancelled_text(user.id, images=job.reserved, locale=embeds.job_locale(job))
+            await interaction.response.edit_message(content=text, embed=None, attachments=[], view=None)
+        except Exception as exc:
+            await self.bot.report_error(interaction, exc)
 
     # ------------------------------------------------------------------ result buttons
 
@@ -269,13 +313,21 @@ class Flows:
         )
         return replace(spec, **changes)  # type: ignore[arg-type]
 
+    @staticmethod
+    def job_images(interaction: discord.Interaction, job: JobRecord) -> list[discord.Attachment]:
+        """The clicked message's images of ``job`` (a /compare message carries every model's image)."""
+        message = interaction.message
+        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        if job.group_id is not None:
+            images = [a for a in images if a.filename.startswith(f"palette-{job.id}-")]
+        return images
+
     async def reroll(self, interaction: discord.Interaction, job: JobRecord) -> None:
         """Same prompt and options, a fresh roll; charged to whoever clicked."""
         await self.start_job(interaction, self.spec_from_job(job), kind="reroll", parent_job_id=job.id)
 
     async def open_edit_modal(self, interaction: discord.Interaction, job: JobRecord) -> None:
-        message = interaction.message
-        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        images = self.job_images(interaction, job)
         if not images:
             raise ValidationError("This message has no image left to edit.")
         model = get_model(job.model)
@@ -305,8 +357,7 @@ class Flows:
         model = get_model(job.model)
         if model is None or "4K" not in model.resolutions or not model.supports_edit:
             raise UnsupportedOption("{model} cannot upscale to 4K.", model=embeds.model_label(job.model))
-        message = interaction.message
-        images = [a for a in (message.attachments if message else []) if is_image_attachment(a)]
+        images = self.job_images(interaction, job)
         if not images:
             raise ValidationError("This message has no image left to upscale.")
         prompt = (

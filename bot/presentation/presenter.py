@@ -32,8 +32,10 @@ from bot.i18n import render, t
 from bot.jobs.service import DeliveredImage, Delivery
 from bot.jobs.spool import EncoderPool, ImageSpool, SpooledImage, Upload, prepare_upload
 from bot.presentation import embeds
-from bot.presentation.views import result_view
+from bot.presentation.compare import GroupMessages, GroupMessageUnavailable, NewPart
+from bot.presentation.views import result_view, status_view
 from bot.storage import JobRecord
+from bot.storage.groups import SqlGroupRepository
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,13 @@ class DiscordPresenter:
         *,
         spool: ImageSpool,
         encoders: EncoderPool | None = None,
+        groups: SqlGroupRepository | None = None,
     ) -> None:
         self.client = client
         self.spool = spool
         self.encoders = encoders
+        # /compare: a group's jobs add their parts to one shared message (see bot.presentation.compare).
+        self.group_messages = GroupMessages(client, groups) if groups is not None else None
         # Which stage each job's status message shows, so a late edit never overwrites a later stage
         # (this worker's edits of one job run concurrently: "generating" is shown in the background).
         self._stage: dict[int, int] = {}
@@ -88,6 +93,8 @@ class DiscordPresenter:
     # ------------------------------------------------------------------ JobPresenter
 
     async def started(self, job: JobRecord) -> None:
+        if job.group_id is not None:  # the shared message shows the whole group's progress
+            return
         async with self._lock(job.id):
             if self._stage.get(job.id, 0) >= STARTED:
                 return
@@ -99,12 +106,23 @@ class DiscordPresenter:
                 await webhook.edit_message(
                     self._status_ref(job),
                     content=embeds.started_text(job, time.time(), embeds.job_locale(job)),
+                    view=status_view(job.id, embeds.job_locale(job)),
                 )
             except discord.HTTPException as exc:  # progress is best effort
                 log.info("job %s: could not show progress (%s)", job.id, exc)
 
     async def failed(self, job: JobRecord, error: PaletteError) -> None:
         text = embeds.failure_text(error, embeds.job_locale(job))
+        if job.group_id is not None and self.group_messages is not None:
+            # One model of a compare failed: its part of the shared message says so (it is settled).
+            try:
+                await self.group_messages.update(job, failure=error)
+                return
+            except (GroupMessageUnavailable, discord.HTTPException) as exc:
+                log.info("job %s: could not show the failure on its group's message (%s)", job.id, exc)
+                label = embeds.model_label(job.model)
+                await self._channel_send(job, content=f"<@{job.user_id}> **{label}**: {text}")
+                return
         try:
             async with self._lock(job.id):
                 self._stage[job.id] = FAILURE
@@ -134,6 +152,11 @@ class DiscordPresenter:
     async def deliver(
         self, job: JobRecord, outcome: GenerationOutcome, images: Sequence[SpooledImage]
     ) -> Delivery:
+        if job.group_id is not None and self.group_messages is not None:
+            try:
+                return await self._deliver_part(job, outcome, images)
+            except GroupMessageUnavailable as exc:  # posted on its own in the channel instead
+                log.info("job %s: %s; posting it on its own", job.id, exc)
         limit = int(embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT)  # type: ignore[call-overload]
         # Discord counts the whole request against the limit: share it between the images, keeping room
         # for the JSON payload and multipart framing.
@@ -188,6 +211,52 @@ class DiscordPresenter:
             await self.spool.discard(uploads)
             self._forget(job.id)
 
+    async def _deliver_part(
+        self, job: JobRecord, outcome: GenerationOutcome, images: Sequence[SpooledImage]
+    ) -> Delivery:
+        """Add this job's image to its compare group's shared message (under the group's lock)."""
+        assert self.group_messages is not None
+        limit = int(embeds.job_params(job).get("upload_limit") or DEFAULT_UPLOAD_LIMIT)  # type: ignore[call-overload]
+        budget = max(MIN_IMAGE_BUDGET, (limit - UPLOAD_OVERHEAD) // max(1, len(images)))
+        uploads: list[Upload] = []
+        try:
+            uploads = await self._prepare(images, budget)
+            names = [f"palette-{job.id}-{i}.{u.fitted.extension}" for i, u in enumerate(uploads, 1)]
+            files = [
+                discord.File(io.BytesIO(u.data), filename=name)
+                if u.data is not None
+                else discord.File(str(u.path), filename=name)
+                for u, name in zip(uploads, names, strict=True)
+            ]
+            part = NewPart(
+                job.id,
+                files,
+                names,
+                [(u.fitted.width, u.fitted.height) for u in uploads],
+                provider=outcome.provider,
+                provider_model=outcome.provider_model,
+            )
+            async with self._lock(job.id):
+                self._stage[job.id] = RESULT
+                message = await self.group_messages.update(job, part)
+            by_name = {a.filename: a for a in message.attachments}
+            delivered = [
+                DeliveredImage(
+                    attachment_id=by_name[name].id if name in by_name else None,
+                    filename=name,
+                    sha256=u.fitted.sha256,
+                    width=u.fitted.width,
+                    height=u.fitted.height,
+                    mime_type=u.fitted.mime_type,
+                    size_bytes=u.fitted.size_bytes,
+                )
+                for u, name in zip(uploads, names, strict=True)
+            ]
+            return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
+        finally:
+            await self.spool.discard(uploads)
+            self._forget(job.id)
+
     async def _prepare(self, images: Sequence[SpooledImage], budget: int) -> list[Upload]:
         """Every image fitted into ``budget`` bytes (re-encoding in the encoder processes)."""
         results = await asyncio.gather(
@@ -223,7 +292,8 @@ class DiscordPresenter:
 
         async with self._lock(job.id):
             self._stage[job.id] = RESULT
-            webhook = self._webhook(job)
+            # A compare job posting on its own must not overwrite its group's shared message.
+            webhook = self._webhook(job) if job.group_id is None else None
             if webhook is not None:
                 try:
                     return await webhook.edit_message(

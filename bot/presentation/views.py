@@ -27,6 +27,7 @@ RESULT_ACTIONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
     "delete": (N_("Delete"), "🗑️", discord.ButtonStyle.danger),
     "report": (N_("Report"), "🚩", discord.ButtonStyle.secondary),
 }
+CANCEL_LABEL = N_("Cancel")
 
 
 class ResultButton(
@@ -52,6 +53,42 @@ class ResultButton(
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: PaletteBot = interaction.client  # type: ignore[assignment]
         await bot.flows.result_action(interaction, self.action, self.job_id)
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"palette:cancel:(?P<job_id>[0-9]{1,19})",
+):
+    """Cancel on the status message of a queued or running job (persistent like the result buttons)."""
+
+    def __init__(self, job_id: int, locale: str = SOURCE_LOCALE) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=t(locale, CANCEL_LABEL),
+                emoji="✖️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"palette:cancel:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> CancelButton:
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: PaletteBot = interaction.client  # type: ignore[assignment]
+        await bot.flows.cancel_action(interaction, self.job_id)
+
+
+def status_view(job_id: int, locale: str = SOURCE_LOCALE) -> discord.ui.View:
+    """The buttons of a job's status message while it is queued or running, labelled in ``locale`` (the
+    server's language: the message is public)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id, locale))
+    return view
 
 
 def result_view(job_id: int, locale: str = SOURCE_LOCALE) -> discord.ui.View:

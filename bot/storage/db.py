@@ -47,6 +47,7 @@ from bot.storage.engine import (
     sqlite_path,
     write_lock,
 )
+from bot.storage.groups import SqlGroupRepository
 from bot.storage.history import SqlHistoryRepository
 from bot.storage.jobs import SqlJobRepository
 from bot.storage.kv import SqlKeyValueRepository
@@ -58,6 +59,7 @@ from bot.storage.repository import (
     KeyValueRepository,
     ModerationRepository,
 )
+from bot.storage.styles import SqlStyleRepository
 from bot.storage.tenants import SqlTenantRepository
 from bot.storage.usage import SqlUsageRepository
 from bot.storage.web import SqlWebRepository
@@ -137,6 +139,8 @@ class Database(SqlJobRepository):
         self.usage = SqlUsageRepository(self)
         #: The web gallery's sessions, logins and gallery queries (bot.web).
         self.web = SqlWebRepository(self)
+        self.styles = SqlStyleRepository(self)
+        self.groups = SqlGroupRepository(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

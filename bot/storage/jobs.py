@@ -93,7 +93,7 @@ _WINDOW_GUILD = sql(
 _INSERT_JOB_COLUMNS = (
     "user_id", "guild_id", "channel_id", "kind", "model", "prompt", "params", "count", "reserved",
     "interaction_token", "interaction_created_at", "status_message_id", "parent_job_id", "created_at",
-    "queue_provider",
+    "queue_provider", "group_id",
 )  # fmt: skip
 _INSERT_JOB = text(
     f"INSERT INTO jobs ({', '.join(_INSERT_JOB_COLUMNS)}) "
@@ -122,6 +122,25 @@ RETURNING user_id, guild_id, channel_id, provider, result_message_id
 """,
     id=BigInteger(), status=Text(), delivered=Integer(), now=Float(), error=Text(), error_kind=Text(),
     result_message_id=BigInteger(), provider=Text(), provider_model=Text(),
+)  # fmt: skip
+# Cancelling: settled like a failure (everything refunded) in one statement, unless the result was already
+# posted (a recorded delivery: then the job is the worker's to settle as delivered).
+_CANCEL = sql(
+    """
+UPDATE jobs SET
+    status = 'cancelled',
+    committed = 0,
+    refunded = reserved,
+    finished_at = :now,
+    error = :error,
+    error_kind = 'Cancelled',
+    cancelled_by = :by,
+    worker_id = NULL,
+    lease_expires_at = NULL
+WHERE id = :id AND status IN ('queued', 'running') AND delivery IS NULL
+RETURNING id
+""",
+    id=BigInteger(), now=Float(), error=Text(), by=BigInteger(),
 )  # fmt: skip
 _FREE_SLOTS = sql(
     "UPDATE provider_slots SET job_id = NULL, worker_id = NULL, lease_expires_at = NULL WHERE job_id = :id",
@@ -156,6 +175,7 @@ _SET_INTERACTION = sql(
     token=Text(), created_at=Float(), id=BigInteger(),
 )  # fmt: skip
 
+_JOB_STATUS = sql("SELECT status FROM jobs WHERE id = :id", id=BigInteger())
 _GET_JOB = sql(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id", id=BigInteger())
 _GET_REFERENCES = sql(
     "SELECT r.job_id, r.position, r.mime_type, COALESCE(r.data, b.data), r.url, r.source_attachment_id "
@@ -354,7 +374,7 @@ class SqlJobRepository:
             "interaction_created_at": new_job.interaction_created_at,
             "status_message_id": new_job.status_message_id,
             "parent_job_id": new_job.parent_job_id, "created_at": now,
-            "queue_provider": new_job.queue_provider,
+            "queue_provider": new_job.queue_provider, "group_id": new_job.group_id,
         }  # fmt: skip
         blob_ids: list[int | None] = []
         if total:
@@ -513,6 +533,29 @@ class SqlJobRepository:
             await conn.execute(_DELETE_JOB_BLOBS, {"id": job_id})
             await conn.execute(_DELETE_JOB_REFERENCES, {"id": job_id})
         return True
+
+    async def cancel_job(self, job_id: int, by: int, now: float, *, error: str = "cancelled") -> bool:
+        """Settle an unfinished, not yet posted job as ``cancelled``: every reserved image refunded (the
+        ledger trigger writes it), its lease, slots and references freed, ``cancelled_by`` recorded.
+
+        False (nothing changed) when the job is finished or its result was already posted. Idempotent with
+        :meth:`finish_job`: whichever settles first wins, the other changes nothing."""
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(_CANCEL, {"id": job_id, "now": now, "error": error, "by": by})).first()
+            if row is None:
+                if (await conn.execute(_JOB_STATE, {"id": job_id})).first() is None:
+                    raise JobNotFound(job_id)
+                return False
+            await conn.execute(_FREE_SLOTS, {"id": job_id})
+            await conn.execute(_DELETE_JOB_BLOBS, {"id": job_id})
+            await conn.execute(_DELETE_JOB_REFERENCES, {"id": job_id})
+        return True
+
+    async def job_status(self, job_id: int) -> str | None:
+        """The job's status alone (a cheap look: has it been cancelled meanwhile?); None if unknown."""
+        async with self._db.reading() as conn:
+            rows = await fetch(conn, _JOB_STATUS, {"id": job_id})
+        return str(rows[0][0]) if rows else None
 
     # --- reads ---------------------------------------------------------------------------------------------
 

@@ -122,6 +122,8 @@ class NewJob:
     status_message_id: int | None = None
     # The provider whose slot the job waits for in the shared queue (its best route), when known.
     queue_provider: str | None = None
+    # The /compare group it belongs to (job_groups.id), if any.
+    group_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -184,6 +186,9 @@ class JobRecord:
     worker_id: str | None = None
     lease_expires_at: float | None = None
     delivery: str | None = None
+    # Cancel and compare (issue 12).
+    cancelled_by: int | None = None
+    group_id: int | None = None
 
     @property
     def params_dict(self) -> dict[str, Any]:

@@ -87,6 +87,15 @@ class JobRepository(Protocol):
         negative or larger than the reservation."""
         ...
 
+    async def cancel_job(self, job_id: int, by: int, now: float, *, error: str = "cancelled") -> bool:
+        """Settle an unfinished job whose result was not posted as ``cancelled`` (all refunded), recording
+        ``by``; False (nothing changed) when it is finished or already posted."""
+        ...
+
+    async def job_status(self, job_id: int) -> str | None:
+        """The job's status alone; None if unknown."""
+        ...
+
     async def get_job(self, job_id: int) -> JobRecord | None: ...
 
     async def get_references(self, job_id: int) -> list[ReferenceRecord]:

@@ -86,6 +86,12 @@ jobs = Table(
     # What was posted (JSON), written right after posting and before settling: a job taken over after a
     # crash between the two is settled from this, never posted again.
     Column("delivery", Text),
+    # --- cancel and compare (issue 12) ---
+    # Who cancelled the job (requester or moderator); the job is settled as 'cancelled' in the same write,
+    # and a worker still running it drops its result (see bot.jobs.worker).
+    Column("cancelled_by", Snowflake),
+    # The /compare group the job belongs to (job_groups.id): its jobs share one result message.
+    Column("group_id", RowId),
     CheckConstraint("count > 0", name="count_positive"),
     CheckConstraint("status IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="status_known"),
     CheckConstraint("reserved >= 0", name="reserved_nonnegative"),
@@ -112,6 +118,8 @@ Index(
     sqlite_where=_UNFINISHED_JOBS,
     postgresql_where=_UNFINISHED_JOBS,
 )
+
+Index("jobs_group", jobs.c.group_id)
 
 job_references = Table(
     "job_references",
@@ -456,4 +464,50 @@ command_syncs = Table(
     Column("digest", Text, nullable=False),
     Column("holder", Text, nullable=False),
     Column("claimed_at", Seconds, nullable=False),
+)
+
+# --- styles and compare (issue 12) ------------------------------------------------------------------------
+
+# A named prompt template ("{prompt}" marks the user's words): personal (owner_id = the user) or a
+# server's (owner_id = the guild, managed by its moderators). See bot.styles.
+styles = Table(
+    "styles",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("scope", Text, nullable=False),
+    Column("owner_id", Snowflake, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("template", Text, nullable=False),
+    Column("model", Text),
+    Column("aspect_ratio", Text),
+    Column("created_by", Snowflake, nullable=False),
+    Column("created_at", Seconds, nullable=False),
+    UniqueConstraint("scope", "owner_id", "name"),
+    CheckConstraint("scope IN ('personal', 'server')", name="scope_known"),
+)
+
+# A style's reference images (bytes with the row: one small image per row, written with the style).
+style_references = Table(
+    "style_references",
+    metadata,
+    Column("style_id", RowId, ForeignKey("styles.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("mime_type", Text),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("style_id", "position"),
+)
+
+# A /compare request: its jobs (jobs.group_id) post into one shared message. Workers add their part to
+# that message one at a time: lock_owner/lock_until is the short lease a worker holds while editing it.
+job_groups = Table(
+    "job_groups",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("user_id", Snowflake, nullable=False),
+    Column("guild_id", Snowflake),
+    Column("size", Integer, nullable=False),
+    Column("created_at", Seconds, nullable=False),
+    Column("lock_owner", Text),
+    Column("lock_until", Seconds),
+    CheckConstraint("size > 0", name="size_positive"),
 )

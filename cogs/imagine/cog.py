@@ -13,6 +13,7 @@ from bot.catalog import MODELS, get_model
 from bot.generation import SEED_MAX, GenerationSpec
 from bot.i18n import t
 from bot.presentation.locales import user_locale
+from bot.presentation.styles import apply_style, style_choices
 
 if TYPE_CHECKING:
     from bot.presentation.client import PaletteBot
@@ -65,6 +66,11 @@ class ImagineCog(commands.Cog):
         ratios = model.aspect_ratios if model else MODELS[0].aspect_ratios
         return [app_commands.Choice(name=r, value=r) for r in ratios if current in r][:25]
 
+    async def style_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await style_choices(self.bot, interaction, current)
+
     # ------------------------------------------------------------------ commands
 
     @app_commands.command(name="imagine", description=locale_str("Generate images from a text prompt"))
@@ -75,8 +81,11 @@ class ImagineCog(commands.Cog):
         resolution=locale_str("Output size; larger takes longer"),
         count=locale_str("How many images (1-4); each counts against your quota"),
         seed=locale_str("Same seed + same prompt gives similar results (some models only)"),
+        style=locale_str("A saved style (yours or the server's) that wraps your prompt"),
     )
-    @app_commands.autocomplete(model=model_autocomplete, aspect_ratio=ratio_autocomplete)
+    @app_commands.autocomplete(
+        model=model_autocomplete, aspect_ratio=ratio_autocomplete, style=style_autocomplete
+    )
     @app_commands.choices(resolution=RESOLUTION_CHOICES)
     async def imagine(
         self,
@@ -87,17 +96,22 @@ class ImagineCog(commands.Cog):
         resolution: app_commands.Choice[str] | None = None,
         count: app_commands.Range[int, 1, 4] = 1,
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        style: str | None = None,
     ) -> None:
-        interaction.extras["model_chosen"] = model is not None  # else the server's default applies
+        styled = await apply_style(
+            self.bot, interaction, style, prompt=prompt, model=model, aspect_ratio=aspect_ratio
+        )
+        # A model chosen here or by the style; else the server's default applies.
+        interaction.extras["model_chosen"] = styled.model is not None
         spec = GenerationSpec(
-            model=model or self.bot.default_model(),
-            prompt=prompt,
-            aspect_ratio=aspect_ratio,
+            model=styled.model or self.bot.default_model(),
+            prompt=styled.prompt,
+            aspect_ratio=styled.aspect_ratio,
             resolution=resolution.value if resolution else None,
             count=count,
             seed=seed,
         )
-        await self.bot.flows.start_job(interaction, spec, kind="imagine")
+        await self.bot.flows.start_job(interaction, spec, kind="imagine", blobs=styled.blobs)
 
     @app_commands.command(name="edit", description=locale_str("Edit or combine images with a prompt"))
     @app_commands.describe(
@@ -109,8 +123,11 @@ class ImagineCog(commands.Cog):
         model=locale_str("Which model edits it (default: Nano Banana Pro)"),
         aspect_ratio=locale_str("Shape of the result, e.g. 1:1, 16:9"),
         resolution=locale_str("Output size; larger takes longer"),
+        style=locale_str("A saved style (yours or the server's) that wraps your prompt"),
     )
-    @app_commands.autocomplete(model=model_autocomplete, aspect_ratio=ratio_autocomplete)
+    @app_commands.autocomplete(
+        model=model_autocomplete, aspect_ratio=ratio_autocomplete, style=style_autocomplete
+    )
     @app_commands.choices(resolution=RESOLUTION_CHOICES)
     async def edit(
         self,
@@ -123,16 +140,23 @@ class ImagineCog(commands.Cog):
         model: str | None = None,
         aspect_ratio: str | None = None,
         resolution: app_commands.Choice[str] | None = None,
+        style: str | None = None,
     ) -> None:
         attachments = [a for a in (image, image2, image3, image4) if a is not None]
-        interaction.extras["model_chosen"] = model is not None  # else the server's default applies
+        styled = await apply_style(
+            self.bot, interaction, style, prompt=prompt, model=model, aspect_ratio=aspect_ratio
+        )
+        # A model chosen here or by the style; else the server's default applies.
+        interaction.extras["model_chosen"] = styled.model is not None
         spec = GenerationSpec(
-            model=model or self.bot.default_edit_model(len(attachments)),
-            prompt=prompt,
-            aspect_ratio=aspect_ratio,
+            model=styled.model or self.bot.default_edit_model(len(attachments) + len(styled.blobs)),
+            prompt=styled.prompt,
+            aspect_ratio=styled.aspect_ratio,
             resolution=resolution.value if resolution else None,
         )
-        await self.bot.flows.start_job(interaction, spec, kind="edit", attachments=attachments)
+        await self.bot.flows.start_job(
+            interaction, spec, kind="edit", attachments=attachments, blobs=styled.blobs
+        )
 
     async def edit_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         await self.bot.flows.edit_from_message(interaction, message)

@@ -137,6 +137,10 @@ class FakeJobs:
     async def get_references(self, job_id: int) -> list[Any]:
         return list(self.store.references.get(job_id, []))
 
+    async def job_status(self, job_id: int) -> str | None:
+        row = self.store.rows.get(job_id)
+        return row.status if row is not None else None
+
     async def unfinished_jobs(self) -> list[JobRecord]:
         return [r for r in self.store.rows.values() if r.status in ("queued", "running")]
 

@@ -67,12 +67,14 @@ async def test_registered_commands_carry_localizations_within_discords_limits(pa
         for option in node.get("options") or []:
             walk(option, f"{path} {option['name']}")
 
-    for name in ("imagine", "edit", "quota", "history", "history-clear", "palette"):
+    for name in ("imagine", "edit", "quota", "history", "history-clear", "palette", "style", "compare"):
         command = palette.fake.find_command(name, palette.guild)
         assert command is not None, name
         walk(command, f"/{name}")
-    assert checked["descriptions"] > 60 and checked["choices"] > 10
+    assert checked["descriptions"] > 80 and checked["choices"] > 10
     imagine = palette.fake.find_command("imagine", palette.guild)
+    style = next(o for o in imagine["options"] if o["name"] == "style")
+    assert style["description_localizations"]["fr"].startswith("Un style enregistré")
     assert imagine["description_localizations"]["de"] == "Bilder aus einem Text-Prompt erzeugen"
     assert imagine["description_localizations"]["ja"] == "テキストのプロンプトから画像を生成"
     resolution = next(o for o in imagine["options"] if o["name"] == "resolution")
@@ -174,3 +176,116 @@ async def test_model_suggestions_are_described_in_the_typists_language(palette: 
     names = {c["value"]: c["name"] for c in ix.autocomplete_choices}
     assert names["nano-banana-pro"].endswith("最高品質、文字の描画が最も得意")
     assert all(len(n) <= 100 for n in names.values())
+
+
+def status_with(ix: Any, text: str) -> Any:
+    def ready(i: Any) -> Any:
+        m = i.original
+        return m if m is not None and text in (m.content or "") else None
+
+    return ix.wait_for(ready, timeout=10)
+
+
+async def test_cancel_speaks_the_servers_language_in_public_and_the_clickers_in_private(
+    tmp_path: Path,
+) -> None:
+    async with running_palette(tmp_path, role="gateway") as palette:  # no worker: the job stays queued
+        palette.guild.preferred_locale = "fr"
+        ix = await palette.fake.invoke_slash(
+            palette.alice, palette.channel, "imagine", options={"prompt": "un phare"}, locale="ja"
+        )
+        status = await status_with(ix, "En file d'attente")
+        assert labels(status)["cancel"] == "Annuler"
+        custom_id = next(c["custom_id"] for c in status.iter_components() if c.get("type") == 2)
+        refused = await palette.fake.click_button(palette.bob, status, custom_id, locale="de")
+        assert await ephemeral_text(refused) == (
+            "Nur die Person, die das angefragt hat (oder ein Moderator), kann es abbrechen."
+        )
+        click = await palette.fake.click_button(palette.alice, status, custom_id, locale="ja")
+        await click.wait_for_response()
+        done = await status_with(ix, "Annulé par")
+        assert done.content == (
+            f"✖️ Annulé par <@{palette.alice.id}>. Rien n'a été facturé (1 image remboursée)."
+        )
+        assert not labels(done)  # the button is gone with the request
+
+
+async def test_compare_posts_in_the_servers_language(tmp_path: Path) -> None:
+    async with running_palette(tmp_path, role="gateway") as palette:
+        palette.guild.preferred_locale = "de"
+        ix = await palette.fake.invoke_slash(
+            palette.alice, palette.channel, "compare", options={"prompt": "ein Fahrrad"}, locale="fr"
+        )
+        status = await status_with(ix, "In der Warteschlange: Vergleich von")
+        assert labels(status)["cancel"] == "Abbrechen"
+        custom_id = next(c["custom_id"] for c in status.iter_components() if c.get("type") == 2)
+        click = await palette.fake.click_button(palette.alice, status, custom_id, locale="es-ES")
+        answer = await ephemeral_text(click)
+        assert answer.startswith("✖️ Cancelado por"), answer
+        rebuilt = await status_with(ix, "fehlgeschlagen")
+        assert "0 von 2 fertig · 2 fehlgeschlagen (nicht berechnet)." in rebuilt.content
+        assert [e["description"] for e in rebuilt.embeds] == ["✖️ Abgebrochen; nicht berechnet."] * 2
+        bad = await palette.fake.invoke_slash(
+            palette.alice, palette.channel, "compare", options={"prompt": "x", "models": "nano-banana"},
+            locale="ja",
+        )  # fmt: skip
+        expected = "比較する異なるモデルを 2〜4 個、カンマで区切って指定してください。"
+        assert await ephemeral_text(bad) == expected
+
+
+async def test_style_answers_are_in_the_users_language(palette: Palette) -> None:
+    async def style(subcommand: str, locale: str, **options: Any) -> str:
+        ix = await palette.fake.invoke_slash(
+            palette.alice, palette.channel, "style", options=options, subcommand=subcommand, locale=locale
+        )
+        return await ephemeral_text(ix)
+
+    refused = await style("save", "pt-BR", name="??", template="{prompt}, ink")
+    assert refused == "Um nome de estilo tem de 1 a 32 caracteres: letras, dígitos, espaços, `-` e `_`."
+    no_slot = await style("save", "fr", name="ink", template="ink")
+    assert "`{prompt}`" in no_slot and no_slot.startswith("Le gabarit doit contenir")
+    saved = await style("save", "de", name="ink", template="{prompt}, ink", aspect_ratio="16:9")
+    assert saved == "Dein Stil **ink** (16:9) wurde gespeichert. Nutze ihn mit `/imagine style:ink`."
+    ix = await palette.fake.invoke_slash(
+        palette.alice, palette.channel, "style", subcommand="list", locale="ja"
+    )
+    await ix.wait_for(lambda i: bool(i.responses), timeout=10)
+    embed = ix.responses[0]["data"]["embeds"][0]
+    assert embed["title"] == "使えるスタイル" and embed["fields"][0]["name"] == "ink · 自分用, 16:9"
+    missing = await palette.fake.invoke_slash(
+        palette.alice, palette.channel, "imagine", options={"prompt": "x", "style": "nope"}, locale="es-ES"
+    )
+    assert await ephemeral_text(missing) == (
+        "No hay ningún estilo llamado `nope` (ni tuyo ni de este servidor). Consulta `/style list`."
+    )
+
+
+async def test_a_failed_compare_part_is_worded_in_the_servers_language(palette: Palette) -> None:
+    """The failure's own message, rendered in the server's language (the database keeps only its
+    English), and kept in those words when the other model's part is added afterwards."""
+    from tests.fakes.providers.mountsea import MountseaScript
+
+    palette.guild.preferred_locale = "fr"
+    palette.mountsea.default = MountseaScript(outcome="failed", polls=1)
+    ix = await palette.fake.invoke_slash(
+        palette.alice,
+        palette.channel,
+        "compare",
+        options={"prompt": "un bateau", "models": "nano-banana-pro, nano-banana"},
+    )
+
+    def final(i: Any) -> Any:
+        m = i.original
+        return m if m and len(m.files) == 1 and "échecs : 1" in (m.content or "") else None
+
+    message = await ix.wait_for(final, 20)
+    assert "Terminés : 1 sur 2 · échecs : 1 (non facturés)." in message.content
+    failed = message.embeds[1]["description"]
+    assert failed.startswith("❌ ") and failed.endswith(" Non facturé."), failed
+    row = await palette.bot.db.fetchone(
+        f"SELECT id FROM jobs WHERE status_message_id = {int(message.id)} AND model = 'nano-banana'"
+    )
+    job = await palette.bot.db.jobs.get_job(int(row[0]))
+    assert job is not None and job.status == "failed" and job.error and job.error not in failed
+    assert message.embeds[0]["fields"][0]["name"] == "Taille"
+    assert labels(message)["reroll"].startswith("Relancer · ")
