@@ -67,7 +67,7 @@ from bot.jobs.service import (
     SettledFree,
 )
 from bot.jobs.spool import ImageSpool, SpooledImage
-from bot.logs import log_context, redact
+from bot.logs import log_context, redact, redact_tokens
 from bot.ops import metrics
 from bot.providers.base import Reference
 from bot.providers.transport import RESULT_SINK, CallCredentials
@@ -510,6 +510,19 @@ class Worker:
             log.info("queued %d job(s) that no command handler handed over", adopted)
         return adopted
 
+    async def _give_back(self, job_id: int, attempts: int = 3) -> None:
+        """Hand a job back to the queue at shutdown. Tried again after a moment: a write cancelled an
+        instant ago (the job's own task) can still hold the connection, and a job not given back waits
+        out its whole lease before another worker takes it."""
+        for attempt in range(attempts):
+            try:
+                await self.queue.release_job(job_id, self.worker_id)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
     async def stop(self, grace: float = 0.0) -> None:
         """Claim nothing more; give running jobs ``grace`` seconds, then hand the rest back to the queue."""
         self._stopping = True
@@ -536,10 +549,12 @@ class Worker:
             if running.lease.lost:
                 continue
             try:
-                await self.queue.release_job(running.job_id, self.worker_id)
-            except Exception:
+                await self._give_back(running.job_id)
+            except Exception as exc:
                 log.warning(
-                    "job %s: could not give it back; it is taken over when its lease ends", running.job_id
+                    "job %s: could not give it back (%s); it is taken over when its lease ends",
+                    running.job_id,
+                    redact_tokens(f"{type(exc).__name__}: {exc}"),
                 )
         self._running.clear()
         for task in list(self._background):
