@@ -107,6 +107,26 @@ def create_engine(url: str | URL, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, **o
     return engine
 
 
+def _journal_mode(cursor: Any) -> str:
+    cursor.execute("PRAGMA journal_mode")
+    row = cursor.fetchone()
+    return str(row[0]).lower() if row else ""
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (it stays so: the mode is kept in the file). Switching takes the file's
+    exclusive lock and SQLite does not wait for it through busy_timeout, so a process opening a new file
+    while another one, which has just switched it, migrates gets "database is locked": then the mode it
+    wanted is already there."""
+    if _journal_mode(cursor) == "wal":
+        return
+    try:
+        cursor.execute("PRAGMA journal_mode = WAL")
+    except Exception:
+        if _journal_mode(cursor) != "wal":
+            raise
+
+
 def _sqlite_engine(parsed: URL, *, busy_timeout_ms: int, **options: Any) -> AsyncEngine:
     path = sqlite_path(parsed)
     if path is None:
@@ -129,7 +149,7 @@ def _sqlite_engine(parsed: URL, *, busy_timeout_ms: int, **options: Any) -> Asyn
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
             if path is not None:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute("PRAGMA temp_store = MEMORY")
