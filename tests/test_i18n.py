@@ -185,3 +185,9 @@ def test_the_i18n_module_says_how_to_add_a_message() -> None:
         ast.parse((Path(__file__).parents[1] / "bot" / "i18n" / "__init__.py").read_text())
     )
     assert doc and "How to add a message" in doc and "How to add a language" in doc
+
+
+def test_counts_in_plural_messages_are_grouped_as_the_locale_groups_digits() -> None:
+    assert tn("en-US", "{n} image", "{n} images", 12345) == "12,345 images"
+    assert tn("de", "{n} image", "{n} images", 12345) == "12.345 Bilder"
+    assert tn("en-US", "{n} image", "{n} images", 1) == "1 image"

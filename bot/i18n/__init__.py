@@ -291,7 +291,7 @@ def _translate(
             template = catalog.npgettext(context, message, plural, count)
         else:
             template = catalog.ngettext(message, plural, count)
-        params = {"n": count, **params}
+        params = {"n": Number(count), **params}  # a count: grouped as the locale groups digits
     elif context is not None:
         template = catalog.pgettext(context, message)
     else:
