@@ -45,8 +45,12 @@ class BotProcess(PaletteProcess):
         except (OSError, ValueError):
             return {}
 
-    def loop_stall(self) -> float | None:
-        value = self.loop_report().get("max_stall_s")
+    def loop_stall(self, since: float | None = None) -> float | None:
+        """The longest loop stall; with ``since`` (``time.monotonic``), the longest that ended after it."""
+        report = self.loop_report()
+        if since is not None and "per_second" in report:
+            return max((v for sec, v in report["per_second"] if sec + 1 > since), default=0.0)
+        value = report.get("max_stall_s")
         return None if value is None else float(value)
 
     def log_errors(self) -> list[str]:
