@@ -45,8 +45,12 @@ class BotProcess(PaletteProcess):
         except (OSError, ValueError):
             return {}
 
-    def loop_stall(self) -> float | None:
-        value = self.loop_report().get("max_stall_s")
+    def loop_stall(self, since: float | None = None) -> float | None:
+        """The longest loop stall; with ``since`` (``time.monotonic``), the longest that ended after it."""
+        report = self.loop_report()
+        if since is not None and "per_second" in report:
+            return max((v for sec, v in report["per_second"] if sec + 1 > since), default=0.0)
+        value = report.get("max_stall_s")
         return None if value is None else float(value)
 
     def log_errors(self) -> list[str]:
@@ -85,6 +89,73 @@ def _asyncpg_url(url: str) -> str:
 
 
 @dataclass
+class RemoteInteraction:
+    """An interaction of a fake Discord in another process: its times as that process took them."""
+
+    id: int
+    created_at: float
+    acked_at: float | None = None
+
+
+@dataclass
+class RemoteDiscordView:
+    """What the scenarios read from the fake Discord, copied from its process by ``Harness.refresh()``."""
+
+    done_at: dict[int, float] = field(default_factory=dict)
+    delivered: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
+    in_channel: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    upload_limit: int = 0
+    loop: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RemoteProviderView:
+    max_in_flight: int = 0
+    calls: dict[str, int] = field(default_factory=lambda: {"generate": 0})
+    png_sizes: dict[tuple[int, int], int] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)
+
+
+class FakeProcess:
+    """``python -m bench.fakeproc KIND ...``: one fake in a process of its own (see bench/fakeproc.py)."""
+
+    def __init__(self, kind: str, workdir: Path, *args: str) -> None:
+        self.kind = kind
+        self.info_path = workdir / f"fake-{kind}.json"
+        self.log_path = workdir / f"fake-{kind}.log"
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+        self.info: dict[str, Any] = {}
+
+    async def start(self, timeout: float = 60) -> dict[str, Any]:
+        import sys
+
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with await asyncio.to_thread(self.log_path.open, "wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.fakeproc", self.kind, "--info", str(self.info_path),
+                *self.args, stdout=log, stderr=log, env=env, cwd=str(ROOT),
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not self.info_path.exists():
+            if self.proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fake {self.kind} did not start:\n{self.log_path.read_text()[-2000:]}")
+            await asyncio.sleep(0.05)
+        self.info = json.loads(self.info_path.read_text())
+        return self.info
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+@dataclass
 class Harness:
     """The fakes in this process, the bot in a subprocess, users in one guild."""
 
@@ -98,8 +169,14 @@ class Harness:
     workers: int = 0
     #: ``None``: a SQLite file; a PostgreSQL URL: a fresh database on that server (dropped afterwards).
     database_url: str | None = None
+    #: Run the fake Discord and the fake provider in processes of their own (``bench.fakeproc``): their
+    #: times are then taken on loops the benchmark does not load. The scenarios read them through
+    #: :meth:`refresh` (``h.discord`` / ``h.provider`` are copies), and send commands in batches.
+    fakes_process: bool = False
 
     async def __aenter__(self) -> Harness:
+        if self.fakes_process:
+            return await self._enter_remote()
         self.t0: float | None = None  # when the first command was sent (monotonic, like the bot's clock)
         self.cpu0 = sum(os.times()[:2])
         self._tmp = tempfile.TemporaryDirectory(prefix="palette-bench-")
@@ -137,6 +214,126 @@ class Harness:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    async def _enter_remote(self) -> Harness:
+        import aiohttp
+
+        self.t0 = None
+        self.cpu0 = sum(os.times()[:2])
+        self._tmp = tempfile.TemporaryDirectory(prefix="palette-bench-")
+        self.workdir = Path(self._tmp.name)
+        self._pg_database = None
+        self.bot = None  # type: ignore[assignment]
+        self.worker_procs = []
+        self.monitor = LoopMonitor(self.workdir / "bench-loop.json")
+        self.monitor.start()
+        self.remote_interactions: dict[int, RemoteInteraction] = {}
+        self.discord = RemoteDiscordView()  # type: ignore[assignment]
+        self.provider = RemoteProviderView()  # type: ignore[assignment]
+        self.people = list(range(self.users))
+        prepare = [a for size in self.prepare for a in ("--prepare", size)]
+        self.fake_procs = [
+            FakeProcess("discord", self.workdir, "--users", str(self.users)),
+            FakeProcess("listenhub", self.workdir, "--latency", str(self.latency), *prepare),
+        ]
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        try:
+            discord_info, provider_info = await asyncio.gather(*(f.start() for f in self.fake_procs))
+            self._discord_url = discord_info["control"]
+            self._provider_url = provider_info["control"]
+            if self.database_url is not None and not self.database_url.startswith("sqlite"):
+                self._pg_database = await create_postgres_database(self.database_url)
+            from types import SimpleNamespace
+
+            env = palette_env(
+                SimpleNamespace(**discord_info),  # type: ignore[arg-type]
+                database_url=self.db_url,
+                listenhub=SimpleNamespace(**provider_info),  # type: ignore[arg-type]
+                LISTENHUB_CONCURRENCY=self.concurrency,
+                HTTP_READ_TIMEOUT=120,
+                SHUTDOWN_GRACE=1,
+                PALETTE_LOOP_MONITOR=1,
+            )
+            env.pop("POLL_INTERVAL")
+            env.pop("RETRY_BACKOFF_BASE")
+            env.update(self.extra_env)
+            self.bot = BotProcess(env, self.workdir, role="gateway" if self.workers else None, name="bot")
+            self.worker_procs = [
+                BotProcess(env, self.workdir, role="worker", name=f"worker-{i + 1}")
+                for i in range(self.workers)
+            ]
+            await asyncio.gather(self.bot.start(), *(w.start() for w in self.worker_procs))
+            async with self.http.get(f"{self._discord_url}/ready") as response:
+                response.raise_for_status()
+            await self._start_profiler()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def imagine_many(self, commands: list[tuple[int, str, dict[str, Any]]]) -> list[Any]:
+        """Send ``(user index, prompt, options)`` commands; in-process, or as one batch to the fake's
+        process (which sends them one after another, as :meth:`imagine` would)."""
+        if not self.fakes_process:
+            out = []
+            for n, (user, prompt, options) in enumerate(commands, 1):
+                out.append(await self.imagine(self.people[user], prompt, **options))
+                if n % 25 == 0:
+                    await asyncio.sleep(0)  # let the gateway writer flush
+            return out
+        async with self.http.post(f"{self._discord_url}/imagine", json={"commands": commands}) as response:
+            response.raise_for_status()
+            sent = await response.json()
+        out = []
+        for interaction_id, created_at in sent:
+            ix = RemoteInteraction(int(interaction_id), float(created_at))
+            self.remote_interactions[ix.id] = ix
+            out.append(ix)
+        if self.t0 is None and out:
+            self.t0 = out[0].created_at
+        return out
+
+    async def refresh(self) -> None:
+        """Copy the fakes' figures from their processes (no-op when they run in this one)."""
+        if not self.fakes_process:
+            return
+        async with self.http.get(f"{self._discord_url}/state") as response:
+            state = await response.json()
+        for key, (_created, acked) in state["interactions"].items():
+            ix = self.remote_interactions.get(int(key))
+            if ix is not None:
+                ix.acked_at = acked
+        view = self.discord
+        view.done_at = {int(k): v for k, v in state["done_at"].items()}
+        view.delivered = {int(k): [tuple(f) for f in v] for k, v in state["delivered"].items()}
+        view.in_channel = set(state["in_channel"])
+        view.failed = set(state["failed"])
+        view.upload_limit = state["upload_limit"]
+        view.loop = state["loop"]
+        async with self.http.get(f"{self._provider_url}/state") as response:
+            pstate = await response.json()
+        provider = self.provider
+        provider.max_in_flight = pstate["max_in_flight"]
+        provider.calls = pstate["calls"]
+        provider.png_sizes = {
+            tuple(int(x) for x in k.split("x")): v  # type: ignore[misc]
+            for k, v in pstate["png_sizes"].items()
+        }
+        provider.loop = pstate["loop"]
+
+    async def _wait_remote(self, what: str, timeout: float) -> None:
+        """Until every interaction sent so far is ``what`` (``finished`` or ``acked``), then refresh."""
+        deadline = time.monotonic() + timeout
+        want = len(self.remote_interactions)
+        while time.monotonic() < deadline:
+            async with self.http.get(f"{self._discord_url}/state?progress=1") as response:
+                if (await response.json())[what] >= want:
+                    break
+            for proc in self.processes:
+                if proc.proc is not None and proc.proc.returncode is not None:
+                    raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+            await asyncio.sleep(0.25)  # the times are the fake's own: polling only decides when to stop
+        await self.refresh()
 
     @property
     def processes(self) -> list[BotProcess]:
@@ -186,6 +383,9 @@ class Harness:
         await asyncio.gather(*(p.stop() for p in self.processes))
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.fakes_process:
+            await self._exit_remote()
+            return
         with contextlib.suppress(Exception):
             await self.stop_bot()
         await self.monitor.stop()
@@ -197,6 +397,23 @@ class Harness:
             for proc in self.processes:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(keep_log, proc.log_path, Path(keep))
+        if self._pg_database is not None:
+            with contextlib.suppress(Exception):
+                await drop_postgres_database(self._pg_database)
+        self._tmp.cleanup()
+
+    async def _exit_remote(self) -> None:
+        if self.bot is not None:
+            with contextlib.suppress(Exception):
+                await self.stop_bot()
+        await self.monitor.stop()
+        await asyncio.gather(*(f.stop() for f in self.fake_procs), return_exceptions=True)
+        await self.http.close()
+        keep = os.environ.get("BENCH_KEEP_LOGS")
+        if keep:
+            for path in [p.log_path for p in self.processes] + [f.log_path for f in self.fake_procs]:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(keep_log, path, Path(keep))
         if self._pg_database is not None:
             with contextlib.suppress(Exception):
                 await drop_postgres_database(self._pg_database)
@@ -215,6 +432,9 @@ class Harness:
 
     async def wait_done(self, interactions: list[Any], timeout: float) -> None:
         """Until every interaction got its final message with a file (or an error, or the timeout)."""
+        if self.fakes_process:
+            await self._wait_remote("finished", timeout)
+            return
         ids = [ix.id for ix in interactions]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -232,6 +452,10 @@ class Harness:
         return failed or bool(ix.followups)  # errors after the deferral come as (ephemeral) followups
 
     async def wait_acked(self, interactions: list[Any], timeout: float) -> None:
+        if self.fakes_process:
+            await self._wait_remote("acked", timeout)
+            return
+
         def acked() -> bool:
             return all(ix.acked_at is not None for ix in interactions)
 

@@ -21,6 +21,7 @@ from bot.storage import sqlstats
 
 INTERVAL = 0.010
 WRITE_EVERY = 1.0
+MAX_SECONDS = 3600
 
 
 class LoopMonitor:
@@ -31,23 +32,39 @@ class LoopMonitor:
         self.max_stall_at = 0.0
         self.stalls_over_50ms = 0
         self.samples = 0
+        #: int(time.monotonic()) -> the longest stall that ended in that second, so that a reader can
+        #: take the longest within a window of its own (the benchmark: from its first command, leaving
+        #: out start-up and its one-off ``gc.collect()``).
+        self.per_second: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
         # The cyclic garbage collector's pauses (they stop the loop too): the longest, and their sum.
         self.max_gc_pause = 0.0
         self.gc_pauses = 0.0
         self._gc_started = 0.0
+        #: Per generation (0, 1, 2): how many passes, the longest, and the most objects the last full
+        #: pass had to scan (the tracked, unfrozen objects: what makes a full pass long).
+        self.gc_by_generation: dict[int, dict[str, float]] = {}
+        #: (time.monotonic() at its end, seconds) of the first full passes.
+        self.full_passes: list[tuple[float, float]] = []
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="palette-loop-monitor")
         gc.callbacks.append(self._on_gc)
 
-    def _on_gc(self, phase: str, _info: dict[str, int]) -> None:
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
         elif self._gc_started:
             pause = time.perf_counter() - self._gc_started
             self.gc_pauses += pause
             self.max_gc_pause = max(self.max_gc_pause, pause)
+            gen = self.gc_by_generation.setdefault(
+                int(info.get("generation", -1)), {"passes": 0, "max_pause_s": 0.0}
+            )
+            gen["passes"] += 1
+            if gen["passes"] <= 20 and info.get("generation") == 2:  # when each full pass ran (few)
+                self.full_passes.append((round(time.monotonic(), 3), round(pause, 4)))
+            gen["max_pause_s"] = round(max(gen["max_pause_s"], pause), 6)
 
     async def _run(self) -> None:
         last_write = time.monotonic()
@@ -60,24 +77,36 @@ class LoopMonitor:
                 if stall > self.max_stall:
                     self.max_stall, self.max_stall_at = stall, now
                 self.stalls_over_50ms += stall > 0.050
+                second = int(now)
+                if stall > self.per_second.get(second, -1.0):
+                    self.per_second[second] = stall
+                    if len(self.per_second) > MAX_SECONDS:
+                        del self.per_second[next(iter(self.per_second))]
                 self.samples += 1
                 if now - last_write >= WRITE_EVERY:
                     self.write()
                     last_write = now
         finally:
-            self.write()
+            self.write(final=True)
 
-    def write(self) -> None:
+    def write(self, *, final: bool = False) -> None:
         data = {
             "max_stall_s": round(self.max_stall, 6),
             "max_stall_at": self.max_stall_at,
             "stalls_over_50ms": self.stalls_over_50ms,
+            "per_second": [[k, round(v, 6)] for k, v in self.per_second.items()],
             "samples": self.samples,
             "pid": os.getpid(),
             "max_gc_pause_s": round(self.max_gc_pause, 6),
             "gc_pauses_s": round(self.gc_pauses, 3),
+            "gc_by_generation": {str(g): v for g, v in sorted(self.gc_by_generation.items())},
+            "gc_full_passes": self.full_passes,
+            "gc_frozen_objects": gc.get_freeze_count(),
+            "gc_threshold": gc.get_threshold(),
             "sql": sqlstats.snapshot(),
         }
+        if final:  # listing the oldest generation costs a few ms: once, when the monitor stops
+            data["gc_oldest_generation_objects"] = len(gc.get_objects(generation=2))
         with contextlib.suppress(OSError):
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
             tmp.write_text(json.dumps(data))

@@ -6,6 +6,7 @@ No timing is asserted here: the performance targets live in the benchmark (``pyt
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from bench.fakes import photo_png
 from bench.harness import Harness
@@ -55,3 +56,35 @@ def test_statistics() -> None:
     assert percentile([5, 1, 3, 2, 4], 50) == 3
     assert percentile(list(range(1, 101)), 99) == 99
     assert "n/a" in table([Figure("s", "f", None, "ms", "< 1 ms", None)])
+
+
+def test_loop_stall_since_leaves_out_what_came_before(tmp_path: Path) -> None:
+    import json
+
+    from bench.harness import BotProcess
+
+    proc = BotProcess({}, tmp_path, name="bot")
+    report = {"max_stall_s": 0.3, "per_second": [[100, 0.3], [105, 0.02], [106, 0.04]]}
+    (tmp_path / "loop-bot.json").write_text(json.dumps(report))
+    assert proc.loop_stall() == 0.3  # the whole life, start-up included
+    assert proc.loop_stall(since=104.5) == 0.04  # from the first command on
+    assert proc.loop_stall(since=200.0) == 0.0
+
+
+async def test_loop_monitor_keeps_each_seconds_longest_stall(tmp_path: Path) -> None:
+    import asyncio
+    import json
+    import time
+
+    from bot.loopmonitor import LoopMonitor
+
+    monitor = LoopMonitor(tmp_path / "loop.json", interval=0.005)
+    monitor.start()
+    await asyncio.sleep(0.05)
+    asyncio.get_running_loop().call_soon(time.sleep, 0.06)  # a blocking callback: a stall
+    await asyncio.sleep(0.05)
+    await monitor.stop()
+    report = json.loads((tmp_path / "loop.json").read_text())
+    assert max(v for _, v in report["per_second"]) >= 0.05
+    assert report["max_stall_s"] == max(v for _, v in report["per_second"])
+    assert "gc_oldest_generation_objects" in report and "gc_by_generation" in report
