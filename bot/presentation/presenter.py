@@ -193,20 +193,7 @@ class DiscordPresenter:
                     budget = max(MIN_IMAGE_BUDGET, max(u.fitted.size_bytes for u in uploads) // 2)
             if message is None:
                 raise PaletteError("The images were made but could not be posted in this channel.")
-            by_name = {a.filename: a for a in message.attachments}
-            delivered = [
-                DeliveredImage(
-                    attachment_id=by_name[name].id if name in by_name else None,
-                    filename=name,
-                    sha256=u.fitted.sha256,
-                    width=u.fitted.width,
-                    height=u.fitted.height,
-                    mime_type=u.fitted.mime_type,
-                    size_bytes=u.fitted.size_bytes,
-                )
-                for u, name in zip(uploads, names, strict=True)
-            ]
-            return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
+            return delivery_of(message, uploads, names)
         finally:
             await self.spool.discard(uploads)
             self._forget(job.id)
@@ -239,20 +226,7 @@ class DiscordPresenter:
             async with self._lock(job.id):
                 self._stage[job.id] = RESULT
                 message = await self.group_messages.update(job, part)
-            by_name = {a.filename: a for a in message.attachments}
-            delivered = [
-                DeliveredImage(
-                    attachment_id=by_name[name].id if name in by_name else None,
-                    filename=name,
-                    sha256=u.fitted.sha256,
-                    width=u.fitted.width,
-                    height=u.fitted.height,
-                    mime_type=u.fitted.mime_type,
-                    size_bytes=u.fitted.size_bytes,
-                )
-                for u, name in zip(uploads, names, strict=True)
-            ]
-            return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
+            return delivery_of(message, uploads, names)
         finally:
             await self.spool.discard(uploads)
             self._forget(job.id)
@@ -350,3 +324,21 @@ class DiscordPresenter:
         self._locks.pop(job_id, None)
         while len(self._stage) > STAGES_KEPT:
             del self._stage[next(iter(self._stage))]
+
+
+def delivery_of(message: discord.Message, uploads: Sequence[Upload], names: Sequence[str]) -> Delivery:
+    """What was posted: each upload with the attachment id Discord gave it (matched by file name)."""
+    by_name = {a.filename: a for a in message.attachments}
+    delivered = [
+        DeliveredImage(
+            attachment_id=by_name[name].id if name in by_name else None,
+            filename=name,
+            sha256=u.fitted.sha256,
+            width=u.fitted.width,
+            height=u.fitted.height,
+            mime_type=u.fitted.mime_type,
+            size_bytes=u.fitted.size_bytes,
+        )
+        for u, name in zip(uploads, names, strict=True)
+    ]
+    return Delivery(message_id=message.id, channel_id=message.channel.id, images=delivered)
