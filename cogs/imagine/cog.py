@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.catalog import MODELS, get_model
 from bot.generation import SEED_MAX, GenerationSpec
-from bot.i18n import t
+from bot.presentation.choices import model_choices
 from bot.presentation.locales import user_locale
 from bot.presentation.styles import apply_style, style_choices
 
@@ -50,13 +50,8 @@ class ImagineCog(commands.Cog):
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        current = current.lower()
-        locale = user_locale(interaction)  # autocomplete is shown to the one typing
-        return [
-            app_commands.Choice(name=f"{m.label}: {t(locale, m.description)}"[:100], value=m.key)
-            for m in self.bot.generator.models()
-            if current in m.key or current in m.label.lower()
-        ][:25]
+        # Autocomplete is shown to the one typing: in their language.
+        return model_choices(self.bot.generator.models(), user_locale(interaction), current)
 
     async def ratio_autocomplete(
         self, interaction: discord.Interaction, current: str

@@ -10,8 +10,8 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.catalog import MODELS, get_model
-from bot.i18n import t
 from bot.presentation import styles
+from bot.presentation.choices import model_choices
 from bot.presentation.locales import user_locale
 from bot.styles import NAME_MAX, TEMPLATE_MAX
 
@@ -35,13 +35,8 @@ class StylesCog(commands.Cog):
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        current = current.lower()
-        locale = user_locale(interaction)  # autocomplete is shown to the one typing
-        return [
-            app_commands.Choice(name=f"{m.label}: {t(locale, m.description)}"[:100], value=m.key)
-            for m in self.bot.generator.models()
-            if current in m.key or current in m.label.lower()
-        ][:25]
+        # Autocomplete is shown to the one typing: in their language.
+        return model_choices(self.bot.generator.models(), user_locale(interaction), current)
 
     async def ratio_autocomplete(
         self, interaction: discord.Interaction, current: str
