@@ -313,6 +313,7 @@ def _processes(h: Harness) -> dict[str, Any]:
             ],
             "gc_oldest_generation_objects": p.loop_report().get("gc_oldest_generation_objects"),
             "gc_frozen_objects": p.loop_report().get("gc_frozen_objects"),
+            "loop_monitor_write_s": p.loop_report().get("write_s"),
             "log_warnings": p.log_errors()[:10],
             "sql": p.loop_report().get("sql") or {},
         }

@@ -840,15 +840,16 @@ def fit_upload_file(source: bytes | str, *, limit_bytes: int, out_path: str | No
 # --- misc ---------------------------------------------------------------------------------------------------
 
 
-def make_thumbnail(data: bytes, *, max_side: int = 256) -> EncodedImage:
+def make_thumbnail(data: bytes, *, max_side: int = 256, max_pixels: int | None = None) -> EncodedImage:
     """A WebP thumbnail of the first frame whose longest side is at most ``max_side`` (never upscaled).
 
-    EXIF orientation is applied and transparency kept. Raises :class:`InvalidImage` on unusable data.
+    EXIF orientation is applied and transparency kept. Raises :class:`InvalidImage` on unusable data, and
+    on a source of more than ``max_pixels`` pixels when that is given.
     """
     if max_side < 1:
         raise ValueError("max_side must be >= 1")
     # The target box is square, so decoding a JPEG at reduced scale is safe whatever its EXIF orientation.
-    _mime, out = _decode_first_frame(data, max_pixels=None, draft=(max_side, max_side))
+    _mime, out = _decode_first_frame(data, max_pixels=max_pixels, draft=(max_side, max_side))
     size = _fit_box(out.size, max_side)
     if size != out.size:
         out = out.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)

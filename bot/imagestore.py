@@ -10,13 +10,17 @@ Layout under the root (``<data dir>/images`` by default)::
 files go when its owner deletes it or a moderator removes it, a user's when they clear their history.
 ``IMAGE_RETENTION_DAYS`` prunes originals past that age; thumbnails stay. All file and Pillow work runs
 in a thread: never on the event loop.
+
+Delivering a result stores its original only (a hard link of the spooled file where it can be). The
+thumbnail is made the first time someone asks for it (:meth:`ImageStore.thumbnail`, the web gallery) and
+kept; pruning makes the missing ones before it deletes an original. Decoding a 1K PNG and encoding its
+WebP is most of a worker's CPU per job otherwise, spent on every result while few are ever looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import re
@@ -26,15 +30,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from bot.images import extension_for, sniff_mime
+from bot.images import InvalidImage, extension_for, make_thumbnail, sniff_mime
 
 log = logging.getLogger(__name__)
 
 IMAGES_DIR_NAME = "images"
 THUMB_SIDE = 384
-THUMB_QUALITY = 75
 #: Originals a browser shows as they are (anything else is offered as a download only).
 BROWSER_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 ORIGINAL_TYPES = {**BROWSER_TYPES, "heic": "image/heic", "heif": "image/heif"}
@@ -55,6 +56,8 @@ class ImageStore:
     def __init__(self, root: Path, *, retention_days: float | None = None) -> None:
         self.root = Path(root)
         self.retention_days = retention_days
+        #: Thumbnails being made in this process, so that a page asking for one twice makes it once.
+        self._making: dict[Path, asyncio.Future[Path | None]] = {}
 
     # ------------------------------------------------------------------ paths
 
@@ -131,18 +134,59 @@ class ImageStore:
             stem = stem_of(filename)
             if stem is None:
                 continue
-            data = source if isinstance(source, bytes) else Path(source).read_bytes()
-            mime = sniff_mime(data)
+            mime = sniff_mime(source if isinstance(source, bytes) else _head(Path(source)))
             if mime is None:
                 continue
             originals = self._job_dir("originals", user_id, job_id)
-            thumbs = self._job_dir("thumbs", user_id, job_id)
             originals.mkdir(parents=True, exist_ok=True)
-            thumbs.mkdir(parents=True, exist_ok=True)
-            _write_atomic(originals / f"{stem}.{extension_for(mime)}", data)
-            _write_atomic(thumbs / f"{stem}.webp", make_thumbnail(data))
+            target = originals / f"{stem}.{extension_for(mime)}"
+            if isinstance(source, bytes):
+                _write_atomic(target, source)
+            else:
+                _link_atomic(Path(source), target)
             stored += 1
         return stored
+
+    # ------------------------------------------------------------------ thumbnails
+
+    async def thumbnail(self, user_id: int, job_id: int, filename: str) -> Path | None:
+        """The thumbnail's path, made now from the original if it is not there yet; None when neither
+        exists or the original cannot be decoded."""
+        path = self.thumb_path(user_id, job_id, filename)
+        if path is None:
+            return None
+        if await asyncio.to_thread(path.is_file):
+            return path
+        pending = self._making.get(path)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Path | None] = asyncio.get_running_loop().create_future()
+        self._making[path] = future
+        try:
+            made = await asyncio.to_thread(self._make_thumbnail, user_id, job_id, filename, path)
+            future.set_result(made)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a page that gave up must not log "never retrieved"
+            raise
+        finally:
+            del self._making[path]
+        return made
+
+    def _make_thumbnail(self, user_id: int, job_id: int, filename: str, path: Path) -> Path | None:
+        found = self.find_original(user_id, job_id, filename)
+        if found is None:
+            return None
+        try:
+            thumb = make_thumbnail(
+                found[0].read_bytes(), max_side=THUMB_SIDE, max_pixels=MAX_THUMB_SOURCE_PIXELS
+            )
+        except InvalidImage:
+            log.warning("job %s: its stored image %s cannot be decoded for a thumbnail", job_id, filename)
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, thumb.data)
+        return path
 
     # ------------------------------------------------------------------ deleting
 
@@ -184,25 +228,40 @@ class ImageStore:
                 path = Path(dirpath) / name
                 with contextlib.suppress(OSError):
                     if path.stat().st_mtime < cutoff:
+                        self._keep_thumbnail_of(path)
                         path.unlink()
                         removed += 1
         return removed
 
-
-def make_thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes:
-    """A WebP of at most ``side`` pixels a side (blocking: call in a thread)."""
-    with Image.open(io.BytesIO(data)) as img:
-        if img.width * img.height > MAX_THUMB_SOURCE_PIXELS:
-            raise ValueError("image too large for a thumbnail")
-        img.draft("RGB", (side, side))
-        frame = img.convert("RGBA" if img.mode in ("RGBA", "LA", "P") else "RGB")
-        frame.thumbnail((side, side))
-        out = io.BytesIO()
-        frame.save(out, "WEBP", quality=THUMB_QUALITY, method=4)
-        return out.getvalue()
+    def _keep_thumbnail_of(self, original: Path) -> None:
+        """Make the thumbnail of an original about to be pruned, if nobody asked for it yet."""
+        try:
+            user_id, job_id = int(original.parent.parent.name), int(original.parent.name)
+        except ValueError:
+            return
+        thumb = self.thumb_path(user_id, job_id, original.name)
+        if thumb is not None and not thumb.is_file():
+            self._make_thumbnail(user_id, job_id, original.name, thumb)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _link_atomic(source: Path, path: Path) -> None:
+    """``path`` becomes ``source``'s content: a hard link where the file system allows, else a copy."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
+
+
+def _head(path: Path, size: int = 64) -> bytes:
+    with path.open("rb") as f:
+        return f.read(size)

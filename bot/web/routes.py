@@ -244,8 +244,8 @@ async def image_file(ctx: WebContext, request: Request) -> Response:
         raise HttpError(404, text("not_found"))
     headers = {"Cache-Control": "private, max-age=3600"}
     if kind == "thumb":
-        path = ctx.store.thumb_path(image.user_id, image.job_id, image.filename)
-        if path is None or not await asyncio.to_thread(path.is_file):
+        path = await ctx.store.thumbnail(image.user_id, image.job_id, image.filename)
+        if path is None:
             raise HttpError(404, text("not_found"))
         return FileResponse(path, media_type="image/webp", headers=headers)
     found = await asyncio.to_thread(ctx.store.find_original, image.user_id, image.job_id, image.filename)

@@ -1,5 +1,5 @@
-"""The web gallery's image store as the bot keeps it: the worker stores originals and WebP thumbnails of
-what it delivers; /history-clear, the owner's Delete button and a moderator's removal delete them (and
+"""The web gallery's image store as the bot keeps it: the worker stores the originals of what it
+delivers (thumbnails are made when the gallery asks); /history-clear, the owner's Delete button and a moderator's removal delete them (and
 the results rows) again; /palette gallery switches a server's gallery."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.presentation.test_moderation import setup_modlog
 async def wait_stored(palette: Palette, user: Any, job_id: int, timeout: float = 10) -> None:
     """Until the worker stored the job's images (it does so right after settling, in the background)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not stored(palette, user, job_id)[1]:
+    while not stored(palette, user, job_id)[0]:
         assert asyncio.get_running_loop().time() < deadline, "the images were not stored"
         await asyncio.sleep(0.02)
     store: ImageStore = palette.bot.image_store  # type: ignore[attr-defined]
@@ -42,8 +42,11 @@ async def test_delivered_images_are_stored_and_history_clear_deletes_them(palett
     originals, thumbs = stored(palette, palette.alice, mine.id)
     results = await palette.bot.db.history.results_for_job(mine.id)
     assert [p.stem for p in originals] == [r.filename.rsplit(".", 1)[0] for r in results]
-    assert [p.suffix for p in thumbs] == [".webp"]
-    assert thumbs[0].read_bytes()[8:12] == b"WEBP"
+    assert thumbs == []  # made when the web gallery first asks for it
+    store: ImageStore = palette.bot.image_store  # type: ignore[attr-defined]
+    thumb = await store.thumbnail(palette.alice.id, mine.id, results[0].filename)
+    assert thumb is not None and thumb.read_bytes()[8:12] == b"WEBP"
+    assert stored(palette, palette.alice, mine.id)[1] == [thumb]
 
     ix = await palette.fake.invoke_slash(palette.alice, palette.channel, "history-clear")
     await palette.reply(ix)

@@ -67,12 +67,13 @@ async def test_gallery_dashboard_and_security_in_a_browser(tmp_path: Path, brows
         ]
         await d.all_final(asks)
         assert all(ix.original and ix.original.files for ix in asks)
-        thumbs = tmp_path / "data" / "images" / "thumbs"
+        images = tmp_path / "data" / "images"
         for _ in range(300):  # the worker stores them right after settling, in the background
-            if len(list(thumbs.rglob("*.webp"))) == 3:
+            if len(list((images / "originals").rglob("*.png"))) == 3:
                 break
             await asyncio.sleep(0.05)
-        assert len(list(thumbs.rglob("*.webp"))) == 3
+        assert len(list((images / "originals").rglob("*.png"))) == 3
+        assert not list(images.glob("thumbs/**/*.webp"))  # made when the gallery first shows them
         on = await d.admin(owner, "gallery", mode="on")
         assert "Web gallery: on" in await d.reply(on)
 
@@ -85,11 +86,19 @@ async def test_gallery_dashboard_and_security_in_a_browser(tmp_path: Path, brows
         assert "secret garden" not in text
         assert await page.evaluate("window.__pwned") is None
         assert await page.locator("img[alt^='lighthouse <script>']").count() == 1
+        # Each thumbnail is made on its first request: wait for them to load, then check they decoded.
+        # (A polling loop here: the page's CSP forbids the eval that wait_for_function polls with.)
+        for _ in range(300):
+            if await page.evaluate(
+                "Array.from(document.querySelectorAll('ul.grid img')).every(i => i.complete)"
+            ):
+                break
+            await asyncio.sleep(0.05)
         thumb_ok = await page.evaluate(
-            "Array.from(document.querySelectorAll('ul.grid img'))"
-            ".every(i => i.complete && i.naturalWidth > 0)"
+            "Array.from(document.querySelectorAll('ul.grid img')).every(i => i.naturalWidth > 0)"
         )
         assert thumb_ok, "a thumbnail did not load"
+        assert len(list((images / "thumbs").rglob("*.webp"))) == 2  # alice's two, kept for next time
 
         # --- the server gallery: members see non-NSFW results; an outsider is refused ---
         await page.goto(f"{base}/servers/{d.guild.id}")

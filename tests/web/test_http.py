@@ -164,6 +164,7 @@ async def test_csrf_and_logout_end_the_session(site) -> None:
 async def test_delete_removes_record_files_and_discord_message(site) -> None:
     job, [rid], message_id = await site.seed(site.alice, "delete me")
     alice = await site.login(site.alice)
+    assert (await alice.get(f"/images/{rid}/thumb")).status_code == 200
     thumb = site.ctx.store.thumb_path(site.alice.id, job, f"palette-{job}-1.png")
     assert thumb is not None and thumb.is_file()
     token = csrf_of((await alice.get(f"/images/{rid}")).text)
