@@ -132,6 +132,8 @@ async def run_listenhub(latency: float, prepare: list[str], monitor: LoopMonitor
             {
                 "max_in_flight": fake.max_in_flight,
                 "calls": dict(fake.calls),
+                "busy_s": fake.busy_s,
+                "span_s": (fake.last_end_at or 0.0) - (fake.first_call_at or 0.0),
                 "png_sizes": {f"{w}x{h}": size for (w, h), size in fake.png_sizes.items()},
                 "loop": _loop(monitor),
             }

@@ -63,6 +63,11 @@ class BenchListenHub(FakeListenHub):
         self.latency = latency
         self._bodies: dict[tuple[int, int], bytes] = {}
         self.png_sizes: dict[tuple[int, int], int] = {}
+        #: Seconds spent inside generate calls, summed, and the first call's start and last one's end:
+        #: how busy the provider's slots were (``bench.scenarios.slot_use``).
+        self.busy_s = 0.0
+        self.first_call_at: float | None = None
+        self.last_end_at: float | None = None
 
     def prepare(self, size: str, ratio: str = "1:1") -> None:
         """Build the answer for ``size`` now (a 4K PNG takes seconds to make)."""
@@ -90,7 +95,10 @@ class BenchListenHub(FakeListenHub):
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.calls["generate"] += 1
-        self.request_times.append(time.monotonic())
+        started = time.monotonic()
+        self.request_times.append(started)
+        if self.first_call_at is None:
+            self.first_call_at = started
         try:
             body = await request.json()
             if request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -102,6 +110,8 @@ class BenchListenHub(FakeListenHub):
             return web.Response(body=self._body(width, height), content_type="application/json")
         finally:
             self.in_flight -= 1
+            self.last_end_at = time.monotonic()
+            self.busy_s += self.last_end_at - started
 
 
 class BenchDiscord(FakeDiscord):

@@ -115,6 +115,8 @@ class RemoteProviderView:
     calls: dict[str, int] = field(default_factory=lambda: {"generate": 0})
     png_sizes: dict[tuple[int, int], int] = field(default_factory=dict)
     loop: dict[str, Any] = field(default_factory=dict)
+    busy_s: float = 0.0
+    span_s: float = 0.0
 
 
 class FakeProcess:
@@ -315,6 +317,7 @@ class Harness:
         provider = self.provider
         provider.max_in_flight = pstate["max_in_flight"]
         provider.calls = pstate["calls"]
+        provider.busy_s, provider.span_s = pstate["busy_s"], pstate["span_s"]
         provider.png_sizes = {
             tuple(int(x) for x in k.split("x")): v  # type: ignore[misc]
             for k, v in pstate["png_sizes"].items()

@@ -45,6 +45,7 @@ def _common(h: Harness) -> dict[str, Any]:
         "bench_process_max_loop_stall_ms": round(h.monitor.max_stall * 1000, 1),
         "provider_max_in_flight": h.provider.max_in_flight,
         "provider_calls": h.provider.calls["generate"],
+        **slot_use(h),
         "png_bytes": {f"{w}x{hh}": size for (w, hh), size in h.provider.png_sizes.items()},
         "bot_log_warnings": h.bot.log_errors()[:20],
     }
@@ -307,6 +308,15 @@ def _processes(h: Harness) -> dict[str, Any]:
             # Seconds after the first command (negative: during start-up) of the longest stall and of
             # each full GC pass, with its length.
             "max_stall_at_s": _since(h, p.loop_report().get("max_stall_at")),
+            # The five worst seconds of the run (seconds after the first command, longest stall in ms).
+            "worst_seconds": sorted(
+                (
+                    (_since(h, sec), round(v * 1000, 1))
+                    for sec, v in p.loop_report().get("per_second", [])
+                    if h.t0 is not None and sec + 1 > h.t0
+                ),
+                key=lambda item: -item[1],
+            )[:5],
             "gc_full_passes": [
                 (_since(h, at), round(pause * 1000, 1))
                 for at, pause in p.loop_report().get("gc_full_passes", [])
@@ -333,9 +343,29 @@ def _deploy_common(h: Harness) -> dict[str, Any]:
         "bench_process_max_loop_stall_ms": round(h.monitor.max_stall * 1000, 1),
         "provider_max_in_flight": h.provider.max_in_flight,
         "provider_calls": h.provider.calls["generate"],
+        **slot_use(h),
         # The fakes' own loops (processes of their own): a stall there would delay the times they take.
         "fake_discord_loop": getattr(h.discord, "loop", None),
         "fake_provider_loop": getattr(h.provider, "loop", None),
+    }
+
+
+def slot_use(h: Harness) -> dict[str, float | None]:
+    """How busy the provider's ``concurrency`` slots were from its first call to its last answer, and the
+    mean time a slot stood empty between one call and the next (the deployment's per-job overhead as the
+    makespan sees it)."""
+    provider = h.provider
+    busy = getattr(provider, "busy_s", 0.0)
+    span = getattr(provider, "span_s", None)
+    if span is None:  # the fake in this process
+        first, last = getattr(provider, "first_call_at", None), getattr(provider, "last_end_at", None)
+        span = (last - first) if first is not None and last is not None else 0.0
+    calls = provider.calls["generate"]
+    if not span or not calls:
+        return {"provider_slot_use": None, "provider_slot_gap_ms": None}
+    return {
+        "provider_slot_use": round(busy / (h.concurrency * span), 3),
+        "provider_slot_gap_ms": round((h.concurrency * span - busy) * 1000 / calls, 1),
     }
 
 
@@ -402,6 +432,10 @@ async def deploy_1k(quick: bool, database_url: str | None = None) -> Result:
                check(stats["jain"], ">=", 0.9)),
         Figure(name, "failed jobs", stats["failed"], "count", "0", stats["failed"] == 0),
         Figure(name, "CPU ms per job (all bot processes, start to stop)", cpu_ms, "ms", "", None),
+        Figure(name, "provider slots in use, first call to last answer", details["provider_slot_use"],
+               "x", "", None),
+        Figure(name, "mean time a provider slot stood empty between calls", details["provider_slot_gap_ms"],
+               "ms", "", None),
         Figure(name, "SQL statements per job (all bot processes)", sql.get("statements"), "", "", None),
         Figure(name, "write transactions per job", sql.get("transactions (write)"), "", "", None),
     ]  # fmt: skip

@@ -333,6 +333,7 @@ class WorkerRole:
         self.presence = Presence(self.queue, "worker", self.worker_id)
         await self.presence.start()
         self.client.moderation.watch()
+        gc.collect()  # start-up's garbage, before the first claim (run_worker freezes what is left)
         await self.worker.start()
         self.probe.db, self.probe.queue, self.probe.generator = self.db, self.queue, self.generator
         self.probe.worker = self.worker
@@ -370,8 +371,8 @@ async def _run_worker(settings: Settings) -> int:
     try:
         await role.start()
         # As the gateway does once it is ready (client.on_ready): what start-up made lives as long as the
-        # process, so the collector's full passes need not rescan it.
-        gc.collect()
+        # process, so the collector's full passes need not rescan it. The collection ran in the role's
+        # start-up, before it claimed a job (a full pass here would stall the jobs already running).
         gc.freeze()
         await stopping.wait()
         log.info(

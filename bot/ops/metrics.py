@@ -94,6 +94,12 @@ DISCORD_429 = Counter(
     ("role",),
     registry=REGISTRY,
 )
+INTERACTIONS_EXPIRED = Counter(
+    "palette_interactions_expired",
+    "Commands and clicks acknowledged after Discord's 3 s and dropped by it (10062 Unknown interaction).",
+    ("role",),
+    registry=REGISTRY,
+)
 GATEWAY_LATENCY = Gauge(
     "palette_gateway_latency_seconds",
     "Heartbeat latency of each gateway shard.",
@@ -114,6 +120,7 @@ def set_role(role: str) -> None:
     for outcome in JOB_OUTCOMES:
         JOBS.labels(role=role, outcome=outcome)
     DISCORD_429.labels(role=role)
+    INTERACTIONS_EXPIRED.labels(role=role)
     QUEUE_DEPTH.labels(role=role)
 
 
@@ -141,6 +148,10 @@ def job_finished(
             IMAGES_DELIVERED.labels(role=r, model=model).inc(images)
         if requested_at is not None:
             JOB_DURATION.labels(role=r).observe(max(0.0, time.time() - requested_at))
+
+
+def interaction_expired() -> None:
+    INTERACTIONS_EXPIRED.labels(role=_state.role).inc()
 
 
 def provider_request(provider: str, outcome: str, seconds: float) -> None:

@@ -26,6 +26,7 @@ from bot.jobs.worker import Presence, Worker
 from bot.limits import LimitPolicy
 from bot.logs import hide_modal_values, log_context
 from bot.moderation.service import ModerationService
+from bot.ops import metrics
 from bot.ops.server import gateway_latencies
 from bot.ops.shards import IdentifyGate, ShardPresence, claim_command_sync
 from bot.presentation.flows import Flows
@@ -42,6 +43,8 @@ from bot.styles import StyleService
 from bot.tenants import TenantService
 
 log = logging.getLogger(__name__)
+#: Discord's error code for an interaction answered too late (or twice).
+UNKNOWN_INTERACTION = 10062
 
 COGS = ("cogs.imagine", "cogs.quota", "cogs.history", "cogs.admin", "cogs.styles", "cogs.compare")
 # View channel, send messages, embed links, attach files, read message history.
@@ -169,6 +172,7 @@ class PaletteBot(commands.Bot):
         self.synced = await self.sync_commands(force=self.sync_only)
         if self.sync_only:
             return
+        gc.collect()  # start-up's garbage, while no interaction can arrive yet (frozen in on_ready)
         await self.presence.start()
         self.shard_presence.start()
         self.moderation.watch()
@@ -183,9 +187,11 @@ class PaletteBot(commands.Bot):
         assert self.user is not None
         # Everything loaded so far (modules, caches) lives as long as the process: keep it out of the
         # cyclic collector's full passes, which otherwise rescan it while jobs churn through objects.
+        # The collection that clears start-up's garbage ran in setup_hook, before the gateway connected:
+        # here, with interactions already arriving, a full pass would stall the loop ~100 ms; freezing
+        # only moves the collector's lists.
         if not self._gc_frozen:  # once: on_ready fires again after reconnects
             self._gc_frozen = True
-            gc.collect()
             gc.freeze()
         url = discord.utils.oauth_url(
             self.application_id or self.user.id,
@@ -249,6 +255,12 @@ class PaletteBot(commands.Bot):
     async def report_error(self, interaction: discord.Interaction, error: BaseException) -> None:
         """Map an error to an ephemeral message; use a followup when the interaction was answered."""
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(original, discord.NotFound) and original.code == UNKNOWN_INTERACTION:
+            # Acknowledged after Discord's 3 s (a flood of commands, a stalled process): nothing was
+            # reserved yet, as every command defers first; no reply can reach the user any more.
+            log.warning("interaction %s was acknowledged too late; Discord dropped it", interaction.id)
+            metrics.interaction_expired()
+            return
         # Ephemeral: in the language of the person who sees it.
         locale = user_locale(interaction)
         if isinstance(original, PaletteError):

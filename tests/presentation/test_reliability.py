@@ -7,8 +7,10 @@ import io
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from bot.ops import metrics
 from tests.fakes.http import noisy_png
 from tests.presentation.conftest import Palette, running_palette
 
@@ -292,3 +294,34 @@ async def test_palette_status_shows_breakers_to_the_bots_owner_and_queue_to_mana
         assert not any(k.endswith(("listenhub", "mountsea")) for k in fields), fields
         refused = await palette.admin(palette.alice, "status")
         assert "Manage Server" in await palette.reply(refused)
+
+
+async def test_a_command_acknowledged_too_late_stores_no_job_and_costs_nothing(
+    palette: Palette, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Discord refuses an acknowledgement after 3 s (10062 Unknown interaction), as under a flood of
+    commands: the bot defers before it reserves anything, so the user is not charged and nothing runs;
+    it does not try to reply (no reply can reach anyone), logs a warning and counts it."""
+    expired = metrics.INTERACTIONS_EXPIRED.labels(role=metrics.role())._value.get()
+    palette.fake.interaction_ack_deadline = 0.0  # every callback arrives too late
+    ix = await palette.imagine(palette.alice, "a lighthouse nobody will see")
+    deadline = time.monotonic() + 10
+    while not any(r.path.endswith("/callback") for r in palette.fake.requests if r.method == "POST"):
+        assert time.monotonic() < deadline, "the bot never tried to acknowledge"
+        await asyncio.sleep(0.02)
+    await palette.idle()
+    callbacks = [r for r in palette.fake.requests if r.method == "POST" and r.path.endswith("/callback")]
+    assert [r.status for r in callbacks] == [404]  # the deferral, and no error reply after it
+    assert "acknowledged too late" in caplog.text and "unhandled error" not in caplog.text
+    assert metrics.INTERACTIONS_EXPIRED.labels(role=metrics.role())._value.get() == expired + 1
+    assert ix.original is None and palette.listenhub.calls["generate"] == 0
+    usage = await palette.bot.db.jobs.usage(palette.alice.id, time.time())
+    assert usage.daily_used == 0 and usage.in_flight == 0
+    report = await palette.bot.db.jobs.ledger_balance()
+    assert report.reserved == 0 and report.balanced
+
+    palette.fake.interaction_ack_deadline = 3.0  # the next command, in time, runs and is charged once
+    await palette.result_message(await palette.imagine(palette.alice, "a lighthouse"))
+    await palette.idle()
+    report = await palette.bot.db.jobs.ledger_balance()
+    assert report.reserved == 1 and report.committed == 1 and report.balanced
