@@ -372,7 +372,7 @@ class Harness:
             target = Path(out) / f"{proc.name}-{proc.pid}.txt"
             self._profilers.append(await asyncio.create_subprocess_exec(
                 "py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200",
-                "--threads", "--output", str(target), stdout=asyncio.subprocess.DEVNULL,
+                "--threads", "--nonblocking", "--output", str(target), stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             ))  # fmt: skip
 

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.images import InvalidImage, extension_for, make_thumbnail, sniff_mime
+from bot.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ImageStore:
         self.root = Path(root)
         self.retention_days = retention_days
         #: Thumbnails being made in this process, so that a page asking for one twice makes it once.
-        self._making: dict[Path, asyncio.Future[Path | None]] = {}
+        self._making: SingleFlight[Path, Path | None] = SingleFlight()
 
     # ------------------------------------------------------------------ paths
 
@@ -157,21 +158,9 @@ class ImageStore:
             return None
         if await asyncio.to_thread(path.is_file):
             return path
-        pending = self._making.get(path)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Path | None] = asyncio.get_running_loop().create_future()
-        self._making[path] = future
-        try:
-            made = await asyncio.to_thread(self._make_thumbnail, user_id, job_id, filename, path)
-            future.set_result(made)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a page that gave up must not log "never retrieved"
-            raise
-        finally:
-            del self._making[path]
-        return made
+        return await self._making.run(
+            path, lambda: asyncio.to_thread(self._make_thumbnail, user_id, job_id, filename, path)
+        )
 
     def _make_thumbnail(self, user_id: int, job_id: int, filename: str, path: Path) -> Path | None:
         found = self.find_original(user_id, job_id, filename)

@@ -32,6 +32,7 @@ from bot.errors import AuthError, ConfigError, OutOfCredits, PaletteError, Provi
 from bot.i18n import msg
 from bot.providers.base import Balance
 from bot.providers.transport import CallCredentials, call_credentials
+from bot.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from bot.generation import Generator
@@ -232,6 +233,8 @@ class TenantService:
         self._access: dict[int, RouteAccess] = {}
         self._credentials: dict[int, CallCredentials | None] = {}
         self._version: dict[int, int] = {}
+        self._loading_access: SingleFlight[int, RouteAccess] = SingleFlight()
+        self._loading_credentials: SingleFlight[int, CallCredentials | None] = SingleFlight()
 
     @property
     def enabled(self) -> bool:
@@ -247,6 +250,8 @@ class TenantService:
         self._version[guild_id] = self._version.get(guild_id, 0) + 1
         self._access.pop(guild_id, None)
         self._credentials.pop(guild_id, None)
+        self._loading_access.forget(guild_id)
+        self._loading_credentials.forget(guild_id)
 
     # --- reading ---
 
@@ -257,6 +262,9 @@ class TenantService:
         cached = self._access.get(guild_id)
         if cached is not None:
             return cached
+        return await self._loading_access.run(guild_id, lambda: self._load_access(guild_id))
+
+    async def _load_access(self, guild_id: int) -> RouteAccess:
         version = self._version.get(guild_id, 0)
         own, fallback = await self.repo.providers(guild_id)
         access = RouteAccess(own, fallback)
@@ -273,9 +281,14 @@ class TenantService:
             return None
         if guild_id in self._credentials:
             cached = self._credentials[guild_id]
-            if cached is None:
-                return None
-            return CallCredentials(cached.keys, cached.operator_fallback, guild_id)
+        else:
+            cached = await self._loading_credentials.run(guild_id, lambda: self._load_credentials(guild_id))
+        if cached is None:
+            return None
+        # A copy per job: it records which of the server's keys a provider refused during that job.
+        return CallCredentials(cached.keys, cached.operator_fallback, guild_id)
+
+    async def _load_credentials(self, guild_id: int) -> CallCredentials | None:
         version = self._version.get(guild_id, 0)
         stored = await self.repo.keys(guild_id)
         if not stored:
@@ -290,7 +303,7 @@ class TenantService:
         credentials = CallCredentials(keys, fallback, guild_id)
         if self._version.get(guild_id, 0) == version:
             self._credentials[guild_id] = credentials
-        return CallCredentials(keys, fallback, guild_id)
+        return credentials
 
     async def self_funded(self, guild_id: int) -> bool:
         """Whether the server pays for all its generations (own keys, no fallback to the operator's)."""

@@ -53,6 +53,7 @@ from bot.moderation.policy import (
     nsfw_terms_apply,
     strict_safety_for,
 )
+from bot.singleflight import SingleFlight
 from bot.storage.moderation import Ban, BlockScope, GuildPolicy, PostedResult, Report, RoleLimit
 from bot.storage.repository import ModerationRepository
 
@@ -115,7 +116,7 @@ class ModerationService:
         self._executor: ThreadPoolExecutor | None = None
         self._slow_reported: dict[tuple[int, tuple[str, ...]], float] = {}
         self._state: dict[int, GuildState] = {}
-        self._loading: dict[int, asyncio.Future[GuildState]] = {}
+        self._loading: SingleFlight[int, GuildState] = SingleFlight()
         self._version: dict[int, int] = {}
         # The version counter of each server's state in the database, as last seen by watch().
         self._seen: dict[int, int] = {}
@@ -203,34 +204,23 @@ class ModerationService:
         state = self._state.get(guild_id)
         if state is not None:
             return state
-        pending = self._loading.get(guild_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[GuildState] = asyncio.get_running_loop().create_future()
-        self._loading[guild_id] = future
+        return await self._loading.run(guild_id, lambda: self._load(guild_id))
+
+    async def _load(self, guild_id: int) -> GuildState:
         version = self._version.get(guild_id, 0)
-        try:
-            policy = await self.repo.get_policy(guild_id)
-            entries = await self.repo.blocklist(guild_id)
-            ban_list = await self.repo.bans(guild_id)
-            role_limits = tuple(await self.repo.role_limits(guild_id))
-            built = await self._in_filter_thread(
-                PromptFilter,
-                [FilterEntry(e.kind, e.pattern, e.scope) for e in entries],
-                builtin=policy.builtin_blocklist,
-            )
-            state = GuildState(policy, {b.user_id: b for b in ban_list}, built, role_limits)
-            if self._version.get(guild_id, 0) == version:  # not invalidated while loading
-                self._state[guild_id] = state
-            future.set_result(state)
-            return state
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
-            raise
-        finally:
-            if self._loading.get(guild_id) is future:
-                del self._loading[guild_id]
+        policy = await self.repo.get_policy(guild_id)
+        entries = await self.repo.blocklist(guild_id)
+        ban_list = await self.repo.bans(guild_id)
+        role_limits = tuple(await self.repo.role_limits(guild_id))
+        built = await self._in_filter_thread(
+            PromptFilter,
+            [FilterEntry(e.kind, e.pattern, e.scope) for e in entries],
+            builtin=policy.builtin_blocklist,
+        )
+        state = GuildState(policy, {b.user_id: b for b in ban_list}, built, role_limits)
+        if self._version.get(guild_id, 0) == version:  # not invalidated while loading
+            self._state[guild_id] = state
+        return state
 
     def invalidate(self, guild_id: int) -> None:
         """Forget the server's cached state (after any change to its policy, bans or blocklist).
@@ -239,7 +229,7 @@ class ModerationService:
         one instead of sharing it (that load still answers the callers that were waiting for it)."""
         self._version[guild_id] = self._version.get(guild_id, 0) + 1
         self._state.pop(guild_id, None)
-        self._loading.pop(guild_id, None)
+        self._loading.forget(guild_id)
         for listener in self.on_invalidate:
             listener(guild_id)
 
