@@ -111,9 +111,13 @@ def accepted_locale(header: str | None) -> str:
     available = [*shipped_locales(), _ENGLISH]
     found = negotiate_locale(preferred, available, sep="-")
     if found is None:
-        # A language without a catalog of its region (``pt``, ``es-MX``) reads its language's catalog.
+        # A browser language without a catalog of its region (``pt``, ``es-MX``) reads its language's
+        # catalog. Only here: a Discord locale does not (see bot.i18n.resolve), but a web page has no
+        # Discord command descriptions to agree with, and the browser asked for that language.
+        by_language = {code.split("-")[0].lower(): code for code in reversed(shipped_locales())}
         for tag in preferred:
-            if (code := resolve(tag)) != SOURCE_LOCALE:
+            code = by_language.get(tag.replace("_", "-").split("-")[0].lower())
+            if code is not None and code != SOURCE_LOCALE:
                 return code
         return SOURCE_LOCALE
     return SOURCE_LOCALE if found == _ENGLISH else resolve(found)

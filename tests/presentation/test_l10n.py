@@ -136,6 +136,11 @@ async def test_public_posts_follow_the_server_and_ephemeral_replies_the_user(pal
     # An English user of that server reads English in private.
     report = await palette.fake.click_button(palette.alice, result, palette.button(result, "report"))
     assert await ephemeral_text(report) == "That's your own image; use Delete instead."
+    # Latin American Spanish has no catalog: English, as Discord shows that member the commands in English.
+    spanish = await palette.fake.click_button(
+        palette.alice, result, palette.button(result, "report"), locale="es-419"
+    )
+    assert await ephemeral_text(spanish) == "That's your own image; use Delete instead."
 
 
 async def test_the_servers_language_setting_wins_over_guild_locale(palette: Palette) -> None:
