@@ -400,6 +400,10 @@ async def _seed_everything(url: str) -> None:
         await db.moderation.set_role_limit(RoleLimit(2, 44, daily_limit=3), now)
         await db.moderation.add_block(2, "regex", "b.d", "sfw", 1, now)
         await db.moderation.ban(Ban(2, 7, None, "spam", 1, True, now))
+        # A reason Palette wrote: its code and values are copied with it.
+        await db.moderation.ban(
+            Ban(2, 9, now + 60, "reported result (job 1)", 1, False, now, "report", {"job": 1})
+        )
         await db.moderation.record_blocked(2, 7, 3, "bad", "b.d", now, window=600)
         await db.moderation.add_report(2, done.id, 8, 1, now)
         # A server's own provider key (a Fernet token, as bot.tenants stores it) and its fallback.
@@ -466,6 +470,7 @@ async def test_copy_db_sqlite_to_postgresql_and_back(
         assert password not in out + err and "***" in out
         assert "ledger balanced" in out and "jobs: 6 rows" in out
         assert await _all_rows(pg) == expected
+        assert [row[7:] for row in expected["bans"]] == [(None, None), ("report", '{"job": 1}')]
 
         # The copy is a working database: new ids follow the copied ones, the triggers are back on.
         copy = await open_database(pg)

@@ -135,11 +135,21 @@ def test_messages_render_per_locale_and_fall_back_to_english() -> None:
     assert t("pt-BR", "Deleted.") == "Apagado."
     assert t("it", "Deleted.") == "Deleted."  # no catalog: English
     assert t(None, "Deleted.") == "Deleted."
-    assert resolve("es-419") == "es-ES"  # same language: that catalog
-    assert resolve("pt-PT") == "pt-BR"
+    assert resolve("PT-br") == "pt-BR" and resolve("es-es") == "es-ES"  # case does not matter
+    assert resolve("de") == "de" and resolve(" ja ") == "ja"
     assert resolve("en-GB") == SOURCE_LOCALE
     assert resolve("zh-CN") == SOURCE_LOCALE
     assert t("de", "A message nobody translated {x}.", x=3) == "A message nobody translated 3."
+
+
+def test_a_locale_without_its_own_catalog_reads_english_even_if_its_language_is_shipped() -> None:
+    """The spec: any locale not shipped falls back to English. Discord shows an es-419 user the English
+    command descriptions (only es-ES localizations are registered); the replies match the commands."""
+    assert resolve("es-419") == SOURCE_LOCALE
+    assert t("es-419", "Deleted.") == "Deleted." != t("es-ES", "Deleted.")
+    assert resolve("pt-PT") == SOURCE_LOCALE
+    assert resolve("fr-CA") == SOURCE_LOCALE
+    assert resolve("en-GB") == SOURCE_LOCALE
 
 
 def test_plurals_follow_each_languages_rules() -> None:

@@ -33,7 +33,8 @@ the catalogs are found and compiled (in memory, once) when first used, and comma
 registered for every catalog found.
 
 English (``en-US``) is the source: the message ids are the English texts. A locale without a catalog
-uses the catalog of its language when there is one (``es-419`` reads ``es-ES``), else English.
+of its own reads English, even when a catalog of its language is shipped (``es-419`` reads English, not
+``es-ES``): see :func:`resolve`.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ def babel_locale(code: str) -> Locale:
 
 
 def resolve(locale: object) -> str:
-    """A Discord locale (``discord.Locale``, ``"pt-BR"``, ``None``) -> the shipped locale to use."""
+    """A Discord locale (``discord.Locale``, ``"pt-BR"``, ``None``) -> the shipped locale to use: that
+    locale when a catalog of it is shipped (compared without regard to case), otherwise English.
+
+    No fallback to another locale of the same language (``es-419`` reads English, not ``es-ES``):
+    Discord shows an ``es-419`` user the default (English) command descriptions when only ``es-ES``
+    localizations are registered, so the replies are in the same language as the commands."""
     code = str(getattr(locale, "value", locale) or "").strip()
     if not code:
         return SOURCE_LOCALE
@@ -85,13 +91,7 @@ def resolve(locale: object) -> str:
     if code in shipped:
         return code
     lowered = {c.lower(): c for c in shipped}
-    if code.lower() in lowered:
-        return lowered[code.lower()]
-    language = code.replace("_", "-").split("-")[0].lower()
-    for candidate in shipped:
-        if candidate.split("-")[0].lower() == language:
-            return candidate
-    return SOURCE_LOCALE
+    return lowered.get(code.lower(), SOURCE_LOCALE)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bot.i18n import N_, Text, msg, nmsg
-from bot.moderation.bans import describe_duration
+from bot.moderation.bans import ban_reason, describe_duration
 from bot.storage.moderation import Ban
 
 #: A field's value: a message, or text shown as it is.
@@ -294,7 +294,7 @@ def ban(guild_id: int, b: Ban, *, actor_id: int | None) -> ModLogEntry:
             (N_("User"), f"<@{b.user_id}> ({b.user_id})"),
             (N_("By"), by),
             (N_("Duration"), describe_duration_from(b)),
-            (N_("Reason"), clip(b.reason or "—", 300)),
+            (N_("Reason"), _reason(b)),
         ),
     )
 
@@ -329,6 +329,12 @@ def deleted_result(guild_id: int, *, job_id: int, user_id: int, actor_id: int) -
         msg("🗑️ Result deleted by a moderator · job {job}", job=job_id),
         ((N_("Author"), f"<@{user_id}>"), (N_("By"), f"<@{actor_id}>")),
     )
+
+
+def _reason(b: Ban) -> Value:
+    """Palette's own reasons in the log's language; a moderator's as typed (clipped)."""
+    reason = ban_reason(b)
+    return clip(reason or "—", 300) if reason is None or isinstance(reason, str) else reason
 
 
 def describe_duration_from(b: Ban) -> Text:

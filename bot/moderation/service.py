@@ -350,8 +350,8 @@ class ModerationService:
                 ctx.guild_id,
                 ctx.user_id,
                 duration=policy.autoban_duration,
-                # Stored with the ban and shown as its reason (in English, like a moderator's reason).
-                reason=f"{recent} blocked prompts within {bans.describe_duration(policy.autoban_window)}",
+                # Stored as a code and values: shown in each reader's language (bans.ban_reason).
+                reason=bans.auto_ban_reason(recent, policy.autoban_window),
                 banned_by=None,
                 now=now,
                 automatic=True,
@@ -392,7 +392,13 @@ class ModerationService:
         return ban if ban is not None and ban.active(self.clock()) else None
 
     async def ban(
-        self, guild_id: int, user_id: int, *, actor_id: int, duration: str | float | None, reason: str | None
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        actor_id: int,
+        duration: str | float | None,
+        reason: str | bans.SystemReason | None,
     ) -> Ban:
         seconds = bans.parse_duration(duration) if isinstance(duration, str) or duration is None else duration
         ban = bans.make_ban(

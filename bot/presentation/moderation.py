@@ -21,7 +21,7 @@ import discord
 from bot.errors import ValidationError
 from bot.generation import GenerationOutcome, Plan
 from bot.i18n import N_, SOURCE_LOCALE, render, t
-from bot.moderation import modlog
+from bot.moderation import bans, modlog
 from bot.moderation.modlog import ModLogEntry
 from bot.moderation.policy import RequestContext
 from bot.presentation import embeds
@@ -355,7 +355,7 @@ async def moderator_action(
             job.user_id,
             actor_id=interaction.user.id,
             duration=float(REPORT_BAN_SECONDS),
-            reason=f"reported result (job {job.id})",
+            reason=bans.report_reason(job.id),
         )
         await bot.db.moderation.resolve_reports(job.id, "banned", now)
         text = t(

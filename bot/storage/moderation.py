@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -84,6 +85,10 @@ class BlockEntry:
 
 @dataclass(frozen=True, slots=True)
 class Ban:
+    """A generation ban. ``reason`` is text as typed by a moderator, or the English of a reason that
+    Palette wrote itself; for the latter ``reason_code`` and ``reason_values`` say what it was, so that
+    :func:`bot.moderation.bans.ban_reason` words it in each reader's language."""
+
     guild_id: int
     user_id: int
     expires_at: float | None
@@ -91,6 +96,8 @@ class Ban:
     banned_by: int | None
     automatic: bool
     created_at: float
+    reason_code: str | None = None
+    reason_values: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def active(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -122,7 +129,10 @@ _POLICY_COLUMNS = (
     "allowed_channels", "allowed_models", "default_model", "mod_role_id", "modlog_channel_id", "nsfw_mode",
     "builtin_blocklist", "autoban_hits", "autoban_window", "autoban_duration", "denied_channels", "locale",
 )  # fmt: skip
-_BAN_COLUMNS = ("guild_id", "user_id", "expires_at", "reason", "banned_by", "automatic", "created_at")
+_BAN_COLUMNS = (
+    "guild_id", "user_id", "expires_at", "reason", "banned_by", "automatic", "created_at", "reason_code",
+    "reason_values",
+)  # fmt: skip
 _REPORT_COLUMNS = (
     "id", "guild_id", "job_id", "reporter_id", "reported_id", "created_at", "resolved_at", "resolution",
 )  # fmt: skip
@@ -191,7 +201,19 @@ def _policy_from_row(row: Any) -> GuildPolicy:
 
 
 def _ban_from_row(row: Any) -> Ban:
-    return Ban(*row[:5], bool(row[5]), row[6])
+    return Ban(*row[:5], bool(row[5]), row[6], row[7], _reason_values(row[8]))
+
+
+def _reason_values(raw: str | None) -> Mapping[str, Any] | None:
+    """The stored values of a coded reason; ``None`` when absent or unreadable (the English text is
+    shown then)."""
+    if not raw:
+        return None
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        return None
+    return values if isinstance(values, dict) else None
 
 
 class SqlModerationRepository:
@@ -349,10 +371,11 @@ class SqlModerationRepository:
         return [_ban_from_row(row) for row in rows]
 
     async def ban(self, ban: Ban) -> None:
+        coded = None if ban.reason_values is None else json.dumps(dict(ban.reason_values), sort_keys=True)
         values = {
             "guild_id": ban.guild_id, "user_id": ban.user_id, "expires_at": ban.expires_at,
             "reason": ban.reason, "banned_by": ban.banned_by, "automatic": int(ban.automatic),
-            "created_at": ban.created_at,
+            "created_at": ban.created_at, "reason_code": ban.reason_code, "reason_values": coded,
         }  # fmt: skip
         async with self._db.transaction() as conn:
             await conn.execute(self._ban, values)

@@ -268,6 +268,10 @@ bans = Table(
     Column("banned_by", Snowflake),
     Column("automatic", Integer, nullable=False, server_default="0"),
     Column("created_at", Seconds, nullable=False),
+    # A reason Palette wrote itself (an auto-ban, a ban from a report): its code and values (JSON), put
+    # into words in each reader's language (bot.moderation.bans.ban_reason); ``reason`` keeps the English.
+    Column("reason_code", Text),
+    Column("reason_values", Text),
     PrimaryKeyConstraint("guild_id", "user_id"),
 )
 

@@ -33,8 +33,9 @@ from bot.config import Settings
 from bot.i18n import SOURCE_LOCALE, Text, resolve, shipped_locales, t, tn
 from bot.i18n import render as render_text
 from bot.imagestore import ImageStore
+from bot.moderation.bans import ban_reason
 from bot.moderation.service import ModerationService
-from bot.storage import Database
+from bot.storage import Ban, Database
 from bot.storage.web import WebSession
 from bot.web import security
 from bot.web.discord import BotActions, OAuthClient, OAuthError, can_manage
@@ -111,9 +112,13 @@ def accepted_locale(header: str | None) -> str:
     available = [*shipped_locales(), _ENGLISH]
     found = negotiate_locale(preferred, available, sep="-")
     if found is None:
-        # A language without a catalog of its region (``pt``, ``es-MX``) reads its language's catalog.
+        # A browser language without a catalog of its region (``pt``, ``es-MX``) reads its language's
+        # catalog. Only here: a Discord locale does not (see bot.i18n.resolve), but a web page has no
+        # Discord command descriptions to agree with, and the browser asked for that language.
+        by_language = {code.split("-")[0].lower(): code for code in reversed(shipped_locales())}
         for tag in preferred:
-            if (code := resolve(tag)) != SOURCE_LOCALE:
+            code = by_language.get(tag.replace("_", "-").split("-")[0].lower())
+            if code is not None and code != SOURCE_LOCALE:
                 return code
         return SOURCE_LOCALE
     return SOURCE_LOCALE if found == _ENGLISH else resolve(found)
@@ -190,6 +195,13 @@ def _pgettext(context: Context, message_context: str, message: str, /, **params:
     return Text(message, params, context=message_context).render(context.get("locale"))
 
 
+@pass_context
+def _ban_reason(context: Context, ban: Ban) -> str:
+    """``{{ b | ban_reason }}``: a ban's reason in the page's language (Palette's own reasons are
+    translated, a moderator's are shown as typed)."""
+    return render_text(context.get("locale"), ban_reason(ban))
+
+
 def make_templates() -> Environment:
     """Jinja2 with its i18n extension: ``_()``, ``ngettext()`` and ``pgettext()`` translate through the
     catalogs of :mod:`bot.i18n` into the language of the page being rendered (its ``locale``), with the
@@ -205,6 +217,7 @@ def make_templates() -> Environment:
     )
     env.filters["date"] = _date
     env.filters["model_label"] = _model_label
+    env.filters["ban_reason"] = _ban_reason
     return env
 
 

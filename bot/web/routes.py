@@ -17,7 +17,7 @@ from bot.errors import PaletteError
 from bot.i18n import Text, msg
 from bot.imagestore import BROWSER_TYPES
 from bot.moderation import modlog
-from bot.moderation.bans import describe_duration, parse_duration
+from bot.moderation.bans import dashboard_report_reason, describe_duration, parse_duration
 from bot.moderation.service import MAX_LIMIT
 from bot.storage.web import WebSession, search_words
 from bot.web import security
@@ -377,7 +377,7 @@ async def report_action(ctx: WebContext, request: Request) -> Response:
             raise HttpError(400, text("bad_duration"))
         ban = await ctx.moderation.ban(
             guild_id, job.user_id, actor_id=viewer.user_id, duration=choice,
-            reason=f"reported result (job {job.id}), from the dashboard",
+            reason=dashboard_report_reason(job.id),
         )  # fmt: skip
         await ctx.db.moderation.resolve_reports(job.id, "banned", now)
         length = describe_duration((ban.expires_at or now) - now)

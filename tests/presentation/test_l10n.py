@@ -136,6 +136,11 @@ async def test_public_posts_follow_the_server_and_ephemeral_replies_the_user(pal
     # An English user of that server reads English in private.
     report = await palette.fake.click_button(palette.alice, result, palette.button(result, "report"))
     assert await ephemeral_text(report) == "That's your own image; use Delete instead."
+    # Latin American Spanish has no catalog: English, as Discord shows that member the commands in English.
+    spanish = await palette.fake.click_button(
+        palette.alice, result, palette.button(result, "report"), locale="es-419"
+    )
+    assert await ephemeral_text(spanish) == "That's your own image; use Delete instead."
 
 
 async def test_the_servers_language_setting_wins_over_guild_locale(palette: Palette) -> None:
@@ -289,3 +294,98 @@ async def test_a_failed_compare_part_is_worded_in_the_servers_language(palette: 
     assert job is not None and job.status == "failed" and job.error and job.error not in failed
     assert message.embeds[0]["fields"][0]["name"] == "Taille"
     assert labels(message)["reroll"].startswith("Relancer · ")
+
+
+MODERATOR = int(Permission.VIEW_CHANNEL | Permission.SEND_MESSAGES | Permission.MANAGE_MESSAGES)
+
+
+async def french_server(palette: Palette) -> tuple[Any, Any, Any, Any]:
+    """A server whose Discord language is French, with its mod log: (server, channel, log, manager)."""
+    club = palette.fake.add_guild(name="Club de dessin", preferred_locale="fr")
+    channel = palette.fake.add_channel(club, name="atelier")
+    log = palette.fake.add_channel(club, name="moderation")
+    manager = palette.fake.add_user(name="gerant")
+    palette.fake.add_member(club, manager, permissions=MANAGER)
+    for user in palette.users:
+        palette.fake.add_member(club, user)
+    assert "Mod log" in await palette.reply(
+        await palette.admin(manager, "modlog", where=channel, channel=log)
+    )
+    return club, channel, log, manager
+
+
+def reason_in(entry: Any) -> str:
+    """The "Reason" field of a French mod-log ban entry."""
+    return {f["name"]: f["value"] for f in entry.embeds[0]["fields"]}["Raison"]
+
+
+async def test_an_auto_ban_reason_is_worded_for_the_member_and_for_the_servers_mod_log(
+    palette: Palette,
+) -> None:
+    _club, channel, log, manager = await french_server(palette)
+    await palette.reply(await palette.admin(manager, "blocklist add", where=channel, pattern="gore"))
+    auto = await palette.admin(manager, "autoban", where=channel, hits=2, window="10m", duration="1h")
+    assert "2 blocked prompts within 10m" in await palette.reply(auto)
+
+    async def imagine(prompt: str) -> str:
+        ix = await palette.fake.invoke_slash(
+            palette.alice, channel, "imagine", options={"prompt": prompt}, locale="de"
+        )
+        return await ephemeral_text(ix)
+
+    assert "Reason" not in await imagine("gore")
+    banned = await imagine("more gore")
+    assert banned.endswith("Grund: 2 blockierte Prompts innerhalb von 10 Min."), banned
+    assert "blocked prompts" not in banned
+    entry = await palette.modlog_entry(log, "Bannissement de génération")
+    assert reason_in(entry) == "2 prompts bloqués en 10\u00a0min"  # Babel's no-break space
+    # The next attempt reads the ban back from the database (code and values): German again.
+    again = await imagine("a kitten")
+    assert again.endswith("Grund: 2 blockierte Prompts innerhalb von 10 Min."), again
+    # Stored with its English text too, for readers that know no code.
+    ban = await palette.bot.db.moderation.get_ban(_club.id, palette.alice.id)
+    assert ban is not None and ban.reason == "2 blocked prompts within 10m"
+    assert (ban.reason_code, ban.reason_values) == ("auto_ban", {"count": 2, "window": 600.0})
+
+
+async def test_a_report_ban_is_worded_per_reader_and_a_moderators_reason_stays_as_typed(
+    palette: Palette,
+) -> None:
+    club, channel, log, manager = await french_server(palette)
+    made = await palette.fake.invoke_slash(palette.alice, channel, "imagine", options={"prompt": "a fox"})
+    result = await palette.result_message(made)
+    job = await palette.job_of(result)
+    click = await palette.fake.click_button(palette.bob, result, palette.button(result, "report"))
+    assert "moderators have been told" in await palette.reply(click)
+    report = await palette.modlog_entry(log, "Résultat signalé")
+    mod = palette.fake.add_user(name="moderatrice")
+    palette.fake.add_member(club, mod, permissions=MODERATOR)
+    banned = await palette.fake.click_button(mod, report, f"palette:mod:ban:{job.id}")
+    assert "can't generate here until" in await palette.reply(banned)
+    entry = await palette.modlog_entry(log, "Bannissement de génération")
+    assert reason_in(entry) == f"résultat signalé (tâche {job.id})"
+    refused = await palette.fake.invoke_slash(
+        palette.alice, channel, "imagine", options={"prompt": "another fox"}, locale="pt-BR"
+    )
+    assert (await ephemeral_text(refused)).endswith(f"Motivo: resultado denunciado (tarefa {job.id})")
+
+    # A moderator's own words are shown as typed, in every language.
+    typed = "Spam im Kanal — bitte nicht"
+    await palette.reply(
+        await palette.admin(manager, "ban", where=channel, user=palette.bob, duration="2h", reason=typed)
+    )
+
+    def typed_entry() -> Any:
+        found = [
+            m
+            for m in palette.fake.channel_messages(log)
+            if m.embeds and "Bannissement" in m.embeds[0]["title"]
+        ]
+        return found[1] if len(found) > 1 else None
+
+    assert reason_in(await palette.fake.wait_for_state(typed_entry, 10, "the second ban entry")) == typed
+    for locale, word in (("fr", "Raison : "), ("ja", "理由：")):
+        ix = await palette.fake.invoke_slash(
+            palette.bob, channel, "imagine", options={"prompt": "a fox"}, locale=locale
+        )
+        assert (await ephemeral_text(ix)).endswith(word + typed)

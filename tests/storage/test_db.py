@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.i18n import render
+from bot.moderation import bans
 from bot.storage import (
     BackupNotSupported,
+    Ban,
     Database,
     HistoryRepository,
     JobRepository,
@@ -21,6 +24,7 @@ from bot.storage import (
     migrator,
     open_database,
 )
+from bot.storage.engine import create_engine, sqlite_path
 from bot.storage.schema import metadata
 
 from .factories import NOW, new_job, reference
@@ -248,6 +252,90 @@ async def test_a_half_migrated_legacy_database_is_refused_untouched(db_path: Pat
     with sqlite3.connect(db_path) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "alembic_version" not in names and "guild_policy" not in names
+
+
+async def _alembic(url: str, action: str, revision: str) -> None:
+    """Alembic's ``upgrade`` or ``downgrade`` to ``revision`` on ``url``, in one transaction (the
+    migrator's way, stopping at a revision instead of the head)."""
+    if (path := sqlite_path(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+
+    def run(sync_conn: object) -> None:
+        config = migrator.alembic_config()
+        config.attributes["connection"] = sync_conn
+        getattr(migrator.command, action)(config, revision)
+
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(run)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+async def _ban_columns(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: [col["name"] for col in __import__("sqlalchemy").inspect(c).get_columns("bans")]
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_ban_reason_codes_migration_keeps_older_bans_in_their_english(database_url: str) -> None:
+    """0009 on a database at 0006 with a ban whose reason is English text only: the ban stays, without a
+    code, and shows that text in every language; new bans store their code and values; 0009 goes back
+    down to 0006 with the bans kept."""
+    await _alembic(database_url, "upgrade", "0006")
+    assert "reason_code" not in await _ban_columns(database_url)
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO bans (guild_id, user_id, expires_at, reason, banned_by, automatic, created_at) "
+                "VALUES (100, 4, NULL, '3 blocked prompts within 10m', NULL, 1, 5.0)"
+            )
+    finally:
+        await engine.dispose()
+
+    db = await open_database(database_url)
+    try:
+        assert await db.schema_version() == migrator.head_revision() == "0009"
+        old = await db.moderation.get_ban(100, 4)
+        assert old == Ban(100, 4, None, "3 blocked prompts within 10m", None, True, 5.0)
+        assert (old.reason_code, old.reason_values) == (None, None)
+        assert bans.ban_reason(old) == "3 blocked prompts within 10m"
+        german = render("de", bans.banned_message(old))
+        assert german.startswith("⛔ Du bist") and german.endswith("Grund: 3 blocked prompts within 10m")
+        # A ban written now keeps its code and values (and its English) through the database.
+        new = bans.make_ban(100, 5, duration=3600.0, reason=bans.auto_ban_reason(2, 300.0),
+                            banned_by=None, now=10.0, automatic=True)  # fmt: skip
+        await db.moderation.ban(new)
+        stored = await db.moderation.get_ban(100, 5)
+        assert stored == new and stored.reason_values == {"count": 2, "window": 300.0}
+        assert (stored.reason_code, stored.reason) == ("auto_ban", "2 blocked prompts within 5m")
+        assert render("de", bans.ban_reason(stored)) == "2 blockierte Prompts innerhalb von 5 Min."
+        # A moderator's ban over it drops the code: their words are shown.
+        await db.moderation.ban(bans.make_ban(100, 5, duration=None, reason="spam", banned_by=7, now=11.0))
+        over = await db.moderation.get_ban(100, 5)
+        assert over is not None
+        assert (over.reason, over.reason_code, over.reason_values) == ("spam", None, None)
+    finally:
+        await db.close()
+
+    await _alembic(database_url, "downgrade", "0006")
+    columns = await _ban_columns(database_url)
+    assert "reason_code" not in columns and "reason_values" not in columns
+    db = await open_database(database_url)  # and up again
+    try:
+        assert [b.reason for b in sorted(await db.moderation.bans(100), key=lambda b: b.user_id)] == [
+            "3 blocked prompts within 10m", "spam",
+        ]  # fmt: skip
+    finally:
+        await db.close()
 
 
 # --- connection settings ------------------------------------------------------------------------------------

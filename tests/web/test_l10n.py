@@ -4,10 +4,13 @@ browser's Accept-Language, else English; pages, notices and error pages from the
 from __future__ import annotations
 
 import re
+from html import unescape
 from pathlib import Path
 
 import pytest
 
+from bot.moderation import bans
+from bot.storage import Ban
 from bot.web.app import accepted_locale
 from tests.web.harness import running_site
 
@@ -65,3 +68,46 @@ def test_accept_language_negotiation() -> None:
     assert accepted_locale("fr;q=0.1, ja;q=0.9") == "ja"  # by weight, not by order
     assert accepted_locale("de;q=0, zz") == "en-US"  # q=0 means "not this"
     assert accepted_locale("x" * 5000) == "en-US"
+
+
+def ban_reasons(html: str) -> dict[str, str]:
+    """The dashboard's ban table: reason by the member's id."""
+    rows = re.findall(r'<span class="small">\((\d+)\)</span></td><td>[^<]*</td><td>([^<]*)</td>', html)
+    return {user_id: unescape(reason) for user_id, reason in rows}
+
+
+async def test_the_dashboard_shows_ban_reasons_in_the_viewers_language(site) -> None:
+    """Palette's own reasons are translated for whoever reads the dashboard; a moderator's typed reason
+    and a ban stored before reasons had codes (English text only) are shown as they are."""
+    gid = site.guild.id
+    job, _, _ = await site.seed(site.bob, "reported thing")
+    await site.db.moderation.add_report(gid, job, site.alice.id, site.bob.id, 1.0)
+    mod = site.ctx.moderation
+    await mod.ban(gid, site.alice.id, actor_id=site.owner.id, duration="1d", reason="Spam & <Werbung>")
+    await mod.ban(gid, site.outsider.id, actor_id=site.owner.id, duration=None,
+                  reason=bans.auto_ban_reason(3, 600.0))  # fmt: skip
+    legacy = site.fake.add_user("legacy")
+    await site.db.moderation.ban(Ban(gid, legacy.id, None, "3 blocked prompts within 10m", None, True, 1.0))
+    site.owner.locale = "de"
+    owner = await site.login(site.owner)
+    token = re.search(r'name="csrf" value="([^"]+)"', (await owner.get(f"/servers/{gid}/dashboard")).text)
+    assert token
+    banned = await owner.post(f"/servers/{gid}/reports/{job}/ban", data={"csrf": token[1], "duration": "1d"})
+    assert banned.status_code == 303
+
+    board = await owner.get(f"/servers/{gid}/dashboard")
+    assert lang_of(board.text) == "de"
+    assert ban_reasons(board.text) == {
+        str(site.bob.id): f"gemeldetes Ergebnis (Auftrag {job}), über das Dashboard",
+        str(site.outsider.id): "3 blockierte Prompts innerhalb von 10 Min.",
+        str(site.alice.id): "Spam & <Werbung>",  # escaped in the page, as typed
+        str(legacy.id): "3 blocked prompts within 10m",
+    }
+    assert "&lt;Werbung&gt;" in board.text
+    # The same bans for a Japanese moderator.
+    site.owner.locale = "ja"
+    japanese = await (await site.login(site.owner)).get(f"/servers/{gid}/dashboard")
+    reasons = ban_reasons(japanese.text)
+    assert reasons[str(site.bob.id)] == f"報告された結果（ジョブ {job}）、ダッシュボードから"
+    assert reasons[str(site.outsider.id)] == "10 分以内にプロンプトが 3 回ブロックされた"
+    assert reasons[str(legacy.id)] == "3 blocked prompts within 10m"
