@@ -1,6 +1,7 @@
 """The web gallery's image store as the bot keeps it: the worker stores the originals of what it
-delivers (thumbnails are made when the gallery asks); /history-clear, the owner's Delete button and a moderator's removal delete them (and
-the results rows) again; /palette gallery switches a server's gallery."""
+delivers (thumbnails are made when the gallery asks); /history-clear, the owner's Delete button and a
+moderator's removal delete them (and the results rows) again; /palette gallery switches a server's
+gallery."""
 
 from __future__ import annotations
 
