@@ -255,6 +255,7 @@ class Harness:
                 HTTP_READ_TIMEOUT=120,
                 SHUTDOWN_GRACE=1,
                 PALETTE_LOOP_MONITOR=1,
+                PALETTE_LOOP_MONITOR_STACKS=os.environ.get("PALETTE_LOOP_MONITOR_STACKS", ""),
             )
             env.pop("POLL_INTERVAL")
             env.pop("RETRY_BACKOFF_BASE")
@@ -355,6 +356,7 @@ class Harness:
             HTTP_READ_TIMEOUT=120,
             SHUTDOWN_GRACE=1,
             PALETTE_LOOP_MONITOR=1,
+            PALETTE_LOOP_MONITOR_STACKS=os.environ.get("PALETTE_LOOP_MONITOR_STACKS", ""),
         )
         env.pop("POLL_INTERVAL")  # the bot's own defaults for everything not about the fakes
         env.pop("RETRY_BACKOFF_BASE")

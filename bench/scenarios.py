@@ -324,6 +324,8 @@ def _processes(h: Harness) -> dict[str, Any]:
             "gc_oldest_generation_objects": p.loop_report().get("gc_oldest_generation_objects"),
             "gc_frozen_objects": p.loop_report().get("gc_frozen_objects"),
             "loop_monitor_write_s": p.loop_report().get("write_s"),
+            # With PALETTE_LOOP_MONITOR_STACKS=1: where the loop's thread was during stalls.
+            "stall_stacks": p.loop_report().get("stall_stacks") or [],
             "log_warnings": p.log_errors()[:10],
             "sql": p.loop_report().get("sql") or {},
         }

@@ -67,6 +67,11 @@ def build_generator(settings: Settings, health: HealthRepository) -> Generator:
     return Generator(settings, providers, health=health, spare=spare)
 
 
+def discord_connector(settings: Settings) -> aiohttp.TCPConnector:
+    """The connection pool of a client's REST calls (closed with discord.py's session, which owns it)."""
+    return aiohttp.TCPConnector(limit=settings.discord_http_connections)
+
+
 async def create_bot(
     settings: Settings, *, role: str = "all", sync_only: bool = False, **client_options: Any
 ) -> PaletteBot:
@@ -77,6 +82,7 @@ async def create_bot(
     point_discord_at(settings)
     metrics.set_role(role)
     client_options.setdefault("http_trace", metrics.discord_trace())  # 429s and interaction ack times
+    client_options.setdefault("connector", discord_connector(settings))
     cls: type[PaletteBot] = PaletteBot
     if settings.sharded and not sync_only:
         cls = ShardedPaletteBot
@@ -324,7 +330,9 @@ class WorkerRole:
         metrics.set_role("worker")
         self.db, self.queue, health = await open_storage(settings)
         self.generator = build_generator(settings, health)
-        self.client = WorkerClient(settings, self.db, http_trace=metrics.discord_trace())
+        self.client = WorkerClient(
+            settings, self.db, http_trace=metrics.discord_trace(), connector=discord_connector(settings)
+        )
         assert settings.discord_token is not None
         await self.client.login(settings.discord_token.get_secret_value())
         self.worker, _presenter, self.encoders = attach_worker(
@@ -333,7 +341,11 @@ class WorkerRole:
         self.presence = Presence(self.queue, "worker", self.worker_id)
         await self.presence.start()
         self.client.moderation.watch()
-        gc.collect()  # start-up's garbage, before the first claim (run_worker freezes what is left)
+        # What start-up made lives as long as the process: out of the collector's full passes, which
+        # otherwise rescan it while jobs churn through objects. Before the first claim: a full pass then
+        # would stall running jobs, and freezing a job's objects would keep them (and its images) forever.
+        gc.collect()
+        gc.freeze()
         await self.worker.start()
         self.probe.db, self.probe.queue, self.probe.generator = self.db, self.queue, self.generator
         self.probe.worker = self.worker
@@ -369,11 +381,7 @@ async def _run_worker(settings: Settings) -> int:
     metrics.set_role("worker")
     ops = await start_ops_server(role.probe, settings.metrics_host, settings.metrics_port)
     try:
-        await role.start()
-        # As the gateway does once it is ready (client.on_ready): what start-up made lives as long as the
-        # process, so the collector's full passes need not rescan it. The collection ran in the role's
-        # start-up, before it claimed a job (a full pass here would stall the jobs already running).
-        gc.freeze()
+        await role.start()  # which freezes start-up's objects out of the collector, as on_ready does
         await stopping.wait()
         log.info(
             "shutting down: no new jobs; running ones get %.0f s, the rest go back to the queue",

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = DISCORD_GATEWAY_DEFAULT
     discord_dev_guild_id: int | None = None
+    # Open connections to Discord's REST API per process, reused (keep-alive). discord.py's default is no
+    # limit: a burst of 1000 commands opened 1000 connections (each a TCP and TLS handshake) to defer
+    # them; beyond this many, requests wait for a free connection instead.
+    discord_http_connections: int = Field(64, ge=1, le=1000)
 
     # --- storage ---
     # sqlite:///relative.db, sqlite:////absolute.db, or postgresql://user:password@host:5432/dbname

@@ -5,6 +5,10 @@ much each sleep overshot: the longest overshoot is the longest time the event lo
 jitter). The maximum so far (when it happened, on the ``time.monotonic`` clock, and how many stalls were
 longer than 50 ms) is written, as JSON, to ``PALETTE_LOOP_MONITOR_FILE`` (default
 ``loop-monitor.json``) every second and when the monitor stops.
+
+With ``PALETTE_LOOP_MONITOR_STACKS=1`` as well, a watchdog thread looks at the loop every 10 ms and, when
+it has not ticked for 60 ms, records where the loop's thread is (the innermost frames): the report's
+``stall_stacks`` counts each place seen, which names the callback behind a stall.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import contextlib
 import gc
 import json
 import os
+import sys
+import threading
 import time
+import traceback
+from collections import Counter
 from pathlib import Path
 
 from bot.storage import sqlstats
@@ -22,6 +30,8 @@ from bot.storage import sqlstats
 INTERVAL = 0.010
 WRITE_EVERY = 1.0
 MAX_SECONDS = 3600
+STACK_AFTER = 0.060
+STACK_FRAMES = 14
 
 
 class LoopMonitor:
@@ -47,10 +57,35 @@ class LoopMonitor:
         #: (time.monotonic() at its end, seconds) of the first full passes.
         self.full_passes: list[tuple[float, float]] = []
         self.write_seconds = 0.0
+        self._last_tick = time.monotonic()
+        self._loop_thread = 0
+        self._stop_watch = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        #: Where the loop's thread was during stalls (innermost frame first) -> how many stalls.
+        self.stall_stacks: Counter[str] = Counter()
 
-    def start(self) -> None:
+    def start(self, *, stacks: bool = False) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="palette-loop-monitor")
         gc.callbacks.append(self._on_gc)
+        if stacks:
+            self._loop_thread = threading.get_ident()
+            self._watchdog = threading.Thread(target=self._watch, name="palette-loop-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        """The watchdog thread: where the loop's thread is while the loop has not ticked for a while."""
+        seen_for: float | None = None
+        while not self._stop_watch.wait(INTERVAL):
+            last = self._last_tick
+            if time.monotonic() - last < STACK_AFTER or seen_for == last:
+                continue
+            seen_for = last  # one sample per stall
+            frame = sys._current_frames().get(self._loop_thread)
+            if frame is None:
+                continue
+            summary = traceback.extract_stack(frame)[-STACK_FRAMES:]
+            key = " <- ".join(f"{f.name} ({_short(f.filename)}:{f.lineno})" for f in reversed(summary))
+            self.stall_stacks[key] += 1
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -73,7 +108,7 @@ class LoopMonitor:
             while True:
                 before = time.monotonic()
                 await asyncio.sleep(self.interval)
-                now = time.monotonic()
+                now = self._last_tick = time.monotonic()
                 stall = now - before - self.interval
                 if stall > self.max_stall:
                     self.max_stall, self.max_stall_at = stall, now
@@ -107,6 +142,7 @@ class LoopMonitor:
             "sql": sqlstats.snapshot(),
             # The monitor's own cost on the loop (its writes), so that a reader can tell it apart.
             "write_s": round(self.write_seconds, 4),
+            "stall_stacks": self.stall_stacks.most_common(15),
         }
         if final:
             # Both walk a list of every object in it (the frozen generation: ~150 000 objects after
@@ -121,6 +157,7 @@ class LoopMonitor:
         self.write_seconds += time.perf_counter() - started
 
     async def stop(self) -> None:
+        self._stop_watch.set()
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)
         if self._task is not None:
@@ -129,10 +166,15 @@ class LoopMonitor:
                 await self._task
 
 
+def _short(filename: str) -> str:
+    return filename.split("site-packages/")[-1] if "site-packages/" in filename else os.path.relpath(filename)
+
+
 def start_from_env() -> LoopMonitor | None:
     """Start the monitor if ``PALETTE_LOOP_MONITOR`` is set to 1/true/yes; call from inside the loop."""
     if os.environ.get("PALETTE_LOOP_MONITOR", "").strip().lower() not in ("1", "true", "yes"):
         return None
     monitor = LoopMonitor(Path(os.environ.get("PALETTE_LOOP_MONITOR_FILE", "loop-monitor.json")))
-    monitor.start()
+    stacks = os.environ.get("PALETTE_LOOP_MONITOR_STACKS", "").strip().lower() in ("1", "true", "yes")
+    monitor.start(stacks=stacks)
     return monitor

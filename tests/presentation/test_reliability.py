@@ -325,3 +325,23 @@ async def test_a_command_acknowledged_too_late_stores_no_job_and_costs_nothing(
     await palette.idle()
     report = await palette.bot.db.jobs.ledger_balance()
     assert report.reserved == 1 and report.committed == 1 and report.balanced
+
+
+async def test_a_burst_of_commands_reuses_a_bounded_set_of_connections(tmp_path: Path) -> None:
+    """DISCORD_HTTP_CONNECTIONS caps the connections to Discord's REST API (discord.py opens one per
+    concurrent request otherwise): 30 commands at once are all answered over at most 4."""
+    async with running_palette(
+        tmp_path, users=30, discord_http_connections=4, user_hourly_limit=0
+    ) as palette:
+        before = len(palette.fake.requests)
+        asks = await asyncio.gather(
+            *(palette.imagine(user, f"a kite {i}") for i, user in enumerate(palette.users))
+        )
+        for ix in asks:
+            await palette.result_message(ix)
+        await palette.idle()
+        burst = palette.fake.requests[before:]
+        callbacks = [r for r in burst if r.path.endswith("/callback")]
+        assert len(callbacks) == 30 and all(r.status == 200 for r in callbacks)
+        peers = {r.peer for r in burst}
+        assert None not in peers and 1 < len(peers) <= 4, peers

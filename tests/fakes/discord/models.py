@@ -493,6 +493,8 @@ class RecordedRequest:
     headers: dict[str, str]
     status: int | None = None
     response: Any = None
+    #: The client's (host, port): one per TCP connection, so tests can count the connections used.
+    peer: tuple[str, int] | None = None
 
     @property
     def files(self) -> list[MultipartPart]:

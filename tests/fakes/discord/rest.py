@@ -83,6 +83,11 @@ def _parse_multipart(content_type: str, body: bytes) -> list[MultipartPart]:
     return parts
 
 
+def _peer(request: web.Request) -> tuple[str, int] | None:
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return (str(peer[0]), int(peer[1])) if peer else None
+
+
 def make_middleware(fake: FakeDiscord) -> Any:
     """Records every request, applies ``fail_next`` faults, checks the bot token, renders ApiErrors."""
 
@@ -103,6 +108,7 @@ def make_middleware(fake: FakeDiscord) -> Any:
             parts=parts,
             timestamp=time.time(),
             headers=dict(request.headers),
+            peer=_peer(request),
         )
         fake.requests.append(record)
         try:
