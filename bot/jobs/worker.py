@@ -69,6 +69,7 @@ from bot.jobs.service import (
 from bot.jobs.spool import ImageSpool, SpooledImage
 from bot.logs import log_context, redact, redact_tokens
 from bot.ops import metrics
+from bot.ops.heartbeat import Heartbeat
 from bot.providers.base import Reference
 from bot.providers.transport import RESULT_SINK, CallCredentials
 from bot.storage import JobNotFound, JobRecord, NewResult
@@ -335,7 +336,7 @@ class QueueSlots:
 # ---------------------------------------------------------------------------------------------- presence
 
 
-class Presence:
+class Presence(Heartbeat):
     """A process's row in the deployment's ``workers`` table, kept fresh by a heartbeat."""
 
     def __init__(
@@ -347,37 +348,22 @@ class Presence:
         interval: float = HEARTBEAT_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(interval)
         self.queue = queue
         self.role = role
         self.worker_id = worker_id
-        self.interval = interval
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         now = self.clock()
         await self.queue.register_worker(self.worker_id, self.role, socket.gethostname(), os.getpid(), now)
-        self._task = asyncio.create_task(self._beat(), name="palette-heartbeat")
+        self.start_beating(first_now=False)
 
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.queue.heartbeat(self.worker_id, self.clock())
-            except Exception as exc:
-                log.warning("heartbeat failed (%s)", type(exc).__name__)
+    async def beat(self) -> None:
+        await self.queue.heartbeat(self.worker_id, self.clock())
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        try:
-            await self.queue.remove_worker(self.worker_id)
-        except Exception as exc:
-            log.warning("could not remove this process from the workers list (%s)", type(exc).__name__)
+    async def farewell(self) -> None:
+        await self.queue.remove_worker(self.worker_id)
 
 
 # ---------------------------------------------------------------------------------------------- the worker

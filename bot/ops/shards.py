@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from bot.ops.heartbeat import Heartbeat
 from bot.storage.shards import SqlShardRepository
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,11 @@ class IdentifyGate:
         )
 
 
-class ShardPresence:
+class ShardPresence(Heartbeat):
     """This process's shards in ``gateway_shards``, refreshed every few seconds with their latency."""
+
+    what = "shard heartbeat"
+    task_name = "palette-shard-heartbeat"
 
     def __init__(
         self,
@@ -102,17 +105,15 @@ class ShardPresence:
         interval: float = SHARD_HEARTBEAT_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(interval)
         self.repo = repo
         self.worker_id = worker_id
         self.shard_count = shard_count
         self.latencies = latencies
-        self.interval = interval
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="palette-shard-heartbeat")
+        self.start_beating(first_now=True)
 
     async def beat(self) -> None:
         rows = [(sid, None if math.isnan(lat) or math.isinf(lat) else lat) for sid, lat in self.latencies()]
@@ -120,25 +121,8 @@ class ShardPresence:
             self.worker_id, socket.gethostname(), os.getpid(), self.shard_count(), rows, self.clock()
         )
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.beat()
-            except Exception as exc:
-                log.warning("shard heartbeat failed (%s)", type(exc).__name__)
-            await asyncio.sleep(self.interval)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        try:
-            await self.repo.forget(self.worker_id)
-        except Exception as exc:
-            log.warning("could not remove this process's shards (%s)", type(exc).__name__)
+    async def farewell(self) -> None:
+        await self.repo.forget(self.worker_id)
 
 
 async def claim_command_sync(
