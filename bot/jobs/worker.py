@@ -93,6 +93,8 @@ MIN_LOOK_INTERVAL = 0.05
 SLOT_POLL = 0.2
 #: Heartbeat of a process in the ``workers`` table.
 HEARTBEAT_SECONDS = 5.0
+#: How often a worker counts the processes that run jobs (for its share of a handed-on slot).
+PEER_REFRESH = 10.0
 #: A job without a queue provider is one the command handler has not handed over yet (it is showing
 #: "queued"). One still without after this long lost its handler (the gateway died in between) or comes
 #: from a version before the database queue: a worker queues it for its model's first route.
@@ -332,6 +334,13 @@ class QueueSlots:
         """The job was given back or taken over: the queue no longer counts these slots as ours."""
         self._held.clear()
 
+    def take_all(self) -> list[str]:
+        """The providers this job still holds slots of, which the caller now gives back (none if the
+        lease is lost: the new owner's slots are not ours to free)."""
+        providers = [] if self.lease.lost else [p for p, n in self._held.items() if n]
+        self._held.clear()
+        return providers
+
 
 # ---------------------------------------------------------------------------------------------- presence
 
@@ -416,6 +425,10 @@ class Worker:
         self.clock = clock
         capacity = generator.capacity()
         self.max_jobs = max_jobs or settings.worker_max_jobs or max(1, sum(capacity.values()))
+        self.total_slots = max(1, sum(capacity.values()))
+        #: Processes that run jobs (workers, all-in-one), from the heartbeats; refreshed now and then.
+        self._peers = 1
+        self._peers_at = -PEER_REFRESH
         # Jobs done with their provider and posting (or waiting to post) hold images: bound them too, so
         # a worker whose uploads are slow leaves new jobs to the other workers.
         self.max_waiting = self.max_jobs + DELIVERY_CONCURRENCY
@@ -579,6 +592,8 @@ class Worker:
             try:
                 if self.clock() - self._adopted_at >= ADOPT_INTERVAL:
                     await self._adopt_unassigned()
+                if self.clock() - self._peers_at >= PEER_REFRESH:
+                    await self._count_peers()
                 await self._fill()
             except asyncio.CancelledError:
                 raise
@@ -628,6 +643,49 @@ class Worker:
         lease.on_lost(stop_working)
         lease.start()
         self._update_room()
+
+    async def _hand_on(self, running: RunningJob) -> None:
+        """Give back the job's provider slots and, in the same write, claim this worker's next jobs (the
+        slot goes straight to the next job in the fair order). Never raises: settling frees the slots
+        as well, and the claim loop looks at the queue again."""
+        providers = running.slots.take_all()
+        running.generating = False
+        claims: list[Claim] = []
+        if providers:
+            room = 0 if self._stopping else min(self._free_places(), self._share_left())
+            try:
+                claims = await self.queue.release_and_claim(
+                    running.job_id, self.worker_id, providers, self.clock(), self.lease_seconds, room
+                )
+            except Exception:
+                log.warning("job %s: could not give back its slots", running.job_id, exc_info=True)
+        for claim in claims:
+            if self._stopping:  # claimed while stopping: straight back (a lease ends otherwise)
+                with contextlib.suppress(Exception):
+                    await self._give_back(claim.job.id)
+            else:
+                self._begin(claim)
+        self._update_room()
+        self._wake.set()
+
+    def _share_left(self) -> int:
+        """How many more jobs this worker may keep by handing its slots on: its share of the slots with
+        the other job-running processes. Beyond it a freed slot goes back to the queue (the others are
+        woken), so the workers that started first do not keep every slot for good."""
+        share = -(-self.total_slots // max(1, self._peers))
+        return max(0, share - self.generating)
+
+    async def _count_peers(self) -> None:
+        self._peers_at = self.clock()
+        try:
+            workers = await self.queue.workers()
+        except Exception as exc:
+            log.debug("could not count the workers (%s)", type(exc).__name__)
+            return
+        fresh = self.clock() - 3 * HEARTBEAT_SECONDS
+        self._peers = max(
+            1, sum(1 for w in workers if w.role in ("worker", "all") and w.heartbeat_at >= fresh)
+        )
 
     async def _slots_freed(self) -> None:
         """Slots went back to the queue (which tells the other workers): look for the next job here."""
@@ -697,10 +755,7 @@ class Worker:
                 outcome = await self._generate(job, plan, slots, on_task, running.credentials)
             finally:
                 # The provider is done: its slot is the next job's, before this one's images are posted.
-                await slots.release_all()
-                running.generating = False
-                self._update_room()
-                self._wake.set()
+                await self._hand_on(running)
                 self._report_rejected(job, running.credentials)
         except LeaseLost:
             raise

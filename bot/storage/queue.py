@@ -18,7 +18,7 @@ place the workers honour.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -118,6 +118,20 @@ class QueueRepository(Protocol):
         """Free the job's slots (at ``provider`` only, when given): it is done with the provider(s).
         Pass ``worker_id``: then only slots this worker took are freed, so a worker whose job was taken
         over (renew() said False) cannot free the new owner's slot by cleaning up. Wakes waiters."""
+        ...
+
+    async def release_and_claim(
+        self,
+        job_id: int,
+        worker_id: str,
+        providers: Sequence[str],
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> list[Claim]:
+        """:meth:`release_slots` of this worker's slots of the job (done with ``providers``), then up to
+        ``limit`` claims as :meth:`claim_many` would make them, in one write: the slot goes straight to
+        the next job in the fair order, and the other workers are woken only for what is left free."""
         ...
 
     async def release_job(self, job_id: int, worker_id: str) -> bool:

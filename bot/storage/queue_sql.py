@@ -637,6 +637,52 @@ class SqlQueueRepository:
                 return claims
         return claims
 
+    async def release_and_claim(
+        self,
+        job_id: int,
+        worker_id: str,
+        providers: Sequence[str],
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> list[Claim]:
+        """See the protocol. The candidates are read as :meth:`claim_many` reads them, counting the
+        providers being released as free; the release and the first batch of claims share one write
+        transaction (a worker finishing a call used to release in one, wake up, rank and claim in
+        another: ~80 ms a slot stood empty between calls at 32 in flight on SQLite)."""
+        limit = max(0, int(limit))
+        candidates: list[Any] = []
+        params: dict[str, Any] = {}
+        if limit:
+            async with self._read_engine.connect() as conn:
+                rows = [
+                    row
+                    for row in await conn.execute(_CLAIMABLE_PROVIDERS, {"b_now": now})
+                    if row[0] is not None
+                ]
+                params = {
+                    "b_now": now,
+                    "b_until": now + lease_seconds,
+                    "b_worker_id": worker_id,
+                    "b_free": sorted({provider for provider, has_free in rows if has_free} | set(providers)),
+                    "b_limit": limit + CLAIM_CANDIDATES,
+                }
+                candidates = list((await conn.execute(_CLAIM_CANDIDATES, params)).all())
+        async with begin_write(self._engine) as conn:
+            freed = await self._release_slots_in(
+                conn, and_(_slots.c.job_id == job_id, _slots.c.worker_id == worker_id)
+            )
+            claims: list[Claim] = []
+            if candidates:
+                claims, _rest, _busy = await self._claim_in(conn, params, candidates, min(CLAIM_BATCH, limit))
+            # Slots left free are the other workers' to take: wake them only then.
+            left = freed > len(claims)
+            if left:
+                await self._notify_on_commit(conn)
+        if left:
+            self._wake_local()
+        return claims
+
     async def _claim_in(
         self, conn: AsyncConnection, params: dict[str, Any], candidates: list[Any], limit: int
     ) -> tuple[list[Claim], list[Any], bool]:

@@ -307,6 +307,19 @@ class FakeQueue:
         if self.store.free_slots(job_id, provider, worker_id):
             self._event.set()
 
+    async def release_and_claim(
+        self,
+        job_id: int,
+        worker_id: str,
+        providers: Sequence[str],
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> list[Claim]:
+        self.calls.add("release_and_claim", job_id, limit)
+        await self.release_slots(job_id, worker_id=worker_id)
+        return await self.claim_many(worker_id, now, lease_seconds, limit) if limit > 0 else []
+
     async def release_job(self, job_id: int, worker_id: str) -> bool:
         self.calls.add("release_job", job_id)
         if not self._ours(job_id, worker_id):

@@ -449,3 +449,30 @@ async def test_stop_with_nothing_running_is_quick_and_idempotent(tmp_path: Path,
         await r.worker.stop(grace)
         await r.worker.stop(grace)
         assert r.worker.running == 0
+
+
+async def test_a_finished_call_hands_its_slot_to_the_next_job_within_the_workers_share(
+    tmp_path: Path,
+) -> None:
+    """The slot of a call that ended goes to this worker's next job in the same write, as long as the
+    worker holds no more than its share of the slots (here 4 slots, 2 job-running processes: 2)."""
+    provider = SyncProvider()
+    provider.gate = asyncio.Event()
+    async with rig(tmp_path, provider, max_jobs=4, listenhub_concurrency=4, start=False) as r:
+        await r.queue.register_worker("w1", "worker", "here", 1, r.clock())  # as its Presence does
+        await r.queue.register_worker("w2", "worker", "elsewhere", 2, r.clock())
+        await r.queue.register_worker("gw", "gateway", "elsewhere", 3, r.clock())  # runs no jobs
+        ids = [r.store.add_job(user_id=u, provider="listenhub").id for u in range(1, 9)]
+        await r.worker.start()
+        r.worker.poke()
+        await r.until(lambda: provider.in_flight == 4)
+        assert r.worker._peers == 2  # w1 and w2; the gateway runs no jobs
+        provider.gate.set()
+        await r.until(lambda: all(r.done(i) for i in ids))
+        hand_ons = [args for name, args in r.queue.calls.log if name == "release_and_claim"]
+        assert len(hand_ons) == 8
+        # With 3 or 4 calls still running the worker is above its share: it only gives the slot back.
+        assert all(limit >= 0 for _job, limit in hand_ons)
+        assert any(limit == 0 for _job, limit in hand_ons[:2])
+        assert any(limit > 0 for _job, limit in hand_ons)
+        assert all(r.store.rows[i].committed == 1 for i in ids)
