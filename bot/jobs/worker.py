@@ -94,7 +94,7 @@ SLOT_POLL = 0.2
 #: Heartbeat of a process in the ``workers`` table.
 HEARTBEAT_SECONDS = 5.0
 #: How often a worker counts the processes that run jobs (for its share of a handed-on slot).
-PEER_REFRESH = 10.0
+PEER_REFRESH = 2.0
 #: A job without a queue provider is one the command handler has not handed over yet (it is showing
 #: "queued"). One still without after this long lost its handler (the gateway died in between) or comes
 #: from a version before the database queue: a worker queues it for its model's first route.
@@ -379,6 +379,15 @@ class Presence(Heartbeat):
 
 
 @dataclass(eq=False)
+class _HandOn:
+    """A job done with its provider calls, waiting to give its slots back (see Worker._hand_on)."""
+
+    job_id: int
+    providers: list[str]
+    done: bool = False
+
+
+@dataclass(eq=False)
 class RunningJob:
     claim: Claim
     lease: Lease
@@ -429,6 +438,8 @@ class Worker:
         #: Processes that run jobs (workers, all-in-one), from the heartbeats; refreshed now and then.
         self._peers = 1
         self._peers_at = -PEER_REFRESH
+        self._handing: list[_HandOn] = []
+        self._hand_lock = asyncio.Lock()
         # Jobs done with their provider and posting (or waiting to post) hold images: bound them too, so
         # a worker whose uploads are slow leaves new jobs to the other workers.
         self.max_waiting = self.max_jobs + DELIVERY_CONCURRENCY
@@ -488,6 +499,7 @@ class Worker:
         self._stopping = False
         await self.queue.sync_slots(self.generator.slot_capacity())
         await self._adopt_unassigned()
+        await self._count_peers()
         self._loop_task = asyncio.create_task(self._loop(), name="palette-worker")
         self._listen_task = asyncio.create_task(self._listen(), name="palette-worker-wakeups")
 
@@ -646,27 +658,40 @@ class Worker:
 
     async def _hand_on(self, running: RunningJob) -> None:
         """Give back the job's provider slots and, in the same write, claim this worker's next jobs (the
-        slot goes straight to the next job in the fair order). Never raises: settling frees the slots
-        as well, and the claim loop looks at the queue again."""
+        slots go straight to the next jobs in the fair order). Jobs whose calls end while a hand-on is
+        under way go together in the next one (one ranking of the queue for all of them). Never raises:
+        settling frees the slots as well, and the claim loop looks at the queue again."""
         providers = running.slots.take_all()
         running.generating = False
-        claims: list[Claim] = []
         if providers:
-            room = 0 if self._stopping else min(self._free_places(), self._share_left())
-            try:
-                claims = await self.queue.release_and_claim(
-                    running.job_id, self.worker_id, providers, self.clock(), self.lease_seconds, room
-                )
-            except Exception:
-                log.warning("job %s: could not give back its slots", running.job_id, exc_info=True)
+            entry = _HandOn(running.job_id, providers)
+            self._handing.append(entry)
+            async with self._hand_lock:  # FIFO: whoever gets it next takes everything waiting
+                if not entry.done:
+                    batch, self._handing = self._handing, []
+                    await self._hand_on_batch(batch)
+        self._update_room()
+        self._wake.set()
+
+    async def _hand_on_batch(self, batch: list[_HandOn]) -> None:
+        for entry in batch:
+            entry.done = True
+        room = 0 if self._stopping else min(self._free_places(), self._share_left())
+        job_ids = [entry.job_id for entry in batch]
+        providers = sorted({p for entry in batch for p in entry.providers})
+        try:
+            claims = await self.queue.release_and_claim(
+                job_ids, self.worker_id, providers, self.clock(), self.lease_seconds, room
+            )
+        except Exception:
+            log.warning("jobs %s: could not give back their slots", job_ids, exc_info=True)
+            return
         for claim in claims:
             if self._stopping:  # claimed while stopping: straight back (a lease ends otherwise)
                 with contextlib.suppress(Exception):
                     await self._give_back(claim.job.id)
             else:
                 self._begin(claim)
-        self._update_room()
-        self._wake.set()
 
     def _share_left(self) -> int:
         """How many more jobs this worker may keep by handing its slots on: its share of the slots with

@@ -122,16 +122,16 @@ class QueueRepository(Protocol):
 
     async def release_and_claim(
         self,
-        job_id: int,
+        job_ids: Sequence[int],
         worker_id: str,
         providers: Sequence[str],
         now: float,
         lease_seconds: float,
         limit: int,
     ) -> list[Claim]:
-        """:meth:`release_slots` of this worker's slots of the job (done with ``providers``), then up to
-        ``limit`` claims as :meth:`claim_many` would make them, in one write: the slot goes straight to
-        the next job in the fair order, and the other workers are woken only for what is left free."""
+        """:meth:`release_slots` of this worker's slots of the jobs (done with ``providers``), then up
+        to ``limit`` claims as :meth:`claim_many` would make them, in one write: the slots go straight
+        to the next jobs in the fair order, and the other workers are woken only for what is left free."""
         ...
 
     async def release_job(self, job_id: int, worker_id: str) -> bool:

@@ -639,7 +639,7 @@ class SqlQueueRepository:
 
     async def release_and_claim(
         self,
-        job_id: int,
+        job_ids: Sequence[int],
         worker_id: str,
         providers: Sequence[str],
         now: float,
@@ -670,7 +670,7 @@ class SqlQueueRepository:
                 candidates = list((await conn.execute(_CLAIM_CANDIDATES, params)).all())
         async with begin_write(self._engine) as conn:
             freed = await self._release_slots_in(
-                conn, and_(_slots.c.job_id == job_id, _slots.c.worker_id == worker_id)
+                conn, and_(_slots.c.job_id.in_(list(job_ids)), _slots.c.worker_id == worker_id)
             )
             claims: list[Claim] = []
             if candidates:

@@ -309,15 +309,16 @@ class FakeQueue:
 
     async def release_and_claim(
         self,
-        job_id: int,
+        job_ids: Sequence[int],
         worker_id: str,
         providers: Sequence[str],
         now: float,
         lease_seconds: float,
         limit: int,
     ) -> list[Claim]:
-        self.calls.add("release_and_claim", job_id, limit)
-        await self.release_slots(job_id, worker_id=worker_id)
+        self.calls.add("release_and_claim", tuple(job_ids), limit)
+        for job_id in job_ids:
+            await self.release_slots(job_id, worker_id=worker_id)
         return await self.claim_many(worker_id, now, lease_seconds, limit) if limit > 0 else []
 
     async def release_job(self, job_id: int, worker_id: str) -> bool:

@@ -259,16 +259,29 @@ async def test_release_and_claim_hands_the_slot_to_the_next_job_in_fair_order(
     assert first is not None and first.job.id == a1
     assert await repo.claim("w", T0 + 5, LEASE) is None  # p is full
     # Done with p: its one slot goes to the next job in the fair order (user 2 before user 1's second).
-    got = await repo.release_and_claim(a1, "w", ["p"], T0 + 6, LEASE, 4)
+    got = await repo.release_and_claim([a1], "w", ["p"], T0 + 6, LEASE, 4)
     assert [(c.job.id, c.provider, c.slot) for c in got] == [(b1, "p", 0)]
     assert [(r["job_id"], r["worker_id"]) for r in await slot_rows(engine, "p")] == [(b1, "w")]
     assert (await job_row(engine, b1))["status"] == "running"
     assert (await job_row(engine, a2))["status"] == "queued" and await repo.position(a2) == 1
     # No room: the slot is only released, and the next claim (anyone's) takes it.
-    assert await repo.release_and_claim(b1, "w", ["p"], T0 + 7, LEASE, 0) == []
+    assert await repo.release_and_claim([b1], "w", ["p"], T0 + 7, LEASE, 0) == []
     assert [r["job_id"] for r in await slot_rows(engine, "p")] == [None]
     taken = await repo.claim("w2", T0 + 8, LEASE)
     assert taken is not None and taken.job.id == a2
+
+
+async def test_release_and_claim_hands_on_several_jobs_slots_at_once(
+    engine: AsyncEngine,  # noqa: F811
+    repo: SqlQueueRepository,
+) -> None:
+    await repo.sync_slots({"p": 2})
+    running = [await add_job(engine, u, created_at=T0 + u) for u in (1, 2)]
+    waiting = [await add_job(engine, u, created_at=T0 + 10 + u) for u in (3, 4, 5)]
+    assert len(await repo.claim_many("w", T0 + 20, LEASE, 4)) == 2
+    got = await repo.release_and_claim(running, "w", ["p"], T0 + 21, LEASE, 4)
+    assert [c.job.id for c in got] == waiting[:2]  # two slots freed, two jobs started, in order
+    assert sorted(r["job_id"] for r in await slot_rows(engine, "p")) == waiting[:2]
 
 
 async def test_release_and_claim_frees_only_this_workers_slots(
@@ -280,7 +293,7 @@ async def test_release_and_claim_frees_only_this_workers_slots(
     await add_job(engine, 2, created_at=T0 + 1)
     assert (await repo.claim("new-owner", T0, LEASE)) is not None
     # A worker that lost the job (taken over) cleans up: the new owner's slot stays its own.
-    assert await repo.release_and_claim(job, "old-owner", ["p"], T0 + 1, LEASE, 4) == []
+    assert await repo.release_and_claim([job], "old-owner", ["p"], T0 + 1, LEASE, 4) == []
     assert [(r["job_id"], r["worker_id"]) for r in await slot_rows(engine, "p")] == [(job, "new-owner")]
 
 
@@ -297,14 +310,14 @@ async def test_release_and_claim_wakes_others_only_for_a_slot_left_free(
         assert await waiter.wait_for_work(0.01) is True  # the first call always says "look"
         waiting = asyncio.create_task(waiter.wait_for_work(30))
         await asyncio.sleep(0.05)
-        handed = await worker.release_and_claim(first, "w", ["p"], T0 + 1, LEASE, 1)
+        handed = await worker.release_and_claim([first], "w", ["p"], T0 + 1, LEASE, 1)
         assert [c.job.id for c in handed] == [second]
         # Nothing was left free: on PostgreSQL no NOTIFY is sent; SQLite's waiter may still see the
         # commit (it polls data_version), so only the state is checked there.
         if engine_a.dialect.name == "postgresql":
             await asyncio.sleep(0.3)
             assert not waiting.done()
-        await worker.release_and_claim(second, "w", ["p"], T0 + 2, LEASE, 0)
+        await worker.release_and_claim([second], "w", ["p"], T0 + 2, LEASE, 0)
         assert await asyncio.wait_for(waiting, 30) is True  # a slot left free wakes the others
     finally:
         await waiter.aclose()
