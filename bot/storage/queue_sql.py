@@ -607,23 +607,10 @@ class SqlQueueRepository:
         claims: list[Claim] = []
         limit = max(1, int(limit))
         for _attempt in range(CLAIM_ATTEMPTS):
-            async with self._read_engine.connect() as conn:
-                rows = [
-                    row
-                    for row in await conn.execute(_CLAIMABLE_PROVIDERS, {"b_now": now})
-                    if row[0] is not None
-                ]
-                if not rows:
-                    return claims  # the common idle case: one read, no write lock
-                free = sorted({provider for provider, has_free in rows if has_free})
-                params = {
-                    "b_now": now,
-                    "b_until": now + lease_seconds,
-                    "b_worker_id": worker_id,
-                    "b_free": free,
-                    "b_limit": limit - len(claims) + CLAIM_CANDIDATES,
-                }
-                candidates = list((await conn.execute(_CLAIM_CANDIDATES, params)).all())
+            looked = await self._candidates(worker_id, now, lease_seconds, limit - len(claims))
+            if looked is None:
+                return claims  # the common idle case: one read, no write lock
+            params, candidates = looked
             contended = False
             while candidates and len(claims) < limit:
                 batch = min(CLAIM_BATCH, limit - len(claims))
@@ -636,6 +623,27 @@ class SqlQueueRepository:
             if len(claims) >= limit or not contended:
                 return claims
         return claims
+
+    async def _candidates(
+        self, worker_id: str, now: float, lease_seconds: float, limit: int, freeing: Sequence[str] = ()
+    ) -> tuple[dict[str, Any], list[Any]] | None:
+        """A claim's read-only look: the parameters of its write and the jobs to try in fair order, or
+        None when nothing can start (no provider has both a free slot and a queued job, counting those
+        in ``freeing`` as free: the caller is releasing them in the same write)."""
+        async with self._read_engine.connect() as conn:
+            rows = [
+                row for row in await conn.execute(_CLAIMABLE_PROVIDERS, {"b_now": now}) if row[0] is not None
+            ]
+            if not rows and not freeing:
+                return None
+            params = {
+                "b_now": now,
+                "b_until": now + lease_seconds,
+                "b_worker_id": worker_id,
+                "b_free": sorted({provider for provider, has_free in rows if has_free} | set(freeing)),
+                "b_limit": limit + CLAIM_CANDIDATES,
+            }
+            return params, list((await conn.execute(_CLAIM_CANDIDATES, params)).all())
 
     async def release_and_claim(
         self,
@@ -651,23 +659,8 @@ class SqlQueueRepository:
         transaction (a worker finishing a call used to release in one, wake up, rank and claim in
         another: ~80 ms a slot stood empty between calls at 32 in flight on SQLite)."""
         limit = max(0, int(limit))
-        candidates: list[Any] = []
-        params: dict[str, Any] = {}
-        if limit:
-            async with self._read_engine.connect() as conn:
-                rows = [
-                    row
-                    for row in await conn.execute(_CLAIMABLE_PROVIDERS, {"b_now": now})
-                    if row[0] is not None
-                ]
-                params = {
-                    "b_now": now,
-                    "b_until": now + lease_seconds,
-                    "b_worker_id": worker_id,
-                    "b_free": sorted({provider for provider, has_free in rows if has_free} | set(providers)),
-                    "b_limit": limit + CLAIM_CANDIDATES,
-                }
-                candidates = list((await conn.execute(_CLAIM_CANDIDATES, params)).all())
+        looked = await self._candidates(worker_id, now, lease_seconds, limit, providers) if limit else None
+        params, candidates = looked if looked is not None else ({}, [])
         async with begin_write(self._engine) as conn:
             freed = await self._release_slots_in(
                 conn, and_(_slots.c.job_id.in_(list(job_ids)), _slots.c.worker_id == worker_id)
