@@ -669,7 +669,9 @@ class Worker:
             async with self._hand_lock:  # FIFO: whoever gets it next takes everything waiting
                 if not entry.done:
                     batch, self._handing = self._handing, []
-                    await self._hand_on_batch(batch)
+                    # Shielded: this job being cancelled (a lost lease, /cancel) must not leave the
+                    # other jobs of the batch holding slots they are done with.
+                    await asyncio.shield(self._hand_on_batch(batch))
         self._update_room()
         self._wake.set()
 

@@ -472,7 +472,8 @@ async def test_a_finished_call_hands_its_slot_to_the_next_job_within_the_workers
         hand_ons = [args for name, args in r.queue.calls.log if name == "release_and_claim"]
         assert sorted(j for jobs, _limit in hand_ons for j in jobs) == sorted(ids)  # each job's, once
         # With 3 or 4 calls still running the worker is above its share: it only gives the slot back.
-        assert all(limit >= 0 for _jobs, limit in hand_ons)
-        assert hand_ons[0][1] == 0  # the first call to end left 3 running: only given back
+        # Never more than its share (2) kept by handing on, however many calls were still running
+        # (without the share it would be its free places: up to 4).
+        assert all(0 <= limit <= 2 for _jobs, limit in hand_ons), hand_ons
         assert any(limit > 0 for _jobs, limit in hand_ons)
         assert all(r.store.rows[i].committed == 1 for i in ids)
