@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import mmap
+import os
 import struct
 import zlib
 from collections.abc import Collection, Mapping, Sequence
@@ -35,6 +37,9 @@ from PIL import Image, ImageOps
 
 from bot.errors import InvalidImage
 from bot.i18n import N_, Number, Size, Text, msg
+
+#: Image bytes in memory, or a file's memory map (checks of spooled results read files that way).
+Buffer = bytes | mmap.mmap
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -159,12 +164,12 @@ def _ftyp_brands(head: bytes) -> list[bytes] | None:
     return brands
 
 
-def _is_avif(data: bytes) -> bool:
+def _is_avif(data: Buffer) -> bool:
     brands = _ftyp_brands(data[:_SNIFF_BYTES])
     return bool(brands) and any(b in _AVIF_BRANDS for b in brands or ())
 
 
-def sniff_mime(data: bytes) -> str | None:
+def sniff_mime(data: Buffer) -> str | None:
     """Return the real MIME type of ``data`` from its magic bytes, or None if it is not a supported image.
 
     Never trusts file names. Recognises PNG, JPEG, WebP, GIF and HEIC/HEIF (ISO-BMFF ``ftyp`` brands
@@ -258,7 +263,7 @@ _MSG_UNSUPPORTED = N_("This file is not a supported image. Please use PNG, JPEG,
 # --- decoding helpers ---------------------------------------------------------------------------------------
 
 
-def _require_mime(data: bytes) -> str:
+def _require_mime(data: Buffer) -> str:
     if not data:
         raise InvalidImage("The image is empty (0 bytes). Please attach the file again.")
     mime = sniff_mime(data)
@@ -284,10 +289,14 @@ def _effective_pixel_limit(max_pixels: int | None) -> int | None:
     return min(max_pixels, int(pil_limit))
 
 
-def _open(data: bytes, mime: str, *, max_pixels: int | None) -> Image.Image:
+def _open(data: Buffer, mime: str, *, max_pixels: int | None) -> Image.Image:
     """Open ``data`` lazily (header only) with the plugin of its sniffed type and check its pixel count."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)  # a memory map is a file object already: Pillow reads it without a copy
     try:
-        img = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]])
+        img = Image.open(
+            data if isinstance(data, mmap.mmap) else io.BytesIO(data), formats=[_PIL_FORMAT[mime]]
+        )
     except Image.DecompressionBombError as e:
         raise InvalidImage(
             "The image's dimensions are far too large to process. Please use a smaller image."
@@ -538,7 +547,7 @@ def _first_fit(img: Image.Image, steps: Sequence[_Step], limit: int) -> EncodedI
 # --- inspection ---------------------------------------------------------------------------------------------
 
 
-def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+def inspect_image(data: Buffer, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     """Validate a user-supplied reference image and describe it.
 
     Raises :class:`InvalidImage` (message meant for the user) if ``data`` is empty, larger than ``max_bytes``,
@@ -578,7 +587,7 @@ async def inspect_image_async(data: bytes, *, max_bytes: int, max_pixels: int) -
     return await asyncio.to_thread(inspect_image, data, max_bytes=max_bytes, max_pixels=max_pixels)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
+def image_size(data: Buffer) -> tuple[int, int]:
     """(width, height) as displayed, read from the header without decoding the pixels.
 
     Raises :class:`InvalidImage` if ``data`` is not a supported image. No pixel limit is applied beyond
@@ -589,42 +598,55 @@ def image_size(data: bytes) -> tuple[int, int]:
         return _displayed_size(img)
 
 
-def _png_complete(data: bytes) -> bool:
-    """Every chunk present with a matching CRC, up to IEND (no pixel decoding)."""
+def _png_complete(data: Buffer) -> bool:
+    """Every chunk present with a matching CRC, up to IEND (no pixel decoding, no copy of the data)."""
+    view = memoryview(data)
     pos = 8
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
+    while pos + 12 <= len(view):
+        (length,) = struct.unpack_from(">I", view, pos)
         end = pos + 12 + length
-        if end > len(data):
+        if end > len(view):
             return False
-        kind = data[pos + 4 : pos + 8]
-        if zlib.crc32(data[pos + 4 : pos + 8 + length]) != struct.unpack(">I", data[end - 4 : end])[0]:
+        if zlib.crc32(view[pos + 4 : pos + 8 + length]) != struct.unpack_from(">I", view, end - 4)[0]:
             return False
-        if kind == b"IEND":
+        if view[pos + 4 : pos + 8] == b"IEND":
             return True
         pos = end
     return False
 
 
-def _structurally_complete(data: bytes, mime: str) -> bool | None:
+def _ends_with(data: Buffer, trailer: bytes) -> bool:
+    """Whether ``data`` ends with ``trailer``, NUL padding after it ignored (read from the end in blocks)."""
+    end = len(data)
+    while end > 0:
+        block = bytes(data[max(0, end - 4096) : end]).rstrip(b"\0")
+        if block:
+            start = max(0, end - 4096) + len(block)
+            return bytes(data[max(0, start - len(trailer)) : start]) == trailer
+        end -= 4096
+    return False
+
+
+def _structurally_complete(data: Buffer, mime: str) -> bool | None:
     """Whether the file is whole, judged from its container (None: this format needs a decode)."""
     if mime == "image/png":
         return _png_complete(data)
     if mime == "image/jpeg":
-        return data.rstrip(b"\0").endswith(b"\xff\xd9")
+        return _ends_with(data, b"\xff\xd9")
     if mime == "image/webp":
-        return len(data) >= 12 and struct.unpack("<I", data[4:8])[0] + 8 <= len(data)
+        return len(data) >= 12 and struct.unpack_from("<I", data, 4)[0] + 8 <= len(data)
     if mime == "image/gif":
-        return data.rstrip(b"\0").endswith(b"\x3b")
+        return _ends_with(data, b"\x3b")
     return None
 
 
-def verify_result(data: bytes, *, max_pixels: int) -> ImageInfo:
+def verify_result(data: Buffer, *, max_pixels: int) -> ImageInfo:
     """Check an image a provider returned: real type, complete file, size from the header.
 
     Cheaper than :func:`inspect_image`: PNG chunk CRCs, JPEG/GIF trailers and the WebP RIFF length show
     truncation without decoding pixels (a full decode costs tens of ms per 1K image, hundreds at 4K);
-    formats without such a structure are fully decoded.
+    formats without such a structure are fully decoded. ``data`` may be a memory map of a file
+    (:func:`verify_result_file`): nothing here copies it.
     """
     mime = _require_mime(data)
     complete = _structurally_complete(data, mime)
@@ -636,6 +658,15 @@ def verify_result(data: bytes, *, max_pixels: int) -> ImageInfo:
     if width * height > max_pixels:
         raise InvalidImage("The image is {size}, more than allowed.", size=_fmt_megapixels(width * height))
     return ImageInfo(mime_type=mime, width=width, height=height, frames=1, size_bytes=len(data))
+
+
+def verify_result_file(path: str, *, max_pixels: int) -> ImageInfo:
+    """:func:`verify_result` for an image in a file, read through a memory map (no copy of it on the heap)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return verify_result(b"", max_pixels=max_pixels)  # the "empty image" message
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return verify_result(mapped, max_pixels=max_pixels)
 
 
 async def verify_result_async(data: bytes, *, max_pixels: int) -> ImageInfo:

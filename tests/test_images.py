@@ -10,6 +10,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -596,8 +597,17 @@ async def test_async_wrappers_run_in_a_worker_thread(
     assert calls[0] != loop_thread
 
 
-def test_verify_result_catches_truncation_without_decoding() -> None:
-    from bot.images import verify_result
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_verify_result_catches_truncation_without_decoding(where: str, tmp_path: Path) -> None:
+    """The same checks on bytes and on a spooled file (read through a memory map, never copied)."""
+    from bot.images import verify_result, verify_result_file
+
+    def verify(data: bytes, *, max_pixels: int) -> ImageInfo:
+        if where == "memory":
+            return verify_result(data, max_pixels=max_pixels)
+        path = tmp_path / "result.img"
+        path.write_bytes(data)
+        return verify_result_file(str(path), max_pixels=max_pixels)
 
     for fmt, mime in (
         ("PNG", "image/png"),
@@ -609,16 +619,23 @@ def test_verify_result_catches_truncation_without_decoding() -> None:
         buf = io.BytesIO()
         img.save(buf, fmt)
         data = buf.getvalue()
-        info = verify_result(data, max_pixels=10_000)
+        info = verify(data, max_pixels=10_000)
         assert (info.mime_type, info.width, info.height) == (mime, 64, 48)
+        assert info.size_bytes == len(data)
         for cut in (len(data) - 1, len(data) // 2):
             with pytest.raises(InvalidImage):
-                verify_result(data[:cut], max_pixels=10_000)
+                verify(data[:cut], max_pixels=10_000)
+        if fmt in ("JPEG", "GIF"):  # NUL padding after the trailer is accepted, even past one block
+            assert verify(data + b"\0" * 5000, max_pixels=10_000).mime_type == mime
+            with pytest.raises(InvalidImage):
+                verify(data[:-1] + b"\0" * 5000, max_pixels=10_000)
     png = io.BytesIO()
     Image.new("RGB", (200, 200)).save(png, "PNG")
     with pytest.raises(InvalidImage):
-        verify_result(png.getvalue(), max_pixels=100 * 100)
+        verify(png.getvalue(), max_pixels=100 * 100)
     corrupt = bytearray(png.getvalue())
     corrupt[40] ^= 0xFF  # inside a chunk: its CRC no longer matches
     with pytest.raises(InvalidImage):
-        verify_result(bytes(corrupt), max_pixels=10**6)
+        verify(bytes(corrupt), max_pixels=10**6)
+    with pytest.raises(InvalidImage, match="empty"):
+        verify(b"", max_pixels=10**6)

@@ -30,7 +30,7 @@ from bot.errors import (
     ResultDownloadError,
     TaskFailed,
 )
-from bot.images import ImageInfo, sniff_mime, verify_result, verify_result_async
+from bot.images import ImageInfo, sniff_mime, verify_result, verify_result_async, verify_result_file
 from bot.providers.parsing import SpooledPayload, remove_payload_file
 from bot.providers.transport import Transport
 
@@ -187,7 +187,7 @@ class ImageProvider(ABC):
         self, payload: SpooledPayload, declared_mime: str | None = None
     ) -> GeneratedImage:
         """:meth:`_image_from_bytes` for a result that was decoded to a file; the file is deleted if it is
-        not an image (a thread reads it; at most two at once, so the copies read stay few)."""
+        not an image (a thread reads it through a memory map; at most two at once)."""
         try:
             async with _file_checks():
                 info = await asyncio.to_thread(_verify_file, payload.path)
@@ -312,10 +312,10 @@ class TaskProvider(ImageProvider):
 
 def _verify_file(path: str) -> ImageInfo:
     with open(path, "rb") as f:
-        data = f.read()
-    if sniff_mime(data) is None:
+        head = f.read(64)
+    if sniff_mime(head) is None:
         raise InvalidImage("The provider returned something that is not an image.")
-    return verify_result(data, max_pixels=RESULT_MAX_PIXELS)
+    return verify_result_file(path, max_pixels=RESULT_MAX_PIXELS)
 
 
 _FILE_CHECKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -324,7 +324,8 @@ _FILE_CHECKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semap
 
 
 def _file_checks() -> asyncio.Semaphore:
-    """Checks of results on disk running at once, per event loop (each reads its file into memory)."""
+    """Checks of results on disk running at once, per event loop (each maps its whole file: its pages count
+    in the process's memory while it runs)."""
     loop = asyncio.get_running_loop()
     semaphore = _FILE_CHECKS.get(loop)
     if semaphore is None:
