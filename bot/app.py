@@ -37,7 +37,7 @@ from bot.ops.server import ProcessProbe, start_ops_server
 from bot.presentation.client import PaletteBot, ShardedPaletteBot, WorkerClient, point_discord_at
 from bot.presentation.embeds import job_locale
 from bot.presentation.moderation import ModLoggingPresenter
-from bot.presentation.presenter import DiscordPresenter
+from bot.presentation.presenter import DEFAULT_UPLOAD_LIMIT, UPLOAD_OVERHEAD, DiscordPresenter
 from bot.providers import build_downloader, build_providers, build_reference_downloader
 from bot.storage import Database, open_database
 from bot.storage.queue import HealthRepository, QueueRepository
@@ -145,7 +145,12 @@ def attach_worker(
 ) -> tuple[Worker, DiscordPresenter, EncoderPool]:
     """A worker posting through ``client`` (which carries ``moderation`` for the mod log): its image
     spool (memory budget, then disk in the data directory), encoder processes and presenter."""
-    spool = ImageSpool(spool_directory(settings, worker_id), settings.image_memory_budget)
+    # Results too big for Discord's default upload limit are re-encoded from a file: they wait on disk.
+    spool = ImageSpool(
+        spool_directory(settings, worker_id),
+        settings.image_memory_budget,
+        direct_bytes=DEFAULT_UPLOAD_LIMIT - UPLOAD_OVERHEAD,
+    )
     encoders = EncoderPool(settings.image_encoders)
     presenter = DiscordPresenter(client, spool=spool, encoders=encoders, groups=db.groups)
     # Each delivered result also goes to the server's mod log (in the background).
@@ -341,6 +346,8 @@ class WorkerRole:
         self.presence = Presence(self.queue, "worker", self.worker_id)
         await self.presence.start()
         self.client.moderation.watch()
+        assert self.encoders is not None
+        await asyncio.to_thread(self.encoders.start)
         # What start-up made lives as long as the process: out of the collector's full passes, which
         # otherwise rescan it while jobs churn through objects. Before the first claim: a full pass then
         # would stall running jobs, and freezing a job's objects would keep them (and its images) forever.

@@ -43,11 +43,17 @@ class SpooledPayload:
 class PayloadSink(Protocol):
     """Where one long payload's decoded bytes go while they stream in (the worker's image spool: memory
     within its budget, else a file). ``write`` is called on the event loop with one network chunk's
-    worth of bytes (tens of KB) at a time."""
+    worth of bytes (tens of KB) at a time, so it must not block: a file sink writes in a thread.
+    ``drain`` is awaited after each chunk (backpressure), ``complete`` once the answer has ended: a
+    payload's file may be read only after it."""
 
     def write(self, data: bytes) -> None: ...
 
+    async def drain(self) -> None: ...
+
     def finish(self) -> bytes | SpooledPayload: ...
+
+    async def complete(self) -> None: ...
 
     def discard(self) -> None: ...
 
@@ -86,6 +92,7 @@ class InlinePayloads:
         self.min_payload = min_payload
         self._sink_factory = sink
         self._sink: PayloadSink | None = None
+        self._finished: dict[int, PayloadSink] = {}  # payload index -> its sink, until complete()
         self.expected = 0
         self._taken: set[int] = set()
         self._skeleton = bytearray()
@@ -160,8 +167,23 @@ class InlinePayloads:
             marker = f"{self.MARKER}{len(self._payloads)}".encode().replace(b"\x00", b"\\u0000")
             self._skeleton += marker + b'"'
             sink, self._sink = self._sink, None
-            self._payloads.append(sink.finish() if sink is not None else bytes(self._decoded))
+            if sink is None:
+                self._payloads.append(bytes(self._decoded))
+            else:
+                self._finished[len(self._payloads)] = sink
+                self._payloads.append(sink.finish())
         self._raw, self._carry, self._decoded, self._long = bytearray(), b"", bytearray(), False
+
+    async def drain(self) -> None:
+        """Call after each :meth:`feed`: waits while the payload being decoded is far ahead of its sink."""
+        if self._sink is not None:
+            await self._sink.drain()
+
+    async def complete(self) -> None:
+        """Call after the last :meth:`feed`: every payload's file is whole once this returns."""
+        for index, sink in list(self._finished.items()):
+            await sink.complete()
+            self._finished.pop(index, None)
 
     def skeleton(self) -> bytes:
         """The answer without its payloads (call after the last :meth:`feed`). An answer that ended in the
@@ -185,4 +207,7 @@ class InlinePayloads:
             sink.discard()
         for index, payload in enumerate(self._payloads):
             if isinstance(payload, SpooledPayload) and not (keep_taken and index in self._taken):
+                finished = self._finished.pop(index, None)
+                if finished is not None:  # its last write may still be running: the sink deletes it after
+                    finished.discard()
                 remove_payload_file(payload)

@@ -411,8 +411,10 @@ class Transport:
                 payloads.expected = int(declared) if declared.isdigit() else 0
                 async for chunk in response.aiter_bytes():
                     payloads.feed(chunk)
+                    await payloads.drain()
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise self._transport_error(method, exc) from exc
+        await payloads.complete()  # the last file writes (the connection is back in the pool already)
         skeleton = payloads.skeleton()
         error: ProviderError | None = None
         body: Any = None

@@ -611,25 +611,26 @@ async def test_large_inline_images_are_decoded_while_streaming(
 # --- results decoded into the worker's spool ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("budget", [0, 10**8])
+@pytest.mark.parametrize(("budget", "direct_bytes"), [(0, 0), (10**8, 0), (10**8, 4096)])
 async def test_inline_results_are_decoded_into_the_spool(
-    fake: FakeListenHub, make_provider: MakeProvider, tmp_path: Any, budget: int
+    fake: FakeListenHub, make_provider: MakeProvider, tmp_path: Any, budget: int, direct_bytes: int
 ) -> None:
     """With a spool set for the job (RESULT_SINK), an inline result is decoded into memory within the
-    spool's budget, or straight into a spool file when the budget has no room: the worker never holds a
-    download the budget does not count. A refused or failed answer leaves no file behind."""
+    spool's budget, or straight into a spool file (written by a thread) when the budget has no room or
+    the result is too big to upload as it is: the worker never holds a download the budget does not
+    count. A refused or failed answer leaves no file behind."""
     from bot.jobs.spool import ImageSpool
     from bot.providers.transport import RESULT_SINK
 
     fake.scale = 1.0  # a 1024 x 1024 PNG: a long payload
     provider = await make_provider()
-    spool = ImageSpool(tmp_path / "spool", budget=budget)
+    spool = ImageSpool(tmp_path / "spool", budget=budget, direct_bytes=direct_bytes)
     token = RESULT_SINK.set(spool.sink)
     try:
         result = await provider.generate(request(resolution="1K"))
         [image] = result.images
         held = await spool.admit(result.images)
-        if budget:
+        if budget and not direct_bytes:
             assert image.path is None and image.data == fake.images[-1]
             assert spool.budget.used == len(image.data) and spool.spilled == 0
         else:
