@@ -271,6 +271,8 @@ class SpoolSink:
             self._pending_size = self.size - len(data)
             self.spool.budget.give(self._counted)
             self._counted = 0
+        if self._error is not None or self._discarded:
+            return  # the file is closed: drain() or complete() raises the error
         self._pending.append(data)
         self._pending_size += len(data)
         if self._writing is None and self._pending_size >= WRITE_BLOCK:
