@@ -119,6 +119,10 @@ class ImageSpool:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._made = True
 
+    def waits_on_disk(self, size: int) -> bool:
+        """Whether a result of ``size`` bytes goes to disk whatever the budget (``direct_bytes``)."""
+        return bool(self.direct_bytes) and size >= self.direct_bytes
+
     def new_path(self, suffix: str = ".img") -> Path:
         self._ensure_dir()
         return self.directory / f"{uuid.uuid4().hex}{suffix}"
@@ -141,8 +145,7 @@ class ImageSpool:
                     continue
                 size = len(image.data)
                 item = SpooledImage(image.mime_type, image.width, image.height, size)
-                direct = bool(self.direct_bytes) and size >= self.direct_bytes
-                if not direct and self.budget.try_take(size):
+                if not self.waits_on_disk(size) and self.budget.try_take(size):
                     item.data = image.data
                 else:
                     path = await asyncio.to_thread(self._write, image.data)
@@ -240,9 +243,7 @@ class SpoolSink:
         self._discarded = False
         self._error: BaseException | None = None
         self._done: asyncio.Event | None = None
-        if spool.direct_bytes and expected >= spool.direct_bytes:
-            self._open()
-        elif expected <= 0 or spool.budget.try_take(expected):
+        if not spool.waits_on_disk(expected) and (expected <= 0 or spool.budget.try_take(expected)):
             self._counted = max(0, expected)
             self._chunks = []
         else:
@@ -259,9 +260,8 @@ class SpoolSink:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self._chunks is not None:
-            beyond = self.size - self._counted
-            direct = self.spool.direct_bytes
-            if (not direct or self.size < direct) and (beyond <= 0 or self.spool.budget.try_take(beyond)):
+            spool, beyond = self.spool, self.size - self._counted
+            if not spool.waits_on_disk(self.size) and (beyond <= 0 or spool.budget.try_take(beyond)):
                 self._counted = max(self._counted, self.size)
                 self._chunks.append(data)
                 return
