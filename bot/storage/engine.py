@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from bot.storage import sqlstats
+from bot.storage import sqlite_driver, sqlstats
 
 # Awaits inside SQLAlchemy's sync layer (its greenlet); renamed in SQLAlchemy 2.1.
 _await: Any = getattr(util, "await_", None) or util.await_only
@@ -139,6 +139,9 @@ def _sqlite_engine(parsed: URL, *, busy_timeout_ms: int, **options: Any) -> Asyn
     options.setdefault("pool_reset_on_return", None)
     connect_args = options.pop("connect_args", {})
     connect_args.setdefault("timeout", busy_timeout_ms / 1000)
+    one_trip = sqlite_driver.dbapi()  # one trip to aiosqlite's thread per statement (see the module)
+    if one_trip is not None:
+        options.setdefault("module", one_trip)
     engine = create_async_engine(parsed, connect_args=connect_args, **options)
 
     @event.listens_for(engine.sync_engine, "connect")
